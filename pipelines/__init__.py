@@ -1,0 +1,1 @@
+"""Data pipelines: the synthetic corpus generator and the Ray Data preprocessing job."""
