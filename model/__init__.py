@@ -1,0 +1,1 @@
+"""The sync expert: face and audio encoders, their loss, and scoring (see README)."""

@@ -1,0 +1,66 @@
+"""Broken inputs of the kinds real corpora contain, each with the verdict a pipeline should reach.
+
+A truncated clip is cut from a file whose index sits at the front (as streaming-friendly muxers write it), so
+it opens and then runs out of data: the hard case. A file that does not open at all is covered by `empty` and
+`not_video`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: importing corpus here would be circular
+    from pipelines.synthetic.corpus import HeadMotion, VideoPlan
+    from pipelines.synthetic.face import FaceRenderer
+    from pipelines.synthetic.visemes import MouthTrack
+
+KINDS = ("truncated", "empty", "no_audio", "no_face", "not_video")
+EXPECTED_REASON = {
+    "truncated": "truncated",
+    "empty": "unreadable",
+    "no_audio": "no_audio",
+    "no_face": "no_face",
+    "not_video": "unreadable",
+}
+TRUNCATE_AT = 0.4  # share of the bytes kept
+
+
+def write_broken(path: Path, kind: str, renderer: FaceRenderer, motion: HeadMotion, track: MouthTrack,
+                 times: np.ndarray, audio: np.ndarray, plan: VideoPlan) -> None:
+    from pipelines.synthetic.container import CONTAINERS, write_clip
+
+    spec = CONTAINERS[plan.container]
+    fps = plan.fps or 25
+
+    def faces():
+        return (renderer.render(motion.at(t), track.at(t)) for t in times)
+
+    if kind == "empty":
+        _write_atomic(path, b"")
+    elif kind == "not_video":
+        _write_atomic(path, b"This is a text file that someone saved with a video extension.\n" * 20)
+    elif kind == "no_audio":
+        write_clip(path, faces(), times, None, plan.sample_rate, spec, fps=fps)
+    elif kind == "no_face":
+        backdrop = renderer.background.astype(np.uint8)
+        write_clip(path, (backdrop for _ in times), times, audio, plan.sample_rate, spec, fps=fps)
+    elif kind == "truncated":
+        whole = path.with_name("." + path.stem + ".whole" + path.suffix)
+        try:
+            write_clip(whole, faces(), times, audio, plan.sample_rate, spec, fps=fps, index_first=True)
+            data = whole.read_bytes()
+        finally:
+            whole.unlink(missing_ok=True)
+        _write_atomic(path, data[: int(len(data) * TRUNCATE_AT)])
+    else:
+        raise ValueError(f"unknown broken-input kind {kind!r}; expected one of {KINDS}")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name("." + path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)

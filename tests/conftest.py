@@ -1,0 +1,45 @@
+"""Shared fixtures: one small synthetic corpus per test session, and the offline aligner's view of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
+
+REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+# 12 videos walk every cycle of the planner once: 4 frame rates + VFR, 5 sample rates, 4 containers, mono and
+# stereo; 4 of them held out with offsets -15, -5, 5, 15; the 5 broken inputs of each kind follow.
+SMALL_CORPUS = dict(num_videos=12, seed=7, corrupt=5, heldout_fraction=0.34, min_seconds=3.0, max_seconds=4.5,
+                    background_fraction=0.5, videos_per_speaker=2, workers=2)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("corpus")
+    rows = generate_corpus(SyntheticConfig(out=out, **SMALL_CORPUS), progress=False)
+    return out, rows
+
+
+@pytest.fixture(scope="session")
+def aligned_clips(small_corpus) -> dict[str, dict[str, np.ndarray]]:
+    """Per good clip: frame times, landmarks [N, 68, 2] from the offline aligner, and mono audio."""
+    from pipelines.faces.dlib_aligner import DlibAligner
+    from pipelines.media import iter_frames, read_audio
+
+    out, rows = small_corpus
+    aligner = DlibAligner()
+    result = {}
+    for row in rows:
+        if row["corrupt"]:
+            continue
+        path = out / row["path"]
+        times, frames = zip(*iter_frames(path))
+        landmarks, _ = aligner(np.stack(frames))
+        audio, sample_rate = read_audio(path)
+        result[row["key"]] = dict(times=np.array(times), landmarks=landmarks, audio=audio.mean(axis=0),
+                                  sample_rate=sample_rate)
+    return result
