@@ -7,8 +7,9 @@ The preprocessing stage builds on these four calls, so they share two promises:
   can count and filter on, and the file's path in the message.
 * Video and audio share one clock. :func:`frame_times` and :func:`iter_frames` report each frame's
   presentation time in seconds, and :func:`read_audio` returns audio whose sample ``i`` plays at
-  ``i / rate`` seconds on that same clock (codec priming already removed by FFmpeg where the
-  container records it, leading gaps padded with silence). Lip sync is only as good as this.
+  ``i / rate`` seconds on that same clock (codec priming removed by FFmpeg where the container
+  records it, a late start padded with silence, encoder padding past the recorded end cut off).
+  Lip sync is only as good as this.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 ``[channels, samples]`` at its native rate.
 
     Sample ``i`` plays at ``i / rate`` seconds on the clock of :func:`frame_times`: a stream that
-    starts late is padded with leading silence, one that starts before zero is trimmed.
+    starts late is padded with leading silence, one that starts before zero is trimmed, and
+    encoder padding past the stream's recorded end is dropped. Opus always decodes at 48 kHz.
 
     Raises:
         MediaError: unusable file, ``no_audio``, or ``corrupt`` if decoding fails midway.

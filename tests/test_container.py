@@ -15,13 +15,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from scipy.signal import correlate
+from scipy.signal import correlate, resample_poly
 
 from pipelines import media
 from pipelines.media import MediaError
 from pipelines.synthetic.container import CONTAINERS, ContainerSpec, write_clip
 
 WIDTH, HEIGHT = 64, 48
+FPS = Fraction(25)
 FPS_VALUES = [Fraction(24000, 1001), Fraction(25), Fraction(30000, 1001), Fraction(30)]
 AUDIO_RATES = [8000, 16000, 22050, 44100, 48000]
 
@@ -89,11 +90,10 @@ def aligned_correlation(reference: np.ndarray, decoded: np.ndarray, max_lag: int
     return float(np.corrcoef(ref, dec)[0, 1]), lag
 
 
-def write(path: Path, spec: ContainerSpec, count: int = 25, fps: Fraction = Fraction(25), **audio) -> Path:
+def write(path: Path, spec: ContainerSpec, count: int = 25, fps: Fraction = FPS, **audio) -> Path:
     """Write a CFR clip of `count` frames; pass audio=..., sample_rate=... to add sound."""
-    write_clip(
-        path, moving_square(count), grid_times(count, fps), audio.get("audio"), audio.get("sample_rate", 0), spec, fps
-    )
+    sound, rate = audio.get("audio"), audio.get("sample_rate", 0)
+    write_clip(path, moving_square(count), grid_times(count, fps), sound, rate, spec, fps)
     return path
 
 
@@ -133,7 +133,7 @@ def test_variable_frame_rate_round_trip(tmp_path: Path, name: str) -> None:
     info = media.probe(path)
     assert info.variable_frame_rate
     assert info.frame_count == times.size
-    assert info.duration_s >= times[-1]  # the last frame is inside the clip, not past its end
+    assert info.duration_s >= times[-1]  # the clip must not end before its last frame starts
     np.testing.assert_allclose(media.frame_times(path), times, atol=1e-3)
     durations = np.diff(media.frame_times(path))
     assert durations.max() - durations.min() > 0.01
@@ -152,7 +152,7 @@ def test_iter_frames_yields_written_pictures_at_frame_times(tmp_path: Path) -> N
 
 def test_avi_refuses_timing_it_cannot_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="avi"):
-        write_clip(tmp_path / "vfr.avi", moving_square(10), irregular_times(10), None, 0, CONTAINERS["avi"], Fraction(25))
+        write_clip(tmp_path / "vfr.avi", moving_square(10), irregular_times(10), None, 0, CONTAINERS["avi"], 25)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,7 +167,7 @@ def test_mp4_audio_round_trip(tmp_path: Path, rate: int, channels: int) -> None:
     # (up to 128 ms at 8 kHz) that the reader must cut at the length mp4 records.
     seconds = 1.1
     audio = chirp(rate, seconds, channels)
-    path = write(tmp_path / "a.mp4", CONTAINERS["mp4"], 28, Fraction(25), audio=audio, sample_rate=rate)
+    path = write(tmp_path / "a.mp4", CONTAINERS["mp4"], 28, audio=audio, sample_rate=rate)
 
     info = media.probe(path)
     assert (info.sample_rate, info.channels, info.audio_codec) == (rate, channels, "aac")
@@ -188,7 +188,7 @@ def test_every_container_round_trips_with_its_codecs(tmp_path: Path, name: str) 
     spec = CONTAINERS[name]
     rate, seconds = 48000, 1.0  # every audio codec in the table takes 48 kHz
     audio = chirp(rate, seconds, 2)
-    path = write(tmp_path / f"clip.{spec.extension}", spec, 25, Fraction(25), audio=audio, sample_rate=rate)
+    path = write(tmp_path / f"clip.{spec.extension}", spec, 25, audio=audio, sample_rate=rate)
 
     info = media.probe(path)
     assert (info.video_codec, info.audio_codec) == EXPECTED_CODECS[name]
@@ -213,6 +213,18 @@ def test_webm_refuses_44100_naming_codec_and_rates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"libopus.*44100.*48000"):
         write(tmp_path / "a.webm", CONTAINERS["webm"], audio=chirp(44100, 0.5, 1), sample_rate=44100)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_opus_decodes_at_48k_whatever_rate_it_was_encoded_at(tmp_path: Path) -> None:
+    """Opus has one decoding rate; the encoder's rate is only a bandwidth hint in the header."""
+    audio = chirp(16000, 1.0, 1)
+    path = write(tmp_path / "a.webm", CONTAINERS["webm"], audio=audio, sample_rate=16000)
+
+    assert media.probe(path).sample_rate == 48000
+    decoded, rate = media.read_audio(path)
+    assert rate == 48000
+    score, lag = aligned_correlation(resample_poly(audio[0], 3, 1), decoded[0], max_lag=rate // 5)
+    assert score > 0.9 and abs(lag) <= rate // 500
 
 
 def test_clip_without_audio(tmp_path: Path) -> None:
@@ -268,7 +280,8 @@ def test_broken_files_raise_media_error(tmp_path: Path, make, reasons: set[str])
 
 @pytest.mark.parametrize("name", ["mkv", "webm", "avi", "mov"])
 def test_other_truncated_containers_are_reported(tmp_path: Path, name: str) -> None:
-    """Matroska opens fine when cut short; without a check it would silently lose its tail."""
+    """Matroska opens fine when cut short and would silently lose its tail; AVI and MOV fail to
+    open, and the reason must still say truncated rather than unreadable."""
     whole = write(tmp_path / f"whole.{CONTAINERS[name].extension}", CONTAINERS[name])
     data = whole.read_bytes()
     cut = tmp_path / f"cut.{CONTAINERS[name].extension}"
@@ -278,21 +291,35 @@ def test_other_truncated_containers_are_reported(tmp_path: Path, name: str) -> N
     assert caught.value.reason == "truncated"
 
 
-def test_truncated_faststart_mp4_is_reported(tmp_path: Path) -> None:
-    """With the index up front the file still opens; the index then points past EOF."""
+def test_index_first_mp4_round_trips_and_its_cut_copy_is_reported(tmp_path: Path) -> None:
+    """With the index up front a cut file still opens; the index then points past EOF."""
+    rate = 16000
     path = tmp_path / "faststart.mp4"
-    with av.open(str(path), "w", container_options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for image in moving_square(25):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(stream.encode(None))
-    assert media.probe(path).frame_count == 25
+    write_clip(path, moving_square(25), grid_times(25, FPS), chirp(rate, 1.0, 1), rate, CONTAINERS["mp4"], FPS,
+               index_first=True)
     data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * 0.6)])
-    with pytest.raises(MediaError) as caught:
-        media.probe(path)
-    assert caught.value.reason == "truncated"
+    assert data.index(b"moov") < data.index(b"mdat")
+    assert media.probe(path).frame_count == 25
+    again = tmp_path / "again.mp4"
+    write_clip(again, moving_square(25), grid_times(25, FPS), chirp(rate, 1.0, 1), rate, CONTAINERS["mp4"], FPS,
+               index_first=True)
+    assert digest(again) == digest(path)  # the faststart rewrite is deterministic too
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    with av.open(str(cut)):
+        pass  # FFmpeg itself opens it without complaint
+    for read in (media.probe, media.read_audio, lambda p: next(media.iter_frames(p))):
+        with pytest.raises(MediaError) as caught:
+            read(cut)
+        assert caught.value.reason == "truncated"
+
+
+def test_index_first_is_refused_where_it_means_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="index_first"):
+        write_clip(tmp_path / "a.mkv", moving_square(3), grid_times(3, FPS), None, 0, CONTAINERS["mkv"], FPS,
+                   index_first=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -342,7 +369,7 @@ def test_failure_midway_leaves_no_file(tmp_path: Path) -> None:
 
     target = tmp_path / "clip.mp4"
     with pytest.raises(RuntimeError, match="renderer crashed"):
-        write_clip(target, exploding_frames(), grid_times(25, Fraction(25)), None, 0, CONTAINERS["mp4"], Fraction(25))
+        write_clip(target, exploding_frames(), grid_times(25, FPS), None, 0, CONTAINERS["mp4"], FPS)
     assert list(tmp_path.iterdir()) == []  # neither the clip nor its temporary file
 
 
@@ -350,7 +377,7 @@ def test_failure_keeps_previous_clip_intact(tmp_path: Path) -> None:
     target = write(tmp_path / "clip.mp4", CONTAINERS["mp4"])
     before = digest(target)
     with pytest.raises(ValueError):  # one frame short of the 25 times
-        write_clip(target, moving_square(24), grid_times(25, Fraction(25)), None, 0, CONTAINERS["mp4"], Fraction(25))
+        write_clip(target, moving_square(24), grid_times(25, FPS), None, 0, CONTAINERS["mp4"], FPS)
     assert digest(target) == before
     assert list(tmp_path.iterdir()) == [target]
 
@@ -370,7 +397,7 @@ def test_frames_are_consumed_lazily(tmp_path: Path) -> None:
         nonlocal alive
         alive -= 1
 
-    write_clip(tmp_path / "lazy.mp4", tracked_frames(), grid_times(60, Fraction(25)), None, 0, CONTAINERS["mp4"], 25)
+    write_clip(tmp_path / "lazy.mp4", tracked_frames(), grid_times(60, FPS), None, 0, CONTAINERS["mp4"], FPS)
     assert peak <= 3  # the generator's own frame plus the one being encoded
 
 
@@ -378,5 +405,5 @@ def test_frames_are_consumed_lazily(tmp_path: Path) -> None:
 def test_odd_frame_size_is_rejected(tmp_path: Path, size: tuple[int, int]) -> None:
     frames = [np.zeros((*size, 3), np.uint8)] * 3
     with pytest.raises(ValueError, match="even"):
-        write_clip(tmp_path / "odd.mp4", frames, grid_times(3, Fraction(25)), None, 0, CONTAINERS["mp4"], Fraction(25))
+        write_clip(tmp_path / "odd.mp4", frames, grid_times(3, FPS), None, 0, CONTAINERS["mp4"], FPS)
     assert list(tmp_path.iterdir()) == []

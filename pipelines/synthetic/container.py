@@ -89,6 +89,7 @@ def write_clip(
     spec: ContainerSpec,
     fps: Fraction,
     quality: int = 23,
+    index_first: bool = False,
 ) -> None:
     """Encode ``frames`` (and ``audio``) into ``path`` atomically and deterministically.
 
@@ -102,6 +103,8 @@ def write_clip(
         spec: container and codecs to use.
         fps: nominal frame rate as an exact fraction, e.g. ``Fraction(30000, 1001)``.
         quality: x264-style CRF (0-51, lower is better); mapped onto the other video codecs.
+        index_first: mp4/mov only: move the sample index ('moov') to the front ("faststart"),
+            as streaming sites serve files; a cut-off copy of such a file still opens.
 
     Raises:
         ValueError: bad frames/times/audio, a sample rate the audio codec does not accept, or
@@ -110,6 +113,7 @@ def write_clip(
     """
     path = Path(path)
     fps = Fraction(fps)
+    options = _muxer_options(spec, index_first)
     time_base, pts = _video_timing(np.asarray(frame_times_s, dtype=np.float64), fps, spec)
     if audio is not None:
         audio = _checked_audio(audio, sample_rate, spec)
@@ -122,7 +126,8 @@ def write_clip(
 
     tmp = _temporary_path(path)
     try:
-        _encode(tmp, itertools.chain([first], images), (height, width), time_base, pts, fps, audio, sample_rate, spec, quality)
+        images = itertools.chain([first], images)
+        _encode(tmp, images, (height, width), time_base, pts, fps, audio, sample_rate, spec, quality, options)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:  # including KeyboardInterrupt: never leave the partial file behind
@@ -141,10 +146,11 @@ def _encode(
     sample_rate: int,
     spec: ContainerSpec,
     quality: int,
+    muxer_options: dict[str, str],
 ) -> None:
     """Encode and mux everything into ``target``; the caller owns atomicity and cleanup."""
-    options = _MUXER_OPTIONS.get(spec.extension)
-    with av.open(str(target), "w", format=_MUXERS.get(spec.extension, spec.extension), container_options=options) as out:
+    muxer = _MUXERS.get(spec.extension, spec.extension)
+    with av.open(str(target), "w", format=muxer, container_options=muxer_options) as out:
         # Bitexact keeps Matroska from writing random segment/track UIDs and drops the
         # library-version tags, so identical inputs give identical bytes.
         out.flags |= av.container.Flags.bitexact.value
@@ -156,13 +162,23 @@ def _encode(
         if sound is not None:
             if spec.extension in _NO_PRIMING_SIGNAL:
                 # Pre-advance the audio by the priming so decoded sample i plays at i / rate.
-                audio = audio[:, _encoder_priming(spec.audio_codec, sample_rate, sound.codec_context.layout.name) :]
+                priming = _encoder_priming(spec.audio_codec, sample_rate, sound.codec_context.layout.name)
+                audio = audio[:, priming:]
             items.append(_audio_items(sound, audio, sample_rate))
         # Interleave by time so the muxer never has to buffer a whole stream in memory.
         for _, stream, frame in heapq.merge(*items, key=lambda item: item[0]):
             out.mux(stream.encode(frame))
         for stream in out.streams:
             out.mux(stream.encode(None))  # flush delayed frames (B-frames, lookahead, AAC)
+
+
+def _muxer_options(spec: ContainerSpec, index_first: bool) -> dict[str, str]:
+    options = dict(_MUXER_OPTIONS.get(spec.extension, {}))
+    if index_first:
+        if spec.extension not in ("mp4", "mov"):
+            raise ValueError(f"index_first is only supported for mp4/mov, not {spec.extension}")
+        options["movflags"] = "+faststart"  # a second pass at the end rewrites the file index-first
+    return options
 
 
 def _video_timing(times: np.ndarray, fps: Fraction, spec: ContainerSpec) -> tuple[Fraction, np.ndarray]:
@@ -249,7 +265,8 @@ def _add_video_stream(
     quality: int,
 ) -> av.VideoStream:
     variable = time_base != 1 / fps
-    stream = out.add_stream(spec.video_codec, rate=fps, options=_video_options(spec.video_codec, quality, variable))
+    options = _video_options(spec.video_codec, quality, variable)
+    stream = out.add_stream(spec.video_codec, rate=fps, options=options)
     stream.height, stream.width = size
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = time_base
@@ -288,7 +305,9 @@ def _mpeg4_quantiser(quality: int) -> int:
     return int(np.clip(round(quality / 6), 2, 31))
 
 
-def _add_audio_stream(out: av.container.OutputContainer, spec: ContainerSpec, rate: int, channels: int) -> av.AudioStream:
+def _add_audio_stream(
+    out: av.container.OutputContainer, spec: ContainerSpec, rate: int, channels: int
+) -> av.AudioStream:
     stream = out.add_stream(spec.audio_codec, rate=rate)
     stream.codec_context.format = _sample_format(spec.audio_codec)
     stream.codec_context.layout = "mono" if channels == 1 else "stereo"
@@ -310,7 +329,8 @@ def _encoder_priming(codec: str, rate: int, layout: str) -> int:
     ctx.open()
     samples = ctx.frame_size or _DEFAULT_AUDIO_BLOCK
     silence = np.zeros((len(ctx.layout.channels), samples), dtype=np.float32)
-    frame = av.AudioFrame.from_ndarray(_to_sample_format(silence, ctx.format.name), format=ctx.format.name, layout=layout)
+    samples = _to_sample_format(silence, ctx.format.name)
+    frame = av.AudioFrame.from_ndarray(samples, format=ctx.format.name, layout=layout)
     frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
     packets = ctx.encode(frame) + ctx.encode(None)
     first = packets[0].pts if packets else None

@@ -39,8 +39,9 @@ SPEECH_RATE = 22050  # espeak-ng's native rate; everything is mixed here, then r
 
 # Cycles of coprime lengths: any run of a few dozen consecutive videos covers every rate, container and
 # their combinations, which random draws would not guarantee for the small corpora tests use.
-FPS_CYCLE: tuple[Fraction | None, ...] = (Fraction(25), Fraction(30000, 1001), Fraction(24000, 1001), Fraction(30),
-                                          Fraction(25), None)  # None: variable frame rate
+# VFR sits where it meets "avi" (which cannot hold it) only at video 26, so small corpora get both.
+FPS_CYCLE: tuple[Fraction | None, ...] = (Fraction(25), Fraction(30000, 1001), None, Fraction(24000, 1001),
+                                          Fraction(30), Fraction(25))  # None: variable frame rate
 RATE_CYCLE = (16000, 44100, 48000, 22050, 8000)
 CONTAINER_CYCLE = ("mp4", "mp4", "mkv", "mp4", "mov", "avi", "mp4")
 FRAME_SIZES = ((256, 256), (320, 240), (360, 360), (384, 288), (480, 360), (360, 480))
