@@ -43,3 +43,6 @@ def aligned_clips(small_corpus) -> dict[str, dict[str, np.ndarray]]:
         result[row["key"]] = dict(times=np.array(times), landmarks=landmarks, audio=audio.mean(axis=0),
                                   sample_rate=sample_rate)
     return result
+
+
+from s3_server import s3_server  # noqa: E402,F401  (a session fixture: a moto S3 server on loopback)

@@ -22,11 +22,11 @@ def test_manifest_layout(small_corpus):
     out, rows = small_corpus
     assert [row["key"] for row in rows] == sorted({row["key"] for row in rows})
     assert len(good(rows)) == 12 and len(rows) == 17
-    heldout = [row for row in good(rows) if row["split"] == "heldout"]
+    heldout = [row for row in good(rows) if row["subset"] == "heldout"]
     assert sorted(row["offset_frames"] for row in heldout) == [-15, -5, 5, 15]
     assert all(row["path"].startswith("heldout/") for row in heldout)
-    assert all(row["offset_frames"] == 0 for row in rows if row["split"] == "train")
-    assert not {r["speaker"] for r in heldout} & {r["speaker"] for r in rows if r["split"] == "train"}
+    assert all(row["offset_frames"] == 0 for row in rows if row["subset"] == "train")
+    assert not {r["speaker"] for r in heldout} & {r["speaker"] for r in rows if r["subset"] == "train"}
     for row in rows:
         assert (out / row["path"]).is_file()
         assert row["offset_s"] == pytest.approx(row["offset_frames"] / 25)

@@ -43,6 +43,8 @@ class DlibAligner:
     coordinates, NaN for frames without a face, and detection scores float32 [N] (NaN likewise).
     """
 
+    name = "dlib"
+
     def __init__(self, config: DlibAlignerConfig = DlibAlignerConfig()):
         import dlib  # imported here so modules that only name the class don't need dlib installed
 

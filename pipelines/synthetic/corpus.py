@@ -93,7 +93,7 @@ class SyntheticConfig:
 class VideoPlan:
     index: int
     key: str
-    split: str  # "train" (in sync) or "heldout" (shifted)
+    subset: str  # "train" (in sync) or "heldout" (shifted, unseen speakers)
     speaker: int
     offset_frames: int
     fps: Fraction | None  # None: variable frame rate
@@ -107,7 +107,7 @@ class VideoPlan:
 
     @property
     def relative_path(self) -> str:
-        folder = "heldout" if self.split == "heldout" else "videos"
+        folder = "heldout" if self.subset == "heldout" else "videos"
         return f"{folder}/{self.key}.{self.container}"
 
 
@@ -143,7 +143,7 @@ def plan_corpus(config: SyntheticConfig) -> list[VideoPlan]:
         plans.append(VideoPlan(
             index=index,
             key=f"vid{index:05d}",
-            split="heldout" if is_heldout else "train",
+            subset="heldout" if is_heldout else "train",
             speaker=speaker,
             offset_frames=next(offsets) if is_heldout else 0,
             fps=fps,
@@ -278,7 +278,7 @@ def manifest_entry(plan: VideoPlan, speaker: Speaker, speech: Speech, speech_sta
     return {
         "key": plan.key,
         "path": plan.relative_path,
-        "split": plan.split,
+        "subset": plan.subset,
         "speaker": f"spk{plan.speaker:04d}",
         "offset_frames": plan.offset_frames,
         "offset_s": plan.offset_frames / EXPERT_FPS,
@@ -350,7 +350,7 @@ def summarize(rows: list[dict], wall_s: float) -> str:
     good = [r for r in rows if not r["corrupt"]]
     hours = sum(r["duration_s"] for r in good) / 3600
     lines = [
-        f"{len(good)} videos ({Counter(r['split'] for r in good)['heldout']} held out with shifted audio), "
+        f"{len(good)} videos ({Counter(r['subset'] for r in good)['heldout']} held out with shifted audio), "
         f"{len(rows) - len(good)} broken inputs, {hours * 60:.1f} min of video in {wall_s:.1f} s "
         f"({hours * 3600 / max(wall_s, 1e-9):.1f} video-s/s)",
         "  speakers:      " + str(len({r['speaker'] for r in good})),
@@ -359,7 +359,7 @@ def summarize(rows: list[dict], wall_s: float) -> str:
         "  channels:      " + _counts(r["channels"] for r in good),
         "  containers:    " + _counts(r["container"] for r in good),
         "  background:    " + _counts(r["background"] for r in good),
-        "  held-out offsets: " + " ".join(str(r["offset_frames"]) for r in good if r["split"] == "heldout"),
+        "  held-out offsets: " + " ".join(str(r["offset_frames"]) for r in good if r["subset"] == "heldout"),
     ]
     if len(rows) > len(good):
         lines.append("  broken inputs: " + _counts(r["corrupt"] for r in rows if r["corrupt"]))

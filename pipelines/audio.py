@@ -1,0 +1,229 @@
+"""Audio stages of preprocessing: mono 16 kHz audio, voice separation, and the expert's log-mel spectrogram.
+
+The lip-sync expert pairs a window of 5 video frames (25 fps) with 16 mel frames (80 per second). Every
+index here is derived from the two rates in :class:`AudioConfig`, never from a literal, because an index
+computed for the wrong rate (the classic ``80 * frame / fps`` on 48 kHz audio) silently pairs faces with
+audio from another time and leaves nothing to learn.
+
+Dimension legend: ``C`` channels, ``N`` samples, ``M`` mel bins (``n_mels``), ``T`` mel frames.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+import scipy.signal
+import soxr
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The expert's audio settings (Wav2Lip / SyncNet recipe) and the voice-separation settings."""
+
+    sample_rate: int = 16000
+    video_fps: int = 25
+    n_fft: int = 800
+    hop_length: int = 200
+    win_length: int = 800
+    n_mels: int = 80
+    fmin: float = 55.0
+    fmax: float = 7600.0
+    preemphasis: float = 0.97
+    min_level_db: float = -100.0
+    ref_level_db: float = 20.0
+    max_abs_value: float = 4.0
+    separation_width_s: float = 2.0  # REPET-SIM: neighbours must be at least this far apart in time
+    separation_margin: float = 10.0  # foreground soft-mask margin
+    separation_power: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "video_fps", "n_fft", "hop_length", "win_length", "n_mels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"AudioConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"AudioConfig.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"AudioConfig needs 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, "
+                             f"fmax={self.fmax}, sample_rate={self.sample_rate}")
+        if self.min_level_db >= 0 or self.max_abs_value <= 0:
+            raise ValueError("AudioConfig needs min_level_db < 0 and max_abs_value > 0")
+        if self.separation_width_s <= 0:
+            raise ValueError(f"AudioConfig.separation_width_s must be positive, got {self.separation_width_s}")
+
+    @property
+    def mel_fps(self) -> float:
+        """Mel frames per second (80.0 by default)."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def samples_per_frame(self) -> float:
+        """Audio samples per video frame (640.0 by default)."""
+        return self.sample_rate / self.video_fps
+
+    @property
+    def mels_per_frame(self) -> float:
+        """Mel frames per video frame (3.2 by default: 16 mel frames per 5 video frames)."""
+        return self.mel_fps / self.video_fps
+
+
+# --- Format ----------------------------------------------------------------------------------------------
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average ``[C, N]`` float audio to ``[N]`` float32; a 1-D array is taken as already mono."""
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        # Integer PCM would need a full-scale factor; guessing it wrong would shift every level in the mel.
+        raise TypeError(f"to_mono expects float audio in [-1, 1], got dtype {audio.dtype}")
+    if audio.ndim == 1:
+        return audio.astype(np.float32)
+    if audio.ndim != 2:
+        raise ValueError(f"to_mono expects [channels, samples], got shape {audio.shape}")
+    return audio.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Resample mono audio with soxr (high quality, linear phase, delay compensated): float32 out.
+
+    The output has ``ceil(N * target / rate)`` samples and sample ``i`` still plays at ``i / target`` s.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate <= 0 or target <= 0:
+        raise ValueError(f"resample needs positive rates, got {rate} -> {target}")
+    if rate == target:
+        return samples.copy()
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32, copy=False)
+
+
+def prepare(audio: np.ndarray, rate: int, config: AudioConfig) -> np.ndarray:
+    """``[C, N]`` audio at ``rate`` -> mono float32 at ``config.sample_rate``, sample 0 still at time 0."""
+    mono = to_mono(audio)
+    if not np.all(np.isfinite(mono)):
+        raise ValueError("prepare: audio contains NaN or infinite samples")
+    return resample(mono, rate, config.sample_rate)
+
+
+# --- Voice separation (REPET-SIM) --------------------------------------------------------------------------
+
+# Smallest nearest-neighbour exclusion width librosa accepts; a clip that cannot fit it is left as it is.
+_MIN_SEPARATION_WIDTH = 1
+
+
+def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """Keep the voice, suppress the repeating background (REPET-SIM, librosa's vocal-separation example).
+
+    The background is estimated per frame as the median of the most similar frames (cosine) at least
+    ``separation_width_s`` away; a soft mask keeps what stands out above it. For clips shorter than about
+    twice that width the minimum distance shrinks to fit (librosa requires ``width < (frames - 1) // 2``),
+    so short clips are still separated, less well. A clip under 4 hops (0.05 s by default), or pure
+    silence, is returned unchanged. Output: float32, same length as the input.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    width = _separation_width(1 + len(samples) // config.hop_length, config)
+    if width < _MIN_SEPARATION_WIDTH or not samples.any():
+        return samples.copy()
+    stft = _stft(samples, config)
+    magnitude = np.abs(stft)
+    background = librosa.decompose.nn_filter(magnitude, aggregate=np.median, metric="cosine", width=width)
+    background = np.minimum(magnitude, background)
+    mask = librosa.util.softmask(magnitude - background, config.separation_margin * background,
+                                 power=config.separation_power)
+    voice = librosa.istft(mask * stft, hop_length=config.hop_length, win_length=config.win_length,
+                          n_fft=config.n_fft, length=len(samples))
+    return voice.astype(np.float32)
+
+
+def _separation_width(frames: int, config: AudioConfig) -> int:
+    """STFT frames for ``separation_width_s``, shrunk to the largest width librosa accepts for this clip."""
+    wanted = round(config.separation_width_s * config.sample_rate / config.hop_length)
+    return min(wanted, (frames - 1) // 2 - 1)
+
+
+def _stft(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
+    # Explicit zero padding: segment_mel reproduces these frames by padding slices with zeros.
+    return librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+                        center=True, pad_mode="constant")
+
+
+# --- Log-mel spectrogram -----------------------------------------------------------------------------------
+
+
+def log_mel(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The expert's log-mel of 16 kHz mono audio: float32 ``[M, 1 + N // hop]`` in ``[-max_abs, max_abs]``.
+
+    Mel frame ``t`` is centred on sample ``t * hop_length`` (the signal is zero-padded at both ends).
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    return _normalise(_mel_magnitude(np.abs(_stft(_preemphasise(samples, config), config)), config), config)
+
+
+def mel_index(frame: int | np.ndarray, config: AudioConfig) -> int | np.ndarray:
+    """First mel frame of video frame ``frame``: ``round(frame * mel_fps / video_fps)``, halves rounded up.
+
+    Computed in integers (``frame * sample_rate / (hop_length * video_fps)``) so it is exact for any frame.
+    """
+    numerator = np.asarray(frame, dtype=np.int64) * config.sample_rate
+    denominator = config.hop_length * config.video_fps
+    index = (2 * numerator + denominator) // (2 * denominator)
+    return int(index) if np.ndim(frame) == 0 else index
+
+
+def segment_mel(samples: np.ndarray, start_frame: int, end_frame: int, config: AudioConfig) -> np.ndarray:
+    """Log-mel of video frames ``[start_frame, end_frame)`` of a clip whose 16 kHz mono audio is ``samples``.
+
+    Returns ``[M, mel_index(end) - mel_index(start)]``; column ``j`` equals column ``mel_index(start) + j``
+    of ``log_mel(samples)``. Only the samples those frames see are processed, with the whole clip's
+    zero padding reproduced, so frames before 0 or past the end read silence.
+    """
+    if end_frame < start_frame:
+        raise ValueError(f"segment_mel: end_frame {end_frame} is before start_frame {start_frame}")
+    first, stop = mel_index(start_frame, config), mel_index(end_frame, config)
+    if stop == first:
+        return np.zeros((config.n_mels, 0), np.float32)
+    # Mel frame t reads samples [t * hop - n_fft // 2, t * hop - n_fft // 2 + n_fft), as librosa's centring does.
+    begin = first * config.hop_length - config.n_fft // 2
+    end = (stop - 1) * config.hop_length - config.n_fft // 2 + config.n_fft
+    emphasised = _emphasised_span(np.asarray(samples, dtype=np.float32), begin, end, config)
+    spectrum = librosa.stft(emphasised, n_fft=config.n_fft, hop_length=config.hop_length,
+                            win_length=config.win_length, center=False)
+    return _normalise(_mel_magnitude(np.abs(spectrum), config), config)
+
+
+def _emphasised_span(samples: np.ndarray, begin: int, end: int, config: AudioConfig) -> np.ndarray:
+    """Samples ``[begin, end)`` of the pre-emphasised clip, zeros outside it, as the full-clip path sees them."""
+    span = np.zeros(end - begin, np.float32)
+    inside_begin, inside_end = max(begin, 0), min(end, len(samples))
+    if inside_begin >= inside_end:
+        return span
+    # The filter reads one sample of history; take it so the first emphasised sample matches the full clip.
+    history = 1 if inside_begin > 0 else 0
+    emphasised = _preemphasise(samples[inside_begin - history:inside_end], config)[history:]
+    span[inside_begin - begin:inside_end - begin] = emphasised
+    return span
+
+
+def _preemphasise(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
+    return scipy.signal.lfilter([1.0, -config.preemphasis], [1.0], samples).astype(np.float32)
+
+
+def _mel_magnitude(magnitude: np.ndarray, config: AudioConfig) -> np.ndarray:
+    return _mel_basis(config) @ magnitude
+
+
+def _normalise(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """Amplitude -> dB relative to ``ref_level_db``, then mapped linearly from [min_level_db, 0] to +-max_abs."""
+    floor = 10.0 ** (config.min_level_db / 20.0)  # 1e-5 for -100 dB
+    db = 20.0 * np.log10(np.maximum(floor, mel)) - config.ref_level_db
+    scaled = 2 * config.max_abs_value * (db - config.min_level_db) / -config.min_level_db - config.max_abs_value
+    return np.clip(scaled, -config.max_abs_value, config.max_abs_value).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(config: AudioConfig) -> np.ndarray:
+    basis = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+                                fmin=config.fmin, fmax=config.fmax)
+    basis.setflags(write=False)  # shared between calls and threads
+    return basis

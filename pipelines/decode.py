@@ -1,0 +1,172 @@
+"""Decode a video into chunks on the expert's clock: 25 fps frames and 16 kHz mono audio.
+
+Real corpora arrive at 23.976, 29.97, 30 fps, variable frame rate, any sample rate. Frames are resampled by
+presentation timestamp (each output instant k/25 takes the source frame nearest to it), never by index, and
+audio by a real resampler, so frame k and audio sample k * 640 describe the same instant whatever the source.
+
+Decoding streams: a video becomes chunks of at most `chunk_seconds`, each yielded as soon as it is complete,
+so a one-hour input never sits in memory as frames. A chunk is also the longest sample we cut, as corpora
+for lip-sync are cut into segments of a few seconds anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from pipelines.audio import AudioConfig, prepare
+from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
+from pipelines.storage import StorageConfig, local_copy
+
+CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    fps: int = field(default=25, metadata={"help": "video frame rate of the expert's clock"})
+    chunk_seconds: float = field(default=10.0, metadata={"help": "longest piece a video is cut into (and the longest sample)"})
+    max_side: int = field(default=640, metadata={"help": "frames are downscaled so their longer side is at most this before face detection"})
+
+
+@dataclass
+class Chunk:
+    """A piece of one video on the 25 fps clock.
+
+    frames: uint8 [T, H, W, 3] RGB, upright, frame t at time (start_frame + t) / fps.
+    audio:  float32 mono at 16 kHz covering frames [start_frame - CONTEXT_FRAMES, start_frame + T + CONTEXT_FRAMES),
+            zero where that lies outside the recording.
+    """
+
+    index: int
+    start_frame: int
+    frames: np.ndarray
+    audio: np.ndarray
+
+
+def resample_indices(source_times: np.ndarray, fps: float, duration_s: float) -> np.ndarray:
+    """For each output instant k / fps in [0, duration), the index of the source frame nearest in time."""
+    if len(source_times) == 0:
+        return np.zeros(0, dtype=np.int64)
+    targets = np.arange(int(math.floor(duration_s * fps + 1e-6))) / fps
+    right = np.clip(np.searchsorted(source_times, targets), 1, max(len(source_times) - 1, 1))
+    left = right - 1
+    if len(source_times) == 1:
+        return np.zeros(len(targets), dtype=np.int64)
+    closer_left = np.abs(targets - source_times[left]) <= np.abs(source_times[right] - targets)
+    return np.where(closer_left, left, right)
+
+
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply the display rotation (clockwise degrees) that phones record as metadata."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, k=-turns)) if turns else frame
+
+
+def fit_within(frame: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return frame
+    size = (max(2, round(width * scale)), max(2, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: AudioConfig) -> Iterator[Chunk]:
+    """Stream a video as chunks on the expert's clock. Raises MediaError (with a reason) for unusable input."""
+    if not info.has_video:
+        raise MediaError("no_video", path)
+    if not info.has_audio:
+        raise MediaError("no_audio", path)
+    samples, rate = read_audio(path)
+    audio = prepare(samples, rate, audio_config)
+    del samples  # the native-rate audio can be ten times the size of the 16 kHz mono we keep
+    source_times = frame_times(path)
+    duration = min(info.duration_s, len(audio) / audio_config.sample_rate)
+    picks = resample_indices(source_times, config.fps, duration)
+    if len(picks) == 0:
+        raise MediaError("truncated", path, "no decodable frames")
+
+    chunk_frames = max(int(config.chunk_seconds * config.fps), 1)
+    samples_per_frame = audio_config.sample_rate // config.fps
+    frames: list[np.ndarray] = []
+    chunk_index = produced = 0
+    pending = iter(picks.tolist())
+    wanted = next(pending, None)
+    for index, (_, image) in enumerate(iter_frames(path)):
+        if wanted is None:
+            break
+        if wanted != index:
+            continue
+        frame = fit_within(upright(image, info.rotation), config.max_side)
+        while wanted == index:  # one source frame may fill several output instants when upsampling
+            frames.append(frame)
+            produced += 1
+            if len(frames) == chunk_frames:
+                yield _chunk(chunk_index, produced - len(frames), frames, audio, samples_per_frame)
+                chunk_index, frames = chunk_index + 1, []
+            wanted = next(pending, None)
+    if wanted is not None and produced < 0.9 * len(picks):
+        raise MediaError("truncated", path, f"decoding stopped after {produced} of {len(picks)} frames")
+    if frames:
+        yield _chunk(chunk_index, produced - len(frames), frames, audio, samples_per_frame)
+
+
+def _chunk(index: int, start_frame: int, frames: list[np.ndarray], audio: np.ndarray, samples_per_frame: int) -> Chunk:
+    begin = (start_frame - CONTEXT_FRAMES) * samples_per_frame
+    end = (start_frame + len(frames) + CONTEXT_FRAMES) * samples_per_frame
+    piece = np.zeros(end - begin, dtype=np.float32)
+    lo, hi = max(begin, 0), min(end, len(audio))
+    if hi > lo:
+        piece[lo - begin:hi - begin] = audio[lo:hi]
+    return Chunk(index=index, start_frame=start_frame, frames=np.stack(frames), audio=piece)
+
+
+class DecodeStage:
+    """Ray Data stage: one source row in, its chunks out (streamed), then one `end` row with the chunk count
+    or the reason the video failed. Failures never raise: a corpus always has broken files."""
+
+    def __init__(self, config: DecodeConfig, audio_config: AudioConfig, storage: StorageConfig):
+        self.config, self.audio_config, self.storage = config, audio_config, storage
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(batch["key"])):
+            source = {name: batch[name][i] for name in ("key", "uri", "speaker", "split")}
+            yield from self.decode_source(source)
+
+    def decode_source(self, source: dict) -> Iterator[dict[str, np.ndarray]]:
+        count, error, detail, info = 0, "", "", None
+        try:
+            with local_copy(str(source["uri"]), self.storage) as path:
+                info = probe(path)
+                for chunk in decode_chunks(path, info, self.config, self.audio_config):
+                    yield self._row(source, info, chunk.index, chunk.start_frame, chunk.frames, chunk.audio)
+                    count += 1
+        except MediaError as failure:
+            error, detail = failure.reason, str(failure)
+        except FileNotFoundError as failure:
+            error, detail = "missing", str(failure)
+        except Exception as failure:  # an unforeseen decoder failure must cost one video, not the run
+            error, detail = "decode_error", f"{type(failure).__name__}: {failure}"
+        empty = np.zeros((0, 2, 2, 3), np.uint8)
+        yield self._row(source, info, count, 0, empty, np.zeros(0, np.float32), end=True, error=error, detail=detail)
+
+    def _row(self, source, info, chunk, start_frame, frames, audio, end=False, error="", detail=""):
+        return {
+            **{name: np.array([str(value)]) for name, value in source.items()},
+            "chunk": np.array([chunk]), "start_frame": np.array([start_frame]), "end": np.array([end]),
+            "frames": _single(frames), "audio": _single(audio),
+            "source_fps": np.array([info.fps if info else 0.0]),
+            "source_rate": np.array([info.sample_rate or 0 if info else 0]),
+            "error": np.array([error]), "detail": np.array([detail]),
+        }
+
+
+def _single(array: np.ndarray) -> np.ndarray:
+    """A one-row column holding an array whose shape differs between rows."""
+    column = np.empty(1, dtype=object)
+    column[0] = array
+    return column

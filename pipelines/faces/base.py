@@ -1,0 +1,106 @@
+"""One interface over the two face aligners, and the configuration that picks one.
+
+Both aligners map RGB frames uint8 [N, H, W, 3] to iBUG-68 landmarks float32 [N, 68, 2] in (x, y) frame pixels
+and a detection score float32 [N], NaN (every coordinate and the score) for frames without a face. Everything
+downstream (alignment, tracks, quality) sees only that contract.
+
+* ``face-alignment``: S3FD detector + FAN landmarks (Bulat & Tzimiropoulos), batched on the GPU. Its weights are
+  not on any package registry: they are read from a folder and never downloaded here.
+* ``dlib``: HOG detector + shape predictor, weights from the `face-recognition-models` package; CPU, offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+ALIGNERS = ("auto", "face-alignment", "dlib")
+DEVICES = ("auto", "cpu", "cuda")
+
+# face-alignment 1.5.0's weight files, by the names it looks for in the torch hub cache (its `models_urls`;
+# tests check these against the installed package so an upgrade that renames them fails loudly).
+FAN_WEIGHTS = "2DFAN4-11f355bf06.pth.tar"
+S3FD_WEIGHTS = "s3fd-619a316812.pth"
+WEIGHT_URLS = {
+    FAN_WEIGHTS: "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
+    S3FD_WEIGHTS: "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth",
+}
+
+
+@runtime_checkable
+class Aligner(Protocol):
+    name: str  # "face-alignment" or "dlib": recorded with every sample so crops stay traceable to their aligner
+
+    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, 68, 2] (x, y), scores float32 [N]); NaN: no face."""
+        ...
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    aligner: str = field(default="auto", metadata={
+        "help": "face aligner; auto = face-alignment when its weights are present, else dlib", "choices": ALIGNERS})
+    face_weights: Path | None = field(default=None, metadata={
+        "help": f"folder holding face-alignment's weights ({FAN_WEIGHTS}, {S3FD_WEIGHTS}); "
+                "default: the torch hub cache ($TORCH_HOME/hub/checkpoints)"})
+    device: str = field(default="auto", metadata={
+        "help": "where face-alignment runs; auto = cuda when available", "choices": DEVICES})
+    batch_size: int = field(default=64, metadata={"help": "frames per batched forward pass (face-alignment)"})
+    crop_size: int = field(default=96, metadata={"help": "side of the aligned face crop in pixels"})
+    max_center_jump: float = field(default=0.3, metadata={
+        "help": "face-centre jump between consecutive frames, in face widths, that ends a track (a cut, another person)"})
+    min_score: float | None = field(default=None, metadata={
+        "help": "detection score threshold; default: the aligner's own (S3FD 0.5, dlib 0.0)"})
+
+    def __post_init__(self):
+        problems = []
+        if self.aligner not in ALIGNERS:
+            problems.append(f"--aligner must be one of {ALIGNERS}, not {self.aligner!r}")
+        if self.device not in DEVICES:
+            problems.append(f"--device must be one of {DEVICES}, not {self.device!r}")
+        if self.batch_size < 1:
+            problems.append("--batch-size must be at least 1")
+        if self.crop_size < 16:
+            problems.append("--crop-size must be at least 16 pixels")
+        if self.max_center_jump <= 0:
+            problems.append("--max-center-jump must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def fan_weights_dir(config: FaceConfig) -> Path:
+    """The folder face-alignment's weights are read from: `face_weights`, else the torch hub cache."""
+    if config.face_weights is not None:
+        return Path(config.face_weights)
+    import torch.hub  # here, not at module level: the dlib path needs no torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def missing_fan_weights(config: FaceConfig) -> list[str]:
+    folder = fan_weights_dir(config)
+    return [name for name in WEIGHT_URLS if not (folder / name).is_file()]
+
+
+def fan_weights_present(config: FaceConfig) -> bool:
+    return not missing_fan_weights(config)
+
+
+def make_aligner(config: FaceConfig) -> Aligner:
+    """The aligner `config.aligner` names; `auto` prefers face-alignment (more accurate, GPU-batched) but only
+    when its weights are already on disk, so an offline machine falls back to dlib instead of failing."""
+    choice = config.aligner
+    if choice == "auto":
+        choice = "face-alignment" if fan_weights_present(config) else "dlib"
+    if choice == "face-alignment":
+        from pipelines.faces.fan_aligner import FanAligner
+
+        return FanAligner(config)
+    from pipelines.faces.dlib_aligner import DlibAligner, DlibAlignerConfig
+
+    if config.min_score is None:
+        return DlibAligner()
+    return DlibAligner(DlibAlignerConfig(min_score=config.min_score))

@@ -1,0 +1,223 @@
+"""face-alignment's networks (S3FD detector, 2D-FAN-4 landmarks), run in batches.
+
+The library's own `FaceAlignment` detects a batch at once but then runs FAN one image at a time in fp32, and
+fetches missing weights from the internet. Here the library supplies the networks, its crop and its constants;
+this module supplies the batching:
+
+    frames uint8 [B, H, W, 3] --S3FD, one forward pass--> largest face box per frame
+    boxes --face_alignment.utils.crop--> FAN inputs [F, 3, 256, 256] (F <= B frames with a face)
+    FAN, one forward pass --> heatmaps [F, 68, 64, 64] --> landmarks in frame pixels [F, 68, 2]
+
+On CUDA both networks run under bf16 autocast with channels_last tensors; on CPU in fp32.
+
+Two deliberate departures from the library's post-processing:
+* S3FD's boxes are decoded with tensor operations over all anchors at once (the library loops in Python over
+  every anchor above 0.05, which random or weak detections turn into thousands of iterations).
+* Heatmap peaks are mapped back to the frame in floating point (the library's numba `transform_np` truncates
+  them to whole pixels, which shakes an aligned crop, and compiles for seconds in every new process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from face_alignment.detection.sfd.bbox import nms
+from face_alignment.detection.sfd.net_s3fd import s3fd
+from face_alignment.models import FAN
+from face_alignment.utils import CENTER_Y_OFFSET, REFERENCE_SCALE, SCALE_FACTOR, crop
+
+from pipelines.faces.base import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, FaceConfig, fan_weights_dir, missing_fan_weights
+
+NUM_LANDMARKS = 68
+FAN_STACKS = 4  # 2D-FAN-4: four stacked hourglasses; the last one's heatmaps are the prediction
+DEFAULT_MIN_SCORE = 0.5  # the library's SFDDetector filter_threshold
+CANDIDATE_SCORE = 0.05  # the library's pre-NMS cut: anchors below it are never boxes
+NMS_OVERLAP = 0.3  # the library's SFDDetector NMS threshold
+S3FD_BGR_MEAN = (104.0, 117.0, 123.0)  # S3FD was trained on mean-subtracted BGR in [0, 255]
+S3FD_VARIANCES = (0.1, 0.2)  # SSD box-encoding variances for centre and size
+# S3FD costs grow with pixels while talking-head faces are large: detecting on frames no larger than this
+# (boxes scaled back) makes 1080p cost what 360p costs; its smallest anchor (16 px) then means ~50 px faces at 1080p.
+DETECT_MAX_SIDE = 640
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return device
+
+
+def missing_weights_message(folder, missing: list[str]) -> str:
+    files = "; ".join(f"{name} (from {WEIGHT_URLS[name]})" for name in missing)
+    return (f"face-alignment weights missing from {folder}: {files}. Nothing is downloaded here: fetch these files "
+            "(the face-alignment project's release URLs above) into that folder or point --face-weights at a "
+            "folder holding them, or use --aligner dlib, which works offline.")
+
+
+def load_network(net: torch.nn.Module, path, device: str, channels_last: bool) -> torch.nn.Module:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+def decode_s3fd(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """S3FD's six (class logits, box offsets) pairs -> boxes [B, A, 4] (x1, y1, x2, y2) and face probabilities
+    [B, A] over all A anchors, in the detector's input pixels. The same decoding as the library's
+    `get_predictions`: anchor centres every `stride`, anchor side 4 * stride, SSD offsets."""
+    all_boxes, all_scores = [], []
+    for level, (logits, offsets) in enumerate(zip(outputs[0::2], outputs[1::2])):
+        stride = 2 ** (level + 2)
+        side = 4.0 * stride
+        logits, offsets = logits.float(), offsets.float()
+        height, width = logits.shape[2:]
+        ys = torch.arange(height, device=logits.device, dtype=torch.float32) * stride + stride / 2
+        xs = torch.arange(width, device=logits.device, dtype=torch.float32) * stride + stride / 2
+        cx = xs.view(1, 1, width) + offsets[:, 0] * S3FD_VARIANCES[0] * side
+        cy = ys.view(1, height, 1) + offsets[:, 1] * S3FD_VARIANCES[0] * side
+        half_w = side * torch.exp(offsets[:, 2] * S3FD_VARIANCES[1]) / 2
+        half_h = side * torch.exp(offsets[:, 3] * S3FD_VARIANCES[1]) / 2
+        boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
+        all_boxes.append(boxes.flatten(1, 2))
+        all_scores.append(logits.softmax(dim=1)[:, 1].flatten(1))
+    return torch.cat(all_boxes, dim=1), torch.cat(all_scores, dim=1)
+
+
+def plausible_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boxes [K, 4] that can be a face in an H x W frame: finite, centred inside it, no larger than its longer
+    side. The crop for FAN allocates the box's full extent, so an absurd box must never reach it."""
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return (np.isfinite(boxes).all(axis=1) & (centre_x >= 0) & (centre_x < width) & (centre_y >= 0)
+            & (centre_y < height) & (sides > 1) & (sides <= max(height, width)))
+
+
+def pick_largest_face(candidates: np.ndarray) -> np.ndarray | None:
+    """Candidates [K, 5] (box, score) of one frame -> the largest box that survives NMS, or None.
+
+    The main speaker is assumed to be the largest face, as in the dlib aligner."""
+    if len(candidates) == 0:
+        return None
+    kept = candidates[nms(candidates, NMS_OVERLAP)]
+    areas = (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])
+    return kept[np.argmax(areas)]
+
+
+def fan_crop_params(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face boxes [F, 4] -> FAN crop centres [F, 2] and scales [F], the library's convention: the centre is
+    raised by CENTER_Y_OFFSET of the box height, and scale 1 means a 200 px face (the box's w + h over 195)."""
+    width = boxes[:, 2] - boxes[:, 0]
+    height = boxes[:, 3] - boxes[:, 1]
+    centres = np.stack([boxes[:, 0] + width / 2, boxes[:, 1] + height / 2 - height * CENTER_Y_OFFSET], axis=1)
+    return centres, (width + height) / REFERENCE_SCALE
+
+
+def heatmaps_to_points(heatmaps: np.ndarray, centres: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """FAN heatmaps [F, 68, h, w] -> landmarks [F, 68, 2] (x, y) in frame pixels.
+
+    The library's `get_preds_fromhm`, vectorised and without its final rounding: the arg-max cell, moved a quarter
+    cell towards the higher neighbour (interior cells only), taken at its centre, then the inverse of the crop's
+    scale-and-shift (a crop of side SCALE_FACTOR * scale pixels around the centre covers the whole heatmap)."""
+    num, points, height, width = heatmaps.shape
+    peak = heatmaps.reshape(num, points, height * width).argmax(axis=-1)
+    y, x = np.divmod(peak, width)
+    interior = (x > 0) & (x < width - 1) & (y > 0) & (y < height - 1)
+    xi, yi = np.clip(x, 1, width - 2), np.clip(y, 1, height - 2)
+    face, point = np.ogrid[:num, :points]
+    dx = np.sign(heatmaps[face, point, yi, xi + 1] - heatmaps[face, point, yi, xi - 1])
+    dy = np.sign(heatmaps[face, point, yi + 1, xi] - heatmaps[face, point, yi - 1, xi])
+    cells = np.stack([x + 0.5 + 0.25 * dx * interior, y + 0.5 + 0.25 * dy * interior], axis=-1)
+    side = SCALE_FACTOR * scales[:, None, None]
+    return (cells / np.array([width, height]) - 0.5) * side + centres[:, None, :]
+
+
+class FanAligner:
+    """S3FD + FAN landmarks for the largest face in each frame; the contract of `pipelines.faces.base.Aligner`.
+
+    Weights are read from `fan_weights_dir(config)` only; a missing file raises FileNotFoundError before anything
+    else happens. Frames of one call share their size (they come as one array).
+    """
+
+    name = "face-alignment"
+
+    def __init__(self, config: FaceConfig = FaceConfig()):
+        folder = fan_weights_dir(config)
+        missing = missing_fan_weights(config)
+        if missing:
+            raise FileNotFoundError(missing_weights_message(folder, missing))
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.min_score = DEFAULT_MIN_SCORE if config.min_score is None else config.min_score
+        on_gpu = self.device.startswith("cuda")
+        self._memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+        self._detector = load_network(s3fd(), folder / S3FD_WEIGHTS, self.device, on_gpu)
+        self._fan = load_network(FAN(FAN_STACKS), folder / FAN_WEIGHTS, self.device, on_gpu)
+
+    def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
+        landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
+        scores = np.full(len(frames), np.nan, dtype=np.float32)
+        for start in range(0, len(frames), self.config.batch_size):
+            batch = frames[start:start + self.config.batch_size]
+            faces = self.detect(batch)
+            found = np.flatnonzero(np.isfinite(faces[:, 4]))
+            scores[start:start + len(batch)] = faces[:, 4]
+            if len(found):
+                landmarks[start + found] = self.landmarks(batch[found], faces[found, :4])
+        return landmarks, scores
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        # uint8 crosses to the device (a quarter of the bytes of float), then becomes float [B, 3, H, W] there.
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        return tensor.permute(0, 3, 1, 2).float().contiguous(memory_format=self._memory_format)
+
+    @torch.inference_mode()
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        """RGB uint8 [B, H, W, 3] -> the largest face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
+        frame pixels; a row of NaN where no box scores above `min_score`."""
+        height, width = frames.shape[1:3]
+        images = self._to_tensor(frames)
+        shrink = min(1.0, DETECT_MAX_SIDE / max(height, width))
+        if shrink < 1.0:
+            images = F.interpolate(images, scale_factor=shrink, mode="bilinear", antialias=True)
+        mean = torch.tensor(S3FD_BGR_MEAN, device=images.device).view(1, 3, 1, 1)
+        images = (images.flip(1) - mean).contiguous(memory_format=self._memory_format)
+        with self._autocast():
+            outputs = self._detector(images)
+        boxes, probs = decode_s3fd(outputs)
+        # Only anchors above the threshold leave the device: a handful per frame with real weights.
+        frame_index, anchor = torch.nonzero(probs > max(self.min_score, CANDIDATE_SCORE), as_tuple=True)
+        candidates = torch.cat([boxes[frame_index, anchor] / shrink, probs[frame_index, anchor, None]], dim=1)
+        candidates, frame_index = candidates.cpu().numpy(), frame_index.cpu().numpy()
+
+        faces = np.full((len(frames), 5), np.nan, dtype=np.float32)
+        for i in range(len(frames)):
+            mine = candidates[frame_index == i]
+            face = pick_largest_face(mine[plausible_boxes(mine[:, :4], height, width)])
+            if face is not None:
+                faces[i] = face
+        return faces
+
+    @torch.inference_mode()
+    def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """One face box per frame: RGB uint8 [F, H, W, 3], boxes [F, 4] -> landmarks float32 [F, 68, 2]."""
+        centres, scales = fan_crop_params(boxes.astype(np.float64))
+        crops = np.stack([crop(frame, centre, scale) for frame, centre, scale in zip(frames, centres, scales)])
+        inputs = self._to_tensor(crops) / 255.0
+        with self._autocast():
+            heatmaps = self._fan(inputs)[-1]
+        heatmaps = heatmaps.float().cpu().numpy()
+        return heatmaps_to_points(heatmaps, centres, scales).astype(np.float32)

@@ -1,0 +1,45 @@
+"""The face stage of preprocessing: frames in, aligned face crops and landmarks out.
+
+Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the face-alignment
+aligner batches detection and landmarks across the chunk's frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.faces.align import crop_faces, smooth_landmarks
+from pipelines.faces.base import FaceConfig, make_aligner
+
+
+class FaceStage:
+    def __init__(self, config: FaceConfig):
+        self.config = config
+        self.aligner = make_aligner(config)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        crops, landmarks, scores = [], [], []
+        for frames in batch["frames"]:
+            points, score = self.aligner(frames) if len(frames) else _no_faces(0)
+            points = smooth_landmarks(points)
+            crops.append(crop_faces(frames, points, self.config.crop_size) if len(frames)
+                         else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8))
+            landmarks.append(points)
+            scores.append(score)
+        out = {name: value for name, value in batch.items() if name != "frames"}
+        out["faces"] = _column(crops)
+        out["landmarks"] = _column(landmarks)
+        out["scores"] = _column(scores)
+        out["aligner"] = np.array([self.aligner.name] * len(crops))
+        return out
+
+
+def _no_faces(count: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((count, 68, 2), np.nan, np.float32), np.full(count, np.nan, np.float32)
+
+
+def _column(arrays: list[np.ndarray]) -> np.ndarray:
+    """A batch column of per-row arrays whose lengths differ (Ray Data stores them as variable-shaped tensors)."""
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column

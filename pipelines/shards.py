@@ -1,0 +1,209 @@
+"""Writing shards so that nothing half-written is ever visible and a rerun duplicates nothing.
+
+Two steps, after datatrove and video2dataset:
+1. Parts. While Ray Data streams, each chunk of each video is written as `_parts/KEY/cNNNNN.tar` (its samples)
+   and then `cNNNNN.json` (its record: the json is the chunk's completion marker); the end of a video writes
+   `_parts/KEY/end.json` with its chunk count or its failure. All writes are atomic.
+2. Packing. When the stream is done, every video whose parts are complete and that no shard holds yet is
+   packed, in key order, into `shard-NNNNNN.tar`; then `shard-NNNNNN.json` (the shard's stats and the records
+   of its videos, failures included) is written; only then are the parts deleted. The stats json is the
+   shard's completion marker and the list of videos it holds, so a rerun skips those videos, and a run killed
+   while packing redoes exactly the unfinished shard from the parts still there.
+The corpus index (`index.parquet`) is rebuilt from the stats jsons at the end of every run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines.storage import (StorageConfig, delete, join, list_files, read_bytes, resolve, upload_file_atomic,
+                               write_bytes_atomic)
+
+PARTS = "_parts"
+SHARD_PATTERN = re.compile(r"shard-(\d{6})\.json$")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard_max_samples: int = field(default=2000, metadata={"help": "a shard is closed after this many samples"})
+    shard_max_mb: float = field(default=512.0, metadata={"help": "... or after this many megabytes"})
+
+
+class PartWriter:
+    """The last stage of the stream: persist each chunk's samples and record under `_parts/`."""
+
+    def __init__(self, output: str, storage: StorageConfig):
+        self.output, self.storage = output, storage
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for key, chunk, end, part, record in zip(batch["key"], batch["chunk"], batch["end"], batch["part"],
+                                                  batch["record"]):
+            folder = join(self.output, PARTS, str(key))
+            if end:
+                write_bytes_atomic(join(folder, "end.json"), str(record).encode(), self.storage)
+                continue
+            name = f"c{int(chunk):05d}"
+            if part:
+                write_bytes_atomic(join(folder, name + ".tar"), bytes(part), self.storage)
+            write_bytes_atomic(join(folder, name + ".json"), str(record).encode(), self.storage)
+        records = [json.loads(str(r)) for r in batch["record"]]
+        return {"key": batch["key"], "end": batch["end"],
+                "samples": np.array([len(r["samples"]) for r in records]),
+                "error": np.array([r["error"] for r in records])}
+
+
+def packed_videos(output: str, storage: StorageConfig) -> set[str]:
+    """Keys of every video some finished shard already accounts for (ok or failed)."""
+    return {video["key"] for stats in shard_stats(output, storage) for video in stats["videos"]}
+
+
+def shard_stats(output: str, storage: StorageConfig) -> list[dict]:
+    files = [f for f in list_files(output, storage, suffix=".json") if SHARD_PATTERN.search(f)
+             and f"/{PARTS}/" not in f]
+    return [json.loads(read_bytes(f, storage)) for f in sorted(files)]
+
+
+def video_verdict(records: list[dict]) -> dict:
+    """One video's outcome from its chunk records and end record."""
+    end = next(r for r in records if r["end"])
+    chunks = [r for r in records if not r["end"]]
+    samples = [s for r in chunks for s in r["samples"]]
+    errors = [r for r in records if r["error"]]
+    verdict = {"key": end["key"], "uri": end["uri"], "frames": sum(r["frames"] for r in chunks),
+               "frames_with_face": sum(r["frames_with_face"] for r in chunks),
+               "dropped_short": sum(r["dropped_short"] for r in chunks), "samples": samples,
+               "status": "ok", "reason": "", "detail": ""}
+    if errors:
+        verdict.update(status="failed", reason=errors[0]["error"], detail=errors[0]["detail"], samples=[])
+    elif not samples:
+        reason = "no_face" if verdict["frames_with_face"] == 0 else "too_short"
+        verdict.update(status="failed", reason=reason,
+                       detail=f"{verdict['frames_with_face']} of {verdict['frames']} frames with a face, "
+                              f"{verdict['dropped_short']} segments shorter than the minimum")
+    return verdict
+
+
+def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[dict]]:
+    """Videos whose parts are all written, with their records, by key."""
+    by_video: dict[str, dict[str, str]] = {}
+    for path in list_files(join(output, PARTS), storage, suffix=".json"):
+        key, name = path.rsplit("/", 2)[-2:]
+        by_video.setdefault(key, {})[name] = path
+    complete = {}
+    for key, files in sorted(by_video.items()):
+        if "end.json" not in files:
+            continue
+        end = json.loads(read_bytes(files["end.json"], storage))
+        names = [f"c{i:05d}.json" for i in range(end["chunk"])]
+        if all(name in files for name in names):
+            complete[key] = [json.loads(read_bytes(files[name], storage)) for name in names] + [end]
+    return complete
+
+
+def pack(output: str, storage: StorageConfig, config: ShardConfig) -> list[dict]:
+    """Pack every complete, not yet packed video into new shards; returns the stats of the shards written."""
+    done = packed_videos(output, storage)
+    existing = [int(SHARD_PATTERN.search(f).group(1)) for f in list_files(output, storage, suffix=".json")
+                if SHARD_PATTERN.search(f) and f"/{PARTS}/" not in f]
+    number = max(existing, default=-1) + 1
+    videos = {k: v for k, v in complete_videos(output, storage).items() if k not in done}
+    written: list[dict] = []
+    batch: list[dict] = []
+    size = count = 0
+    for key in sorted(videos):
+        verdict = video_verdict(videos[key])
+        batch.append(verdict)
+        count += len(verdict["samples"])
+        if verdict["status"] == "ok":
+            size += _parts_bytes(output, key, storage)
+        if count >= config.shard_max_samples or size >= config.shard_max_mb * 2 ** 20:
+            written.append(_write_shard(output, storage, number, batch))
+            number, batch, size, count = number + 1, [], 0, 0
+    if batch:
+        written.append(_write_shard(output, storage, number, batch))
+    for stats in written:
+        for video in stats["videos"]:
+            delete(join(output, PARTS, video["key"]), storage)
+    return written
+
+
+def _parts_bytes(output: str, key: str, storage: StorageConfig) -> int:
+    fs, path = resolve(join(output, PARTS, key), storage)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sum(info.size or 0 for info in infos if info.path.endswith(".tar"))
+
+
+def _write_shard(output: str, storage: StorageConfig, number: int, videos: list[dict]) -> dict:
+    name = f"shard-{number:06d}"
+    samples = [s for v in videos for s in v["samples"]]
+    stats = {"shard": name + ".tar", "samples": len(samples), "videos": [
+        {k: v[k] for k in ("key", "uri", "status", "reason", "detail", "frames", "frames_with_face", "dropped_short")}
+        | {"samples": v["samples"]} for v in videos]}
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / (name + ".tar")
+        with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as shard:
+            for video in videos:
+                if video["status"] != "ok":
+                    continue
+                for part in sorted(f for f in list_files(join(output, PARTS, video["key"]), storage, suffix=".tar")):
+                    with tarfile.open(fileobj=io.BytesIO(read_bytes(part, storage))) as source:
+                        for member in source.getmembers():
+                            shard.addfile(member, source.extractfile(member))
+        stats["bytes"] = local.stat().st_size
+        if samples:
+            upload_file_atomic(local, join(output, name + ".tar"), storage)
+        else:
+            stats["shard"] = None  # only failures: nothing for a loader to read
+    write_bytes_atomic(join(output, name + ".json"), json.dumps(stats, indent=1, sort_keys=True).encode(), storage)
+    return stats
+
+
+def write_index(output: str, storage: StorageConfig) -> dict[str, int]:
+    """Rebuild `index.parquet`: one row per sample and one per failed video, from every shard's stats."""
+    rows = []
+    for stats in shard_stats(output, storage):
+        for video in stats["videos"]:
+            if video["status"] != "ok":
+                rows.append({"kind": "failure", "key": "", "source_key": video["key"], "source": video["uri"],
+                             "shard": "", "reason": video["reason"], "detail": video["detail"], "speaker": "",
+                             "split": "", "start_s": 0.0, "end_s": 0.0, "num_frames": 0, "aligner": ""})
+            for sample in video["samples"]:
+                rows.append({"kind": "sample", "key": sample["key"], "source_key": video["key"],
+                             "source": video["uri"], "shard": stats["shard"], "reason": "", "detail": "",
+                             "speaker": sample["speaker"], "split": sample["split"], "start_s": sample["start_s"],
+                             "end_s": sample["end_s"], "num_frames": sample["num_frames"],
+                             "aligner": sample["aligner"]})
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(join(output, "index.parquet"), buffer.getvalue().to_pybytes(), storage)
+    return Counter(row["kind"] for row in rows)
+
+
+INDEX_SCHEMA = pa.schema([("kind", pa.string()), ("key", pa.string()), ("source_key", pa.string()),
+                      ("source", pa.string()), ("shard", pa.string()), ("reason", pa.string()),
+                      ("detail", pa.string()), ("speaker", pa.string()), ("split", pa.string()),
+                      ("start_s", pa.float64()), ("end_s", pa.float64()), ("num_frames", pa.int64()),
+                      ("aligner", pa.string())])
+
+
+def read_samples(uri: str, storage: StorageConfig) -> list[dict[str, bytes]]:
+    """The samples of one shard as {"__key__": key, ext: bytes}: WebDataset's grouping of `key.ext` members."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(read_bytes(uri, storage))) as shard:
+        for member in shard.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[ext] = shard.extractfile(member).read()
+    return list(samples.values())

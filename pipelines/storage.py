@@ -1,0 +1,232 @@
+"""One way to read and write local folders and S3-compatible object storage alike, through pyarrow.fs.
+
+Every function takes a URI, either a local path (absolute or relative to the working directory) or
+``s3://bucket/key``, and a :class:`StorageConfig`. The config is a small frozen value, so it travels to Ray
+workers as a task argument and each process builds (and caches) its own filesystem from it; nothing here
+holds a connection that has to be pickled.
+
+Writes are atomic from a reader's point of view: a file or object appears under its final name only once
+it is complete, so "it exists" can mean "it is done" to a resumable pipeline.
+
+* Local: bytes go to a hidden temporary file in the same folder (``.NAME.RANDOM.partial``), are fsynced,
+  and ``os.replace`` puts them in place. :func:`list_files` never reports those temporary files.
+* S3: an object becomes visible only when its PUT (or multipart upload) completes; a writer killed
+  half-way leaves nothing behind. pyarrow has no way to abort an upload from Python, though: an
+  exception raised while the stream is open would still complete it on close. We close it ourselves
+  and delete the truncated object at once, so it is gone before the exception reaches the caller.
+
+Credentials come from the usual AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` environment
+variables, ``~/.aws``, instance metadata); only the endpoint and region are configured here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+__all__ = ["StorageConfig", "delete", "exists", "is_s3", "join", "list_file_sizes", "list_files", "local_copy",
+           "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
+
+S3_PREFIX = "s3://"
+# Hidden and with a suffix no reader asks for, so a half-written local file is never mistaken for output.
+PARTIAL_SUFFIX = ".partial"
+# Big enough that per-call overhead vanishes next to the transfer, small enough to stay out of the way
+# of a worker's memory budget.
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where S3 lives. The defaults mean AWS itself, with the region found by the AWS SDK."""
+
+    endpoint: str | None = None  # S3-compatible endpoint, e.g. "http://127.0.0.1:9000"; None = AWS
+    region: str | None = None
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_PREFIX)
+
+
+def resolve(uri: str, config: StorageConfig) -> tuple[pafs.FileSystem, str]:
+    """The filesystem that holds `uri` and the path to give that filesystem ("bucket/key" for S3)."""
+    if is_s3(uri):
+        return _s3_filesystem(config), _s3_path(uri)
+    return pafs.LocalFileSystem(), _local_path(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """`uri` with `parts` appended by "/"; a part's own leading or trailing slashes do not reset the path."""
+    pieces = [uri.rstrip("/")] + [part.strip("/") for part in parts if part.strip("/")]
+    return "/".join(pieces)
+
+
+def exists(uri: str, config: StorageConfig) -> bool:
+    fs, path = resolve(uri, config)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str, config: StorageConfig) -> bytes:
+    fs, path = resolve(uri, config)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes, config: StorageConfig) -> None:
+    """Write `data` to `uri` so that readers see either nothing (or the previous content) or all of it."""
+    _write_atomic(uri, config, lambda out: out.write(data))
+
+
+def upload_file_atomic(local: Path, uri: str, config: StorageConfig) -> None:
+    """Copy the file `local` to `uri` in chunks, with the same promise as :func:`write_bytes_atomic`."""
+    with open(local, "rb") as source:
+        _write_atomic(uri, config, lambda out: shutil.copyfileobj(source, out, COPY_CHUNK_BYTES))
+
+
+def list_files(uri: str, config: StorageConfig, suffix: str | None = None) -> list[str]:
+    """Every file under `uri` (recursive), as full URIs, sorted; `uri` itself if it is a file; [] if absent.
+
+    `suffix` is compared case-insensitively, so ".MP4" files are found by ".mp4".
+    """
+    return [file_uri for file_uri, _ in list_file_sizes(uri, config, suffix)]
+
+
+def list_file_sizes(uri: str, config: StorageConfig, suffix: str | None = None,
+                    recursive: bool = True) -> list[tuple[str, int]]:
+    """Like :func:`list_files`, with each file's size in bytes: one listing gives both, no extra requests."""
+    fs, path = resolve(uri, config)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    elif info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    else:
+        return []
+    wanted = suffix.lower() if suffix else None
+    found = [(_to_uri(uri, i.path), i.size) for i in infos
+             if i.type == pafs.FileType.File and not _is_partial(i.base_name)
+             and (wanted is None or i.base_name.lower().endswith(wanted))]
+    return sorted(found)
+
+
+def delete(uri: str, config: StorageConfig) -> None:
+    """Remove a file, or a folder with everything under it. Nothing there already is not an error."""
+    fs, path = resolve(uri, config)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.File:
+        fs.delete_file(path)
+    elif kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+@contextmanager
+def local_copy(uri: str, config: StorageConfig) -> Iterator[Path]:
+    """A local path with the content of `uri`, for libraries that want a real file (FFmpeg, dlib).
+
+    Local files are used in place. Objects are downloaded, under their own file name so that tools that
+    guess the format from the extension still can, into a temporary folder removed on exit.
+    Raises FileNotFoundError if there is nothing at `uri`.
+    """
+    fs, path = resolve(uri, config)
+    if not is_s3(uri):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no file at {uri!r}")
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="storage-") as folder:
+        target = Path(folder) / os.path.basename(path)
+        with fs.open_input_stream(path) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, COPY_CHUNK_BYTES)
+        yield target
+
+
+def _write_atomic(uri: str, config: StorageConfig, fill: Callable[[BinaryIO], object]) -> None:
+    fs, path = resolve(uri, config)
+    if is_s3(uri):
+        _write_s3(fs, path, fill)
+    else:
+        _write_local(path, fill)
+
+
+def _write_local(path: str, fill: Callable[[BinaryIO], object]) -> None:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    # Same folder, so os.replace is a rename within one filesystem and therefore atomic.
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+    try:
+        with open(temporary, "xb") as out:
+            fill(out)
+            out.flush()
+            # Without fsync a power cut after the rename can leave the final name pointing at empty blocks.
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _write_s3(fs: pafs.FileSystem, path: str, fill: Callable[[BinaryIO], object]) -> None:
+    out = fs.open_output_stream(path)
+    try:
+        fill(out)
+    except BaseException:
+        _discard_upload(fs, path, out)
+        raise
+    out.close()
+
+
+def _discard_upload(fs: pafs.FileSystem, path: str, out: pafs.NativeFile) -> None:
+    """Take back a failed upload. pyarrow cannot abort one: closing the stream, which garbage collection
+    would do anyway, completes it with what was written so far, so complete it now and delete the result."""
+    try:
+        out.close()
+    except Exception:
+        return  # the upload itself failed: nothing was published, any earlier version is untouched
+    with suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _s3_filesystem(config: StorageConfig) -> pafs.S3FileSystem:
+    # Cached per process: a filesystem resolves credentials and keeps a connection pool, and a worker
+    # may touch thousands of objects with the same config.
+    options: dict[str, str] = {}
+    if config.endpoint:
+        parts = urlsplit(config.endpoint if "://" in config.endpoint else f"https://{config.endpoint}")
+        options.update(scheme=parts.scheme, endpoint_override=parts.netloc)
+    if config.region:
+        options["region"] = config.region
+    return pafs.S3FileSystem(**options)
+
+
+def _s3_path(uri: str) -> str:
+    path = uri[len(S3_PREFIX):].strip("/")
+    if not path:
+        raise ValueError(f"{uri!r} names no bucket: expected s3://bucket/key")
+    return path
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def _to_uri(like: str, path: str) -> str:
+    """A path as `resolve` hands it out, turned back into a URI of the same kind as `like`."""
+    return S3_PREFIX + path if is_s3(like) else path
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)

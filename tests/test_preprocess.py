@@ -1,0 +1,204 @@
+"""Preprocessing end to end on the synthetic corpus: shards, verdicts, alignment, splits, reruns, object storage."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.preprocess import PreprocessConfig, run
+from pipelines.samples import decode_faces
+from pipelines.shards import read_samples, shard_stats
+from pipelines.storage import StorageConfig, list_files
+from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
+from pipelines.synthetic.envelope_check import agreement_curve, mel_loudness, mouth_opening_from_crops
+
+LOCAL = StorageConfig()
+
+
+def all_samples(output: str, storage: StorageConfig = LOCAL) -> dict[str, dict[str, bytes]]:
+    samples = {}
+    for shard in list_files(output, storage, suffix=".tar"):
+        if "/_parts/" in shard:
+            continue
+        for sample in read_samples(shard, storage):
+            assert sample["__key__"] not in samples, "a sample appears twice"
+            samples[sample["__key__"]] = sample
+    return samples
+
+
+@pytest.fixture(scope="session")
+def preprocessed(small_corpus, tmp_path_factory):
+    corpus, rows = small_corpus
+    output = tmp_path_factory.mktemp("shards")
+    summary = run(PreprocessConfig(input=str(corpus), output=str(output), aligner="dlib", num_workers=2,
+                                   progress=False))
+    return output, summary, rows, corpus
+
+
+def test_samples_have_the_promised_shapes(preprocessed):
+    output, summary, _, _ = preprocessed
+    samples = all_samples(str(output))
+    assert len(samples) == summary["segments"] > 0
+    for key, sample in samples.items():
+        assert "." not in key and set(sample) == {"__key__", "jpg", "mel.npy", "json"}
+        meta = json.loads(sample["json"])
+        faces = decode_faces(sample["jpg"], meta["crop_size"])
+        mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+        assert faces.shape == (meta["num_frames"], 96, 96, 3) and faces.dtype == np.uint8
+        assert mel.dtype == np.float32 and mel.shape[0] == 80
+        assert mel.shape[1] == round(meta["num_frames"] * 80 / 25)  # 16 mel frames per 5 video frames
+        assert -4.0 <= mel.min() and mel.max() <= 4.0
+        assert meta["num_frames"] >= 5 and meta["fps"] == 25 and meta["aligner"] == "dlib"
+        assert meta["end_s"] - meta["start_s"] == pytest.approx(meta["num_frames"] / 25)
+
+
+def test_every_input_gets_its_verdict(preprocessed):
+    output, summary, rows, _ = preprocessed
+    index = pq.read_table(output / "index.parquet").to_pylist()
+    failures = {Path(r["source"]).name: r["reason"] for r in index if r["kind"] == "failure"}
+    expected = {Path(r["path"]).name: r["expected_error"] for r in rows if r["corrupt"]}
+    assert failures == expected
+    ok_sources = {Path(r["source"]).name for r in index if r["kind"] == "sample"}
+    assert ok_sources == {Path(r["path"]).name for r in rows if not r["corrupt"]}
+    assert summary["videos_ok"] == 12 and sum(summary["videos_failed"].values()) == 5
+    assert all(r["detail"] for r in index if r["kind"] == "failure")
+
+
+def test_faces_found_and_splits_never_leak(preprocessed):
+    output, _, _, _ = preprocessed
+    for stats in shard_stats(str(output), LOCAL):
+        for video in stats["videos"]:
+            if video["status"] == "ok":
+                assert video["frames_with_face"] >= 0.95 * video["frames"], video["key"]
+    index = [r for r in pq.read_table(output / "index.parquet").to_pylist() if r["kind"] == "sample"]
+    for field in ("source_key", "speaker"):
+        sides = {}
+        for row in index:
+            if row[field]:  # a folder input names no speakers
+                sides.setdefault(row[field], set()).add(row["split"])
+        assert all(len(s) == 1 for s in sides.values()), f"{field} in both splits"
+    assert {r["split"] for r in index} <= {"train", "val"}
+
+
+def test_known_offsets_survive_preprocessing(preprocessed):
+    """Resampling to 25 fps and 16 kHz kept lips and audio aligned: the shard data alone gives the offsets.
+
+    A segment carries only its own audio, so at a lag of L frames only T - |L| frames can be compared; the
+    check needs about 2.6 s of that to be unambiguous, which the short clips of this corpus give for all but
+    the largest offsets.
+    """
+    output, _, rows, _ = preprocessed
+    truth = {Path(r["path"]).name: r["offset_frames"] for r in rows if not r["corrupt"]}
+    checked = set()
+    for sample in all_samples(str(output)).values():
+        meta = json.loads(sample["json"])
+        offset = truth[Path(meta["source"]).name]
+        if meta["num_frames"] - abs(offset) < 65:
+            continue
+        faces = decode_faces(sample["jpg"], meta["crop_size"])
+        mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+        times = np.arange(meta["num_frames"]) / meta["fps"]
+        curve = agreement_curve(mouth_opening_from_crops(faces), lambda t: mel_loudness(mel, meta["mel_fps"], t),
+                                times, max_lag=18)
+        lag = max(curve, key=curve.get)
+        assert abs(lag - offset) <= 1, (meta["key"], offset, lag)
+        checked.add(offset)
+    assert 0 in checked and len(checked - {0}) >= 2, checked
+
+
+def test_rerun_changes_nothing(preprocessed):
+    output, first, _, corpus = preprocessed
+    before = {p: p.read_bytes() for p in output.glob("shard-*")}
+    again = run(PreprocessConfig(input=str(corpus), output=str(output), aligner="dlib", num_workers=2,
+                                 progress=False))
+    assert again["videos_skipped_already_done"] == again["videos_listed"] == 17
+    assert {p: p.read_bytes() for p in output.glob("shard-*")} == before
+    assert again["segments"] == first["segments"]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    generate_corpus(SyntheticConfig(out=out, num_videos=4, seed=11, heldout_fraction=0, min_seconds=3.0,
+                                    max_seconds=3.5, workers=2), progress=False)
+    return out / "videos"
+
+
+def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
+    source = sorted(tiny_corpus.glob("*"))[0]
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        shutil.copy(source, tmp_path / "in" / folder / "clip.mp4")
+    run(PreprocessConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), aligner="dlib", num_workers=2,
+                         progress=False, chunk_seconds=2.0))
+    sources = {json.loads(s["json"])["source_key"] for s in all_samples(str(tmp_path / "out")).values()}
+    assert len(sources) == 2
+
+
+def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    args = ["--input", str(tiny_corpus), "--aligner", "dlib", "--num-workers", "2", "--chunk-seconds", "1.0",
+            "--no-progress"]
+    run(PreprocessConfig(input=str(tiny_corpus), output=str(clean), aligner="dlib", num_workers=2,
+                         chunk_seconds=1.0, progress=False))
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.preprocess", *args, "--output", str(killed)],
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob("_parts/*/c*.json"))) < 3:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray worker it started
+    process.wait()
+    assert not list(killed.glob("shard-*.json")), "killed too late to test resuming"
+    resumed = run(PreprocessConfig(input=str(tiny_corpus), output=str(killed), aligner="dlib", num_workers=2,
+                                   chunk_seconds=1.0, progress=False))
+    assert resumed["videos_ok"] == 4
+    clean_samples, resumed_samples = all_samples(str(clean)), all_samples(str(killed))
+    assert clean_samples.keys() == resumed_samples.keys()
+    for key in clean_samples:
+        assert clean_samples[key]["mel.npy"] == resumed_samples[key]["mel.npy"]
+        assert json.loads(clean_samples[key]["json"]) == json.loads(resumed_samples[key]["json"])
+    assert not list(killed.glob("_parts/*/*")), "parts left behind after packing"
+
+
+def test_s3_to_s3(tiny_corpus, s3_server):
+    from pipelines.storage import write_bytes_atomic
+    from s3_server import make_bucket
+
+    storage = StorageConfig(endpoint=s3_server)
+    make_bucket(s3_server, "corpus")
+    for path in sorted(tiny_corpus.glob("*"))[:2]:
+        write_bytes_atomic(f"s3://corpus/videos/{path.name}", path.read_bytes(), storage)
+    summary = run(PreprocessConfig(input="s3://corpus/videos", output="s3://corpus/shards", endpoint=s3_server,
+                                   aligner="dlib", num_workers=2, progress=False))
+    assert summary["videos_ok"] == 2
+    samples = all_samples("s3://corpus/shards", storage)
+    assert len(samples) == summary["segments"] > 0
+    assert all(json.loads(s["json"])["source"].startswith("s3://corpus/videos/") for s in samples.values())
+    assert "s3://corpus/shards/index.parquet" in list_files("s3://corpus/shards", storage)
+
+
+def test_split_follows_speaker_then_video():
+    from pipelines.preprocess import assign_split, source_rows
+    from pipelines.sources import Source
+
+    sources = [Source(uri=f"/v/{i}.mp4", key=f"v{i}", speaker=f"spk{i % 7}", split=None, size_bytes=1)
+               for i in range(70)] + [Source(uri="/v/x.mp4", key="x", speaker=None, split="val", size_bytes=1)]
+    rows = source_rows(sources, val_fraction=0.2)
+    by_speaker = {}
+    for row in rows[:70]:
+        by_speaker.setdefault(row["speaker"], set()).add(row["split"])
+    assert all(len(sides) == 1 for sides in by_speaker.values())
+    assert rows[-1]["split"] == "val"  # a manifest's own split wins
+    shares = np.mean([assign_split(f"video{i}", 0.2) == "val" for i in range(4000)])
+    assert 0.17 < shares < 0.23
