@@ -131,15 +131,41 @@ def test_missing_weight_file_is_named(tmp_path, fan_weights, no_network):
 
 
 def test_heatmap_peak_maps_to_frame_pixels():
-    from pipelines.faces.fan_aligner import heatmaps_to_points
+    import torch
 
-    heatmaps = np.zeros((1, 68, 64, 64), dtype=np.float32)
+    from pipelines.faces.fan_aligner import cells_to_frame, heatmap_peaks
+
+    heatmaps = torch.zeros((1, 68, 64, 64))
     heatmaps[0, :, 20, 40] = 1.0
     heatmaps[0, :, 20, 41] = 0.5  # higher right neighbour: a quarter cell to the right
-    points = heatmaps_to_points(heatmaps, centres=np.array([[300.0, 200.0]]), scales=np.array([1.5]))
+    cells = heatmap_peaks(heatmaps).numpy().astype(np.float64)
+    points = cells_to_frame(cells, 64, centres=np.array([[300.0, 200.0]]), scales=np.array([1.5]))
     side = 200.0 * 1.5  # the crop covers 200 px per unit of scale
     expected = (np.array([40.75, 20.5]) / 64 - 0.5) * side + [300.0, 200.0]
     np.testing.assert_allclose(points[0], np.broadcast_to(expected, (68, 2)), atol=1e-9)
+
+
+def test_device_crop_matches_the_library_crop(clips):
+    import torch
+    import torch.nn.functional as F
+    from face_alignment.utils import crop
+
+    from pipelines.faces.fan_aligner import fan_crop_grid, fan_crop_params
+
+    frame = clips[1][0][0]
+    height, width = frame.shape[:2]
+    # A face inside, one across the left edge, one across the top, one small (upsampled to 256).
+    boxes = np.array([[150.3, 120.7, 300.2, 290.9], [-40.0, 100.0, 120.0, 270.0], [300.0, -30.0, 430.0, 90.0],
+                      [200.0, 200.0, 260.0, 262.0]])
+    centres, scales = fan_crop_params(boxes)
+    images = torch.from_numpy(frame).permute(2, 0, 1)[None].float().expand(len(boxes), -1, -1, -1)
+    grid = fan_crop_grid(centres, scales, height, width, "cpu")
+    ours = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ours = ours.permute(0, 2, 3, 1).numpy()
+    for i, (centre, scale) in enumerate(zip(centres, scales)):
+        library = crop(frame, centre, float(scale)).astype(np.float64)
+        # The library rounds to uint8 and clamps at its crop's edge: < 1 grey level apart inside the border.
+        assert np.abs(ours[i] - library)[2:-2, 2:-2].max() < 1.0
 
 
 # --- alignment and crops -------------------------------------------------------------------------------------

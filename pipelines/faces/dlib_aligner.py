@@ -34,6 +34,7 @@ def bundled_model_dir() -> Path:
 class DlibAlignerConfig:
     upsample: int = 1  # one upsampling finds faces down to ~40 px; the detector's native minimum is ~80 px
     min_score: float = 0.0  # HOG detection score threshold (dlib's default operating point)
+    redetect_every: int = 5  # frames between detections; in between the box follows the landmarks
 
 
 class DlibAligner:
@@ -41,6 +42,10 @@ class DlibAligner:
 
     `__call__` maps RGB frames uint8 [N, H, W, 3] to landmarks float32 [N, 68, 2] in (x, y) pixel
     coordinates, NaN for frames without a face, and detection scores float32 [N] (NaN likewise).
+
+    The HOG detector costs ~50x the shape predictor, so frames are consecutive video frames and the detector
+    runs on every `redetect_every`-th of them (and whenever the face was lost); between detections the box is
+    carried by the landmarks of the previous frame. A tracked frame reports the score of its last detection.
     """
 
     name = "dlib"
@@ -59,18 +64,50 @@ class DlibAligner:
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
+        track = None  # (box as (cx, cy, side) relative to the landmarks, score) while a face is followed
+        since_detection = 0
         for i, frame in enumerate(frames):
-            found = self.align_one(np.ascontiguousarray(frame))
-            if found is not None:
-                landmarks[i], scores[i] = found
+            frame = np.ascontiguousarray(frame)
+            if track is None or since_detection >= self.config.redetect_every:
+                found = self.detect(frame)
+                if found is None:
+                    track = None
+                    continue
+                box, score = found
+                since_detection = 0
+            else:
+                box, score = self._follow(landmarks[i - 1], track), track[1]
+            points = self._landmarks(frame, box)
+            landmarks[i], scores[i] = points, score
+            track = (self._relative_box(box, points), score)
+            since_detection += 1
         return landmarks, scores
 
-    def align_one(self, frame: np.ndarray) -> tuple[np.ndarray, float] | None:
-        boxes, scores, _ = self._detector.run(frame, self.config.upsample, self.config.min_score)
-        if not boxes:
-            return None
-        # The main speaker is assumed to be the largest face: the usual case in talking-head footage.
-        best = max(range(len(boxes)), key=lambda k: boxes[k].area())
-        shape = self._predictor(frame, boxes[best])
-        points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-        return points, float(scores[best])
+    def detect(self, frame: np.ndarray):
+        """The largest face's box and score; native scale first, upsampled only if that finds nothing."""
+        for upsample in sorted({0, self.config.upsample}):
+            boxes, scores, _ = self._detector.run(frame, upsample, self.config.min_score)
+            if boxes:
+                # The main speaker is assumed to be the largest face: the usual case in talking-head footage.
+                best = max(range(len(boxes)), key=lambda k: boxes[k].area())
+                return boxes[best], float(scores[best])
+        return None
+
+    def _landmarks(self, frame: np.ndarray, box) -> np.ndarray:
+        shape = self._predictor(frame, box)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+    @staticmethod
+    def _relative_box(box, points: np.ndarray) -> tuple[float, float, float]:
+        """The box in units of the face: offset of its centre from the landmarks' centroid, and its side,
+        both over the interocular distance, so it can be re-placed on the next frame's face."""
+        centroid, eyes = points.mean(axis=0), float(np.linalg.norm(points[45] - points[36])) or 1.0
+        centre = ((box.left() + box.right()) / 2, (box.top() + box.bottom()) / 2)
+        return ((centre[0] - centroid[0]) / eyes, (centre[1] - centroid[1]) / eyes, box.width() / eyes)
+
+    def _follow(self, previous: np.ndarray, track):
+        (dx, dy, side), _ = track
+        centroid, eyes = previous.mean(axis=0), float(np.linalg.norm(previous[45] - previous[36])) or 1.0
+        cx, cy, half = centroid[0] + dx * eyes, centroid[1] + dy * eyes, side * eyes / 2
+        return self._rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)),
+                               int(round(cy + half)))
