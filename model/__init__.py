@@ -1,1 +1,9 @@
-"""The sync expert: face and audio encoders, their loss, and scoring (see README)."""
+"""The sync expert: a SyncNet / Wav2Lip-style model that scores whether a face window and a mel window are in sync.
+
+Modules:
+
+- :mod:`model.config`: :class:`ModelConfig` (window, crop and mel sizes, width) and the named ``PRESETS``.
+- :mod:`model.encoders`: :class:`ConvBlock`, :class:`FaceEncoder` and :class:`AudioEncoder`.
+- :mod:`model.expert`: :class:`SyncExpert`, the two encoders joined by cosine similarity, and its input preparation.
+- :mod:`model.loss`: :func:`sync_loss` (clamped binary cross-entropy in fp32) and :func:`accuracy`.
+"""

@@ -61,6 +61,18 @@ def fan_weights(tmp_path_factory):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Measured here: on 2 shared cores under load, FAN on 3 crops took 35 s with torch's 2 OpenMP threads (they
+    spin-wait on each other) and 2.8 s with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the face aligners must not touch the network")
@@ -101,7 +113,7 @@ def small_frames(clips) -> np.ndarray:
     return np.stack([cv2.resize(frames[0], (160, 128), interpolation=cv2.INTER_AREA) for frames, _, _ in clips])
 
 
-def test_fan_aligner_runs_batched_on_cpu(fan_weights, small_frames, no_network):
+def test_fan_aligner_runs_batched_on_cpu(fan_weights, small_frames, no_network, one_torch_thread):
     # Random S3FD scores every anchor near 0.53, so threshold 0 finds a "face" in every frame and sends it to FAN;
     # batch size 2 over 3 frames exercises a full and a partial batch.
     aligner = make_aligner(FaceConfig(face_weights=fan_weights, device="cpu", min_score=0.0, batch_size=2))
@@ -112,7 +124,7 @@ def test_fan_aligner_runs_batched_on_cpu(fan_weights, small_frames, no_network):
     assert np.isfinite(landmarks).all() and np.isfinite(scores).all() and (scores > 0).all()
 
 
-def test_fan_aligner_threshold_leaves_nan(fan_weights, small_frames, no_network):
+def test_fan_aligner_threshold_leaves_nan(fan_weights, small_frames, no_network, one_torch_thread):
     aligner = make_aligner(FaceConfig(aligner="face-alignment", face_weights=fan_weights, device="cpu",
                                       min_score=0.999))
     landmarks, scores = aligner(small_frames)

@@ -1,0 +1,353 @@
+"""`python train_ray.py --shards DST --output RUN [options]`: train the sync expert on Ray Train.
+
+Each of `--num-workers` workers (DDP over gloo on CPU, NCCL on GPU) streams pairs from its own share of the
+shards (model/pairs.py): in-sync face/mel windows and shifted ones, balanced. Every rank runs exactly
+`--max-steps` steps from an endless stream, so no rank ever waits at an epoch end for another.
+
+Rank 0 logs loss, accuracy and samples/s every `--log-every` steps, validates every `--val-every` steps
+(validation BCE and accuracy on the fixed, seeded validation pairs; offset accuracy on validation segments
+with simulated audio delays), appends everything to RUN/metrics.jsonl and redraws RUN/curves.png.
+A checkpoint (model, optimizer, step, config) is reported every `--checkpoint-every` steps and at the end;
+running the same command again resumes from the newest one, and a killed worker restarts from it
+(`--max-failures`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import PRESETS
+from model.expert import SyncExpert
+from model.loss import accuracy, sync_loss
+from model.offset import offset_curve
+from model.pairs import PairConfig, PairStream
+from model.shard_reader import iter_segments, list_shards
+from pipelines.storage import StorageConfig
+
+CHECKPOINT_FILE = "expert.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: str = field(metadata={"help": "folder or s3://bucket/prefix holding shard-*.tar from pipelines.preprocess"})
+    output: str = field(default="runs/expert", metadata={"help": "run folder: checkpoints, metrics.jsonl, curves.png"})
+    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL for s3:// shards"})
+    preset: str = field(default="cpu-small", metadata={"help": "model size", "choices": sorted(PRESETS)})
+    num_workers: int = field(default=2, metadata={"help": "data-parallel workers (one per GPU with --use-gpu)"})
+    use_gpu: bool = field(default=False, metadata={"help": "train on GPUs (bf16 autocast, channels_last)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (GPU)"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps (each rank)"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per step per worker"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    log_every: int = field(default=20, metadata={"help": "steps between training metrics"})
+    val_every: int = field(default=200, metadata={"help": "steps between validations"})
+    checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    val_batches: int = field(default=8, metadata={"help": "validation batches for BCE and accuracy"})
+    val_segments: int = field(default=32, metadata={"help": "validation segments for offset accuracy"})
+    max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
+    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
+    hard_shift_min: int = field(default=2, metadata={"help": "hard negatives: audio shifted by at least this many frames"})
+    hard_shift_max: int = field(default=6, metadata={"help": "... and at most this many"})
+    easy_shift_max: int = field(default=75, metadata={"help": "easy negatives: shifts up to this many frames"})
+    hard_fraction: float = field(default=0.5, metadata={"help": "share of negatives that are hard shifts"})
+    easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
+    loader_workers: int = field(default=1, metadata={"help": "DataLoader processes per training worker decoding shards"})
+    max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation and pair sampling"})
+    progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
+
+    def __post_init__(self):
+        problems = []
+        if self.preset not in PRESETS:
+            problems.append(f"--preset must be one of {sorted(PRESETS)}")
+        for name in ("num_workers", "max_steps", "batch_size", "log_every", "val_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def storage(self) -> StorageConfig:
+        return StorageConfig(endpoint=self.endpoint)
+
+    @property
+    def pairs(self) -> PairConfig:
+        model = PRESETS[self.preset]
+        return PairConfig(window_frames=model.window_frames, windows_per_segment=self.windows_per_segment,
+                          hard_shift_min=self.hard_shift_min, hard_shift_max=self.hard_shift_max,
+                          easy_shift_max=self.easy_shift_max, hard_fraction=self.hard_fraction,
+                          easy_fraction=self.easy_fraction)
+
+
+# --- the loop each worker runs -------------------------------------------------------------------------------
+
+def train_loop_per_worker(raw_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig(**raw_config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(config.seed)
+
+    expert = SyncExpert(PRESETS[config.preset]).to(device)
+    if on_gpu:
+        expert = expert.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = restore(expert, optimizer)
+    model = ray.train.torch.prepare_model(expert)  # DDP when world > 1
+    if config.compile:
+        model = torch.compile(model)
+
+    shard_uris = list_shards(config.shards, config.storage)
+    # Data position on resume: a new seed per restart point, so a resumed run does not replay the same pairs.
+    stream = TrainStream(shard_uris, config, seed=config.seed * 1_000_003 + step, rank=rank, world=world)
+    batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.loader_workers,
+                                               persistent_workers=config.loader_workers > 0))
+    log = RunLog(Path(config.output)) if rank == 0 else None
+    bar = _progress(config, step) if rank == 0 else None
+    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+
+    while step < config.max_steps:
+        batch = next(batches)
+        faces = expert.prepare_faces(batch["faces"].to(device, non_blocking=True))
+        if on_gpu:
+            faces = faces.contiguous(memory_format=torch.channels_last)
+        mels = expert.prepare_mels(batch["mels"].to(device, non_blocking=True))
+        labels = batch["labels"].to(device).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+            similarity = model(faces, mels)
+        loss = sync_loss(similarity.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+
+        window["loss"] += loss.item() * len(labels)
+        window["correct"] += accuracy(similarity.detach().float(), labels).item() * len(labels)
+        window["pairs"] += len(labels)
+        if bar is not None:
+            bar.update()
+
+        due = {name: step % every == 0 or step == config.max_steps for name, every in
+               (("log", config.log_every), ("val", config.val_every), ("checkpoint", config.checkpoint_every))}
+        if not any(due.values()):
+            continue
+        metrics = {"step": step, **_reduce(window, world)}
+        window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+        if due["val"]:
+            metrics.update(validate(expert, config, rank))
+        checkpoint_dir = tempfile.mkdtemp() if due["checkpoint"] and rank == 0 else None
+        if checkpoint_dir:
+            torch.save({"model": expert.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "model_config": asdict(expert.config), "train_config": asdict(config)},
+                       os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        if log is not None:
+            log.write(metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
+        # Every rank reports at the same steps (Ray Train requires it); only rank 0 carries the checkpoint.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+    if bar is not None:
+        bar.close()
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """This rank's endless pair batches; with several loader processes each takes its own share of the data
+    (rank * processes + process), so none of them repeats another's pairs."""
+
+    def __init__(self, shard_uris: list[str], config: TrainConfig, seed: int, rank: int, world: int):
+        self.shard_uris, self.config, self.seed, self.rank, self.world = shard_uris, config, seed, rank, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        processes, index = (info.num_workers, info.id) if info else (1, 0)
+        stream = PairStream(self.shard_uris, self.config.storage, "train", self.config.pairs, self.config.batch_size,
+                            seed=self.seed, rank=self.rank * processes + index, world_size=self.world * processes,
+                            repeat=True)
+        return iter(stream)
+
+
+def restore(expert: SyncExpert, optimizer) -> int:
+    """Load the newest checkpoint of this run, if any; returns the step to continue from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    expert.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def _reduce(window: dict, world: int) -> dict:
+    """Training metrics averaged over every rank's pairs since the last report."""
+    elapsed = time.perf_counter() - window["started"]
+    totals = torch.tensor([window["loss"], window["correct"], window["pairs"], elapsed], dtype=torch.float64)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    loss, correct, pairs, elapsed = totals.tolist()
+    return {"loss": loss / max(pairs, 1), "accuracy": correct / max(pairs, 1),
+            "samples_per_s": pairs / max(elapsed / world, 1e-9)}
+
+
+# --- validation ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(expert: SyncExpert, config: TrainConfig, rank: int) -> dict:
+    """BCE/accuracy on fixed validation pairs and offset accuracy on validation segments (every rank computes
+    the same numbers, so they need no exchange and no rank waits for another)."""
+    was_training = expert.training
+    expert.eval()
+    device = next(expert.parameters()).device
+    shard_uris = list_shards(config.shards, config.storage)
+    stream = PairStream(shard_uris, config.storage, "val", config.pairs, config.batch_size, seed=12345,
+                        repeat=False)
+    losses, correct, pairs = 0.0, 0.0, 0
+    for index, batch in enumerate(stream):
+        if index == config.val_batches:
+            break
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        similarity = expert(expert.prepare_faces(batch["faces"].to(device)),
+                            expert.prepare_mels(batch["mels"].to(device))).float()
+        labels = batch["labels"].to(device).float()
+        losses += sync_loss(similarity, labels).item() * len(labels)
+        correct += accuracy(similarity, labels).item() * len(labels)
+        pairs += len(labels)
+    offsets = validation_offsets(expert, config, shard_uris)
+    expert.train(was_training)
+    result = {"val_loss": losses / max(pairs, 1), "val_accuracy": correct / max(pairs, 1), "val_pairs": pairs}
+    if offsets:
+        errors = np.array([estimate - truth for truth, estimate in offsets])
+        result.update(val_offset_exact=float(np.mean(errors == 0)), val_offset_within_1=float(np.mean(abs(errors) <= 1)),
+                      val_offset_segments=len(offsets))
+    return result
+
+
+def validation_offsets(expert: SyncExpert, config: TrainConfig, shard_uris: list[str]) -> list[tuple[int, int]]:
+    """(true, estimated) offsets on validation segments whose audio is delayed by a known, seeded amount."""
+    rng = np.random.default_rng(777)
+    delay_range = config.max_offset // 2  # simulated delays; the search still spans +-max_offset
+    results = []
+    for segment in iter_segments(shard_uris, config.storage, split="val"):
+        needed = expert.config.window_frames + 2 * (config.max_offset + delay_range)
+        if len(segment.faces) < needed:
+            continue
+        delay = int(rng.integers(-delay_range, delay_range + 1))
+        result = offset_curve(expert, segment.faces, segment.mel, config.max_offset, audio_delay=delay)
+        results.append((delay, result.offset_frames))
+        if len(results) == config.val_segments:
+            break
+    return results
+
+
+# --- logging ---------------------------------------------------------------------------------------------------
+
+class RunLog:
+    """metrics.jsonl plus curves.png in the run folder (rank 0 only)."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl, self.png = folder / "metrics.jsonl", folder / "curves.png"
+
+    def write(self, metrics: dict) -> None:
+        with self.jsonl.open("a") as out:
+            out.write(json.dumps({**metrics, "time": time.time()}) + "\n")
+        if "val_loss" in metrics:
+            plot_curves(self.jsonl, self.png)
+
+
+def plot_curves(jsonl: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, style in (("loss", "-"), ("val_loss", "o-")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            left.plot(*zip(*points), style, label=key)
+    left.axhline(np.log(2), color="grey", linestyle=":", label="ln 2 (chance)")
+    left.set(xlabel="step", ylabel="BCE", title="loss")
+    left.legend()
+    for key in ("accuracy", "val_accuracy", "val_offset_exact", "val_offset_within_1"):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            right.plot(*zip(*points), "-" if key == "accuracy" else "o-", label=key)
+    right.set(xlabel="step", ylim=(0, 1.02), title="accuracy")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(png, dpi=90)
+    plt.close(figure)
+
+
+def _progress(config: TrainConfig, start: int):
+    from tqdm import tqdm
+
+    return tqdm(total=config.max_steps, initial=start, unit="step", desc="train", disable=not config.progress)
+
+
+# --- entry point -----------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig):
+    """Run (or resume) training; returns Ray Train's result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not list_shards(config.shards, config.storage):
+        raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    output = Path(config.output).resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(config) | {"output": str(output)},
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(name=output.name, storage_path=str(output.parent),
+                             failure_config=FailureConfig(max_failures=config.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        return trainer.fit()
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.cli import parse_config
+
+    try:
+        config = parse_config(TrainConfig, __doc__.split("\n")[0].strip("`"), argv)
+        result = train(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = result.metrics or {}
+    print("final:", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}))
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    print(f"curves: {Path(config.output) / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
