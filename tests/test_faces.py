@@ -238,6 +238,13 @@ def test_smoothing_stays_inside_runs_and_keeps_steady_motion():
     assert np.isnan(smoothed[5]).all()
     assert (smoothed[:5] == 0).all() and (smoothed[6:] == 100).all()  # never averaged across the gap
 
+    # Smoothing across a cut would hide it from face_tracks; smoothing along the tracks keeps it.
+    cut = np.concatenate([np.zeros((10, 68, 2)), np.full((10, 68, 2), 0.5)])
+    cut[:, 16, 0] += 1.0  # a face one unit wide: the cut jumps half a face width
+    assert face_tracks(smooth_landmarks(cut, window=5), 0.3) == [(0, 20)]
+    tracks = face_tracks(cut, 0.3)
+    assert tracks == [(0, 10), (10, 20)] and face_tracks(smooth_landmarks(cut, 5, tracks), 0.3) == tracks
+
     noisy = 50 + rng.normal(0, 1, (40, 68, 2))
     assert smooth_landmarks(noisy, window=5)[2:-2].std() < 0.6 * noisy.std()
 

@@ -73,18 +73,22 @@ def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int) -> np.
     return crops
 
 
-def smooth_landmarks(landmarks: np.ndarray, window: int = 5) -> np.ndarray:
+def smooth_landmarks(landmarks: np.ndarray, window: int = 5,
+                     tracks: list[tuple[int, int]] | None = None) -> np.ndarray:
     """Centred moving average over `window` frames (odd) of landmarks [N, 68, 2], so per-frame detection noise
-    does not shake the crop. Each run of frames with a face is smoothed on its own, and near a run's ends the
-    window shrinks symmetrically (staying centred, so a moving face is not pulled back). Smooth one track at a
-    time: a cut inside the array is not a gap and would be averaged across.
+    does not shake the crop. Each run is smoothed on its own, and near a run's ends the window shrinks
+    symmetrically (staying centred, so a moving face is not pulled back).
+
+    Runs are `tracks` (from `face_tracks`) when given, else the runs of frames with a face. Pass the tracks
+    whenever the frames may hold a cut: a cut is no gap, and averaging across it both blends two faces and
+    spreads the centre's jump over several frames, where `face_tracks` can no longer see it.
 
     5 frames is 0.2 s at 25 fps: the jitter goes while the crop still follows head motion; the mouth centre
     still moves with the jaw, so keep it small."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be a positive odd number of frames, got {window}")
     smoothed = landmarks.astype(np.float64)
-    for start, end in true_runs(has_face(landmarks)):
+    for start, end in true_runs(has_face(landmarks)) if tracks is None else tracks:
         run = smoothed[start:end]
         sums = np.concatenate([np.zeros((1,) + run.shape[1:]), np.cumsum(run, axis=0)])
         index = np.arange(len(run))

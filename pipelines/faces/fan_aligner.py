@@ -194,14 +194,27 @@ class FanAligner:
             raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
-        for start in range(0, len(frames), self.config.batch_size):
-            batch = frames[start:start + self.config.batch_size]
-            faces = self.detect(batch)
-            found = np.flatnonzero(np.isfinite(faces[:, 4]))
-            scores[start:start + len(batch)] = faces[:, 4]
-            if len(found):
-                landmarks[start + found] = self.landmarks(batch[found], faces[found, :4])
+        with torch.inference_mode():
+            for start in range(0, len(frames), self.config.batch_size):
+                images = self._to_tensor(frames[start:start + self.config.batch_size])  # one upload for both stages
+                faces = self._detect(images)
+                found = np.flatnonzero(np.isfinite(faces[:, 4]))
+                scores[start:start + len(images)] = faces[:, 4]
+                if len(found):
+                    on_device = torch.from_numpy(found).to(images.device)
+                    landmarks[start + found] = self._landmarks(images[on_device], faces[found, :4])
         return landmarks, scores
+
+    @torch.inference_mode()
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        """RGB uint8 [B, H, W, 3] -> the largest face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
+        frame pixels; a row of NaN where no box scores above `min_score`."""
+        return self._detect(self._to_tensor(frames))
+
+    @torch.inference_mode()
+    def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """One face box per frame: RGB uint8 [F, H, W, 3], boxes [F, 4] -> landmarks float32 [F, 68, 2]."""
+        return self._landmarks(self._to_tensor(frames), boxes)
 
     def _autocast(self):
         if self.device.startswith("cuda"):
@@ -213,12 +226,9 @@ class FanAligner:
         tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
         return tensor.permute(0, 3, 1, 2).float().contiguous(memory_format=self._memory_format)
 
-    @torch.inference_mode()
-    def detect(self, frames: np.ndarray) -> np.ndarray:
-        """RGB uint8 [B, H, W, 3] -> the largest face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
-        frame pixels; a row of NaN where no box scores above `min_score`."""
-        height, width = frames.shape[1:3]
-        images = self._to_tensor(frames)
+    def _detect(self, images: torch.Tensor) -> np.ndarray:
+        """Frames as float [B, 3, H, W] on the device -> faces [B, 5] as `detect`."""
+        height, width = images.shape[2:]
         shrink = min(1.0, DETECT_MAX_SIDE / max(height, width))
         if shrink < 1.0:
             images = F.interpolate(images, scale_factor=shrink, mode="bilinear", antialias=True)
@@ -233,21 +243,20 @@ class FanAligner:
         candidates = torch.cat([boxes, probs[..., None]], dim=2).cpu().numpy()  # [B, k, 5]
         above = candidates[..., 4] > max(self.min_score, CANDIDATE_SCORE)
 
-        faces = np.full((len(frames), 5), np.nan, dtype=np.float32)
-        for i in range(len(frames)):
+        faces = np.full((len(images), 5), np.nan, dtype=np.float32)
+        for i in range(len(images)):
             mine = candidates[i, above[i]]
             face = pick_largest_face(mine[plausible_boxes(mine[:, :4], height, width)])
             if face is not None:
                 faces[i] = face
         return faces
 
-    @torch.inference_mode()
-    def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """One face box per frame: RGB uint8 [F, H, W, 3], boxes [F, 4] -> landmarks float32 [F, 68, 2]."""
+    def _landmarks(self, images: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
+        """Frames as float [F, 3, H, W] on the device, one face box [F, 4] each -> landmarks float32 [F, 68, 2]."""
         centres, scales = fan_crop_params(boxes.astype(np.float64))
-        grid = fan_crop_grid(centres, scales, frames.shape[1], frames.shape[2], self.device)
+        grid = fan_crop_grid(centres, scales, images.shape[2], images.shape[3], self.device)
         # Cropping on the device: the library's crop on the CPU managed ~1,000-1,600 faces/s per core, below FAN.
-        inputs = F.grid_sample(self._to_tensor(frames), grid, mode="bilinear", padding_mode="zeros",
+        inputs = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False) / 255.0
         inputs = inputs.contiguous(memory_format=self._memory_format)
         with self._autocast():

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipelines.faces.align import crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig, make_aligner
+from pipelines.faces.tracks import face_tracks
 
 
 class FaceStage:
@@ -21,7 +22,8 @@ class FaceStage:
         crops, landmarks, scores = [], [], []
         for frames in batch["frames"]:
             points, score = self.aligner(frames) if len(frames) else _no_faces(0)
-            points = smooth_landmarks(points)
+            # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
+            points = smooth_landmarks(points, tracks=face_tracks(points, self.config.max_center_jump))
             crops.append(crop_faces(frames, points, self.config.crop_size) if len(frames)
                          else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8))
             landmarks.append(points)

@@ -1,0 +1,226 @@
+"""Segments out of WebDataset shards: read only what the pipeline writes, never unpickle, survive bad shards.
+
+A shard is streamed member by member with WebDataset's own tar iteration (`tar_file_expander`, then
+`group_by_keys`), over a stream we open through `pipelines.storage`, so local folders and s3:// read the same
+way and no shell command is ever built from a file name. Of each sample only three members are decoded:
+
+    KEY.jpg       faces, decoded by `pipelines.samples.decode_faces`
+    KEY.mel.npy   log-mel, `np.load(..., allow_pickle=False)`
+    KEY.json      metadata (split, speaker, source_key, crop_size, num_frames, rates)
+
+Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is skipped
+unread and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and the reason)
+and counted, never fatal:
+
+    counters["bad_shards"]        a shard that cannot be opened, ends inside a member, or holds fewer
+                                  samples than its stats json (`shard-NNNNNN.json`) records
+    counters["bad_samples"]       a sample with a member missing or undecodable, or with shapes that disagree
+    counters["ignored_members"]   members with an extension we do not read
+    counters["shards"], counters["samples"], counters["segments"]   what was read and what was yielded
+
+Segments a shard yielded before its damage showed are kept: the reader streams, it cannot take them back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+
+from pipelines.samples import decode_faces
+from pipelines.storage import StorageConfig, list_files, read_bytes, resolve
+
+__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "split_shards"]
+
+SHARD_NAME = re.compile(r"(^|/)shard-\d{6}\.tar$")
+PARTS_FOLDER = "/_parts/"
+FACES, MEL, META = "jpg", "mel.npy", "json"
+WANTED = frozenset({FACES, MEL, META})
+
+# What a damaged or unreadable shard raises while streaming: tarfile's own errors, I/O errors from the
+# filesystem (pyarrow raises OSError subclasses, FileNotFoundError among them), a gzip stream cut short,
+# and WebDataset's ValueError for a member name repeated within one sample.
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+# What decoding one sample's members may raise; anything else is a bug and should surface.
+SAMPLE_ERRORS = (ValueError, KeyError, TypeError, OSError, EOFError, cv2.error)
+
+
+class ShardWarning(UserWarning):
+    """A shard or sample was skipped; the message names it and says why."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == has no single truth value
+class Segment:
+    """One continuous face segment: T aligned crops and the log-mel of the same time span.
+
+    faces  uint8 [T, S, S, 3] RGB
+    mel    float32 [80, M], M = round(T * mel_fps / fps); column 0 lies at the segment's first frame
+    """
+
+    key: str
+    source_key: str
+    speaker: str
+    split: str
+    faces: np.ndarray
+    mel: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.faces.shape[0])
+
+
+def list_shards(shards: str, storage: StorageConfig) -> list[str]:
+    """Sorted URIs of the finished `shard-NNNNNN.tar` files under `shards` (a folder or s3:// prefix).
+
+    Per-chunk parts under `_parts/` are work in progress of the packer, never shards.
+    """
+    return sorted(uri for uri in list_files(shards, storage, suffix=".tar")
+                  if SHARD_NAME.search(uri) and PARTS_FOLDER not in uri)
+
+
+def split_shards(shard_uris: list[str], rank: int, world_size: int) -> list[str]:
+    """The shards rank `rank` of `world_size` reads: every world_size-th one, in the order given.
+
+    With fewer shards than ranks every rank gets all of them and `iter_segments` splits by segment instead:
+    a rank with nothing to read would stall the others at their first collective.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    uris = list(shard_uris)
+    if len(uris) < world_size:
+        return uris
+    return uris[rank::world_size]
+
+
+def iter_segments(shard_uris: list[str], storage: StorageConfig, split: str | None, rank: int = 0,
+                  world_size: int = 1, counters: dict | None = None) -> Iterator[Segment]:
+    """The segments of rank `rank`'s share of `shard_uris` (the full list, the same on every rank).
+
+    `split` ("train", "val") keeps only samples whose json says so; None keeps all. When there are fewer
+    shards than ranks every rank reads every shard and keeps every world_size-th segment of the split, so
+    the ranks' segments are disjoint and together are all of them. Only kept segments are decoded.
+    """
+    mine = split_shards(shard_uris, rank, world_size)
+    stride = world_size if len(shard_uris) < world_size else 1
+    seen = 0  # segments of the wanted split, counted over all shards: the segment-level split
+    for uri in mine:
+        for members in _shard_samples(uri, storage, counters):
+            meta = _sample_meta(members, uri, counters)
+            if meta is None or (split is not None and meta["split"] != split):
+                continue
+            seen += 1
+            if (seen - 1) % stride != rank % stride:
+                continue
+            segment = _decode_segment(members, meta, uri, counters)
+            if segment is not None:
+                _count(counters, "segments")
+                yield segment
+
+
+def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> Iterator[dict[str, bytes]]:
+    """One shard's samples as {"__key__": key, ext: bytes} for the extensions we read; damage is warned."""
+    _count(counters, "shards")
+
+    def wanted(name: str) -> bool:
+        # Called before a member's bytes are read: unknown members are skipped unread.
+        _, ext = base_plus_ext(name)
+        if ext is not None and ext.lower() in WANTED:
+            return True
+        _count(counters, "ignored_members")
+        return False
+
+    read = 0
+    try:
+        fs, path = resolve(uri, storage)
+        with fs.open_input_stream(path) as stream:
+            files = tar_file_expander([{"url": uri, "stream": stream}], select_files=wanted)
+            for sample in group_by_keys(files):
+                read += 1
+                _count(counters, "samples")
+                yield sample
+    except SHARD_ERRORS as error:
+        _skip(counters, "bad_shards", f"shard {uri} skipped after {read} samples: {_reason(error)}")
+        return
+    expected = _recorded_samples(uri, storage)
+    if expected is not None and read < expected:
+        # tarfile reads a tar cut at a member boundary as a shorter, valid archive: only the stats tell.
+        _skip(counters, "bad_shards", f"shard {uri} is truncated: {read} samples read, its stats record {expected}")
+
+
+def _recorded_samples(uri: str, storage: StorageConfig) -> int | None:
+    """The sample count in the shard's stats json, or None without a readable one (it is optional here)."""
+    try:
+        stats = json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
+        return int(stats["samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _sample_meta(members: dict[str, bytes], uri: str, counters: dict | None) -> dict | None:
+    key = members["__key__"]
+    missing = sorted(WANTED - members.keys())
+    if missing:
+        _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: no {', '.join(missing)} member")
+        return None
+    try:
+        meta = json.loads(members[META])
+        for field, kind in (("split", str), ("source_key", str), ("speaker", str), ("crop_size", int),
+                            ("num_frames", int), ("fps", (int, float)), ("mel_fps", (int, float))):
+            if not isinstance(meta[field], kind):
+                raise TypeError(f"json field {field!r} is {type(meta[field]).__name__}")
+    except SAMPLE_ERRORS as error:
+        _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: bad json ({_reason(error)})")
+        return None
+    return meta
+
+
+def _decode_segment(members: dict[str, bytes], meta: dict, uri: str, counters: dict | None) -> Segment | None:
+    key = members["__key__"]
+    try:
+        # decode_faces returns a channel-reversed view; windows copied out of a contiguous array are plain
+        # memcpy, out of the view an element-by-element walk (about 15x slower per pair).
+        faces = np.ascontiguousarray(decode_faces(members[FACES], meta["crop_size"]))
+        mel = np.load(io.BytesIO(members[MEL]), allow_pickle=False)
+        _check_shapes(faces, mel, meta)
+    except SAMPLE_ERRORS as error:
+        _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: {_reason(error)}")
+        return None
+    return Segment(key=key, source_key=meta["source_key"], speaker=meta["speaker"], split=meta["split"],
+                   faces=faces, mel=mel)
+
+
+def _check_shapes(faces: np.ndarray, mel: np.ndarray, meta: dict) -> None:
+    """Faces and mel must cover the same frames, or every window drawn from them would be misaligned."""
+    frames = meta["num_frames"]
+    if faces.shape[0] != frames:
+        raise ValueError(f"{faces.shape[0]} face crops, json says {frames} frames")
+    if not isinstance(mel, np.ndarray) or mel.dtype != np.float32 or mel.ndim != 2:
+        raise ValueError(f"mel is not a 2-D float32 array ({getattr(mel, 'dtype', type(mel))})")
+    columns = round(frames * meta["mel_fps"] / meta["fps"])
+    if mel.shape[1] != columns:
+        raise ValueError(f"mel has {mel.shape[1]} columns, {frames} frames need {columns}")
+
+
+def _reason(error: BaseException) -> str:
+    # WebDataset appends " @ <stream object>" and extra args to the message; the first part is the cause.
+    message = str(error.args[0]) if error.args else ""
+    return f"{type(error).__name__}: {message.split(' @ ')[0]}".rstrip(": ")
+
+
+def _skip(counters: dict | None, name: str, message: str) -> None:
+    _count(counters, name)
+    warnings.warn(message, ShardWarning, stacklevel=3)
+
+
+def _count(counters: dict | None, name: str, amount: int = 1) -> None:
+    if counters is not None:
+        counters[name] = counters.get(name, 0) + amount
