@@ -14,8 +14,10 @@ running the same command again resumes from the newest one, and a killed worker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.checkpoint import CHECKPOINT_FILE
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
@@ -33,7 +36,7 @@ from model.pairs import PairConfig, PairStream
 from model.shard_reader import iter_segments, list_shards
 from pipelines.storage import StorageConfig
 
-CHECKPOINT_FILE = "expert.pt"
+
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class TrainConfig:
     easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
     loader_workers: int = field(default=1, metadata={"help": "DataLoader processes per training worker decoding shards"})
     max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
+    launcher: str = field(default="ray", metadata={"help": "ray: Ray Train workers; local: this process alone (one device, no Ray)",
+                                                   "choices": ["ray", "local"]})
     seed: int = field(default=0, metadata={"help": "seed for initialisation and pair sampling"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
 
@@ -92,13 +97,64 @@ class TrainConfig:
 # --- the loop each worker runs -------------------------------------------------------------------------------
 
 def train_loop_per_worker(raw_config: dict) -> None:
-    import ray.train
-    import ray.train.torch
+    """What every Ray Train worker runs."""
+    run_loop(TrainConfig(**raw_config), RaySession())
 
-    config = TrainConfig(**raw_config)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+
+class RaySession:
+    """The four things the loop needs from its launcher, from Ray Train."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        self._train, self._torch = ray.train, ray.train.torch
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def latest_checkpoint(self):
+        checkpoint = self._train.get_checkpoint()
+        return None if checkpoint is None else checkpoint.as_directory()
+
+    def prepare_model(self, model):
+        return self._torch.prepare_model(model)  # DDP when world > 1
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        # Every rank reports at the same steps (Ray Train requires it); only rank 0 carries the checkpoint.
+        self._train.report(metrics, checkpoint=self._train.Checkpoint.from_directory(checkpoint_dir)
+                           if checkpoint_dir else None)
+
+
+class LocalSession:
+    """One process, one device, no Ray: for a single GPU machine without Ray, and for debugging.
+    Checkpoints go to OUTPUT/checkpoints/step_NNNNNNN/, the newest two kept."""
+
+    rank, world = 0, 1
+
+    def __init__(self, output: str):
+        self.folder = Path(output) / "checkpoints"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def latest_checkpoint(self):
+        found = sorted(self.folder.glob("step_*")) if self.folder.is_dir() else []
+        return contextlib.nullcontext(str(found[-1])) if found else None
+
+    def prepare_model(self, model):
+        return model
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir:
+            target = self.folder / f"step_{metrics['step']:07d}"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(checkpoint_dir, target)
+            for old in sorted(self.folder.glob("step_*"))[:-2]:
+                shutil.rmtree(old)
+
+
+def run_loop(config: TrainConfig, session) -> None:
+    rank, world, device = session.rank, session.world, session.device
     on_gpu = device.type == "cuda"
     torch.manual_seed(config.seed)
 
@@ -106,8 +162,8 @@ def train_loop_per_worker(raw_config: dict) -> None:
     if on_gpu:
         expert = expert.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(expert.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = restore(expert, optimizer)
-    model = ray.train.torch.prepare_model(expert)  # DDP when world > 1
+    step = restore(expert, optimizer, session)
+    model = session.prepare_model(expert)
     if config.compile:
         model = torch.compile(model)
 
@@ -145,7 +201,7 @@ def train_loop_per_worker(raw_config: dict) -> None:
                (("log", config.log_every), ("val", config.val_every), ("checkpoint", config.checkpoint_every))}
         if not any(due.values()):
             continue
-        metrics = {"step": step, **_reduce(window, world)}
+        metrics = {"step": step, **_reduce(window, rank, world, step)}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
         if due["val"]:
             metrics.update(validate(expert, config, rank))
@@ -157,9 +213,7 @@ def train_loop_per_worker(raw_config: dict) -> None:
         if log is not None:
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
-        # Every rank reports at the same steps (Ray Train requires it); only rank 0 carries the checkpoint.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                         if checkpoint_dir else None)
+        session.report(metrics, checkpoint_dir)
     if bar is not None:
         bar.close()
 
@@ -180,29 +234,31 @@ class TrainStream(torch.utils.data.IterableDataset):
         return iter(stream)
 
 
-def restore(expert: SyncExpert, optimizer) -> int:
+def restore(expert: SyncExpert, optimizer, session) -> int:
     """Load the newest checkpoint of this run, if any; returns the step to continue from."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.latest_checkpoint()
     if checkpoint is None:
         return 0
-    with checkpoint.as_directory() as folder:
+    with checkpoint as folder:
         state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     expert.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
 
 
-def _reduce(window: dict, world: int) -> dict:
-    """Training metrics averaged over every rank's pairs since the last report."""
+def _reduce(window: dict, rank: int, world: int, step: int) -> dict:
+    """Training metrics averaged over every rank's pairs since the last report, and each rank's step count
+    (equal on every rank, or DDP would have hung: recorded so that a test can see it)."""
     elapsed = time.perf_counter() - window["started"]
     totals = torch.tensor([window["loss"], window["correct"], window["pairs"], elapsed], dtype=torch.float64)
+    steps = torch.zeros(world, dtype=torch.float64)
+    steps[rank] = step
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
+        torch.distributed.all_reduce(steps)
     loss, correct, pairs, elapsed = totals.tolist()
     return {"loss": loss / max(pairs, 1), "accuracy": correct / max(pairs, 1),
-            "samples_per_s": pairs / max(elapsed / world, 1e-9)}
+            "samples_per_s": pairs / max(elapsed / world, 1e-9), "steps_per_rank": [int(x) for x in steps]}
 
 
 # --- validation ------------------------------------------------------------------------------------------------
@@ -306,13 +362,16 @@ def _progress(config: TrainConfig, start: int):
 # --- entry point -----------------------------------------------------------------------------------------------
 
 def train(config: TrainConfig):
-    """Run (or resume) training; returns Ray Train's result."""
+    """Run (or resume) training; returns Ray Train's result (None with the local launcher)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not list_shards(config.shards, config.storage):
         raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
+    if config.launcher == "local":
+        run_loop(config, LocalSession(config.output))
+        return None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     own_ray = not ray.is_initialized()
     if own_ray:
@@ -342,9 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    final = result.metrics or {}
+    rows = [json.loads(line) for line in (Path(config.output) / "metrics.jsonl").read_text().splitlines()]
+    final = next((row for row in reversed(rows) if "val_loss" in row), rows[-1])
     print("final:", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}))
-    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    if result is not None and result.checkpoint:
+        print(f"checkpoint: {result.checkpoint.path}")
     print(f"curves: {Path(config.output) / 'curves.png'}")
     return 0
 

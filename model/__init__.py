@@ -6,4 +6,7 @@ Modules:
 - :mod:`model.encoders`: :class:`ConvBlock`, :class:`FaceEncoder` and :class:`AudioEncoder`.
 - :mod:`model.expert`: :class:`SyncExpert`, the two encoders joined by cosine similarity, and its input preparation.
 - :mod:`model.loss`: :func:`sync_loss` (clamped binary cross-entropy in fp32) and :func:`accuracy`.
+- :mod:`model.shard_reader`, :mod:`model.pairs`: segments out of WebDataset shards, and training pairs cut from them.
+- :mod:`model.checkpoint`, :mod:`model.offset`, :mod:`model.evaluate`: loading a trained expert, SyncNet's
+  offset and confidence, and offset accuracy on videos with known offsets.
 """

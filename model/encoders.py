@@ -85,8 +85,8 @@ def _pair(value: Pair) -> tuple[int, int]:
 
 def _output_size(size: tuple[int, int], stage: Stage) -> tuple[int, int]:
     """Spatial size after the stage's convolution (its residual blocks keep it)."""
-    kernel, stride, padding = _pair(stage.kernel), _pair(stage.stride), _pair(stage.padding)
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, padding))  # type: ignore[return-value]
+    (kh, kw), (sh, sw), (ph, pw) = _pair(stage.kernel), _pair(stage.stride), _pair(stage.padding)
+    return (size[0] + 2 * ph - kh) // sh + 1, (size[1] + 2 * pw - kw) // sw + 1
 
 
 class Encoder(nn.Module):

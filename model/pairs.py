@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.shard_reader import Segment, iter_segments
+from model.shard_reader import Segment, iter_segments, shards_holding
 from pipelines.storage import StorageConfig
 
 __all__ = ["OTHER_SEGMENT_SHIFT", "PairConfig", "PairStream", "mel_start", "sample_pairs", "to_torch"]
@@ -207,8 +207,10 @@ class AudioBank:
 class PairStream:
     """Batches of pairs for one rank (see the module docstring for the batch), read from `shard_uris`.
 
-    `shard_uris`: the full list, the same on every rank; rank and world_size pick this rank's share
-    (`model.shard_reader.split_shards`), and each DataLoader worker, if any, takes its own share of that.
+    `shard_uris`: the full list, the same on every reader; rank and world_size pick this reader's share
+    (`model.shard_reader.split_shards`) of the shards that hold `split` (by their stats json). Readers are
+    all the processes that read: inside DataLoader workers pass rank = ddp_rank * num_workers + worker_id
+    and world_size = ddp_world_size * num_workers (PairStream does not look at the worker itself).
     repeat=True: pass after pass over the shards, forever; the trainer decides the number of steps, so every
     rank runs the same number and none waits at the end of an epoch for the others. Each pass reshuffles
     the shard order (the same on all ranks, so their shares stay disjoint) and draws new pairs (per rank).
@@ -231,39 +233,36 @@ class PairStream:
         self.storage, self.split, self.config = storage, split, config
         self.batch_size, self.seed, self.rank, self.world_size, self.repeat = batch_size, seed, rank, world_size, repeat
         self.counters: dict = {}
+        self._split_shards: list[str] | None = None  # the shards holding `split`, found at the first iter()
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.counters.clear()
-        rank, world_size = self._reader_rank()
-        pairs = self._pairs(rank, world_size)
-        shuffled = _shuffled(pairs, self.config.shuffle_buffer, _rng(self.seed, _SHUFFLE, rank))
+        pairs = self._pairs()
+        shuffled = _shuffled(pairs, self.config.shuffle_buffer, _rng(self.seed, _SHUFFLE, self.rank))
         return _batches(shuffled, self.batch_size)
 
-    def _reader_rank(self) -> tuple[int, int]:
-        """This reader's rank among all readers: the DDP rank, refined by the DataLoader worker if any."""
-        worker = torch.utils.data.get_worker_info()
-        if worker is None:
-            return self.rank, self.world_size
-        return self.rank * worker.num_workers + worker.id, self.world_size * worker.num_workers
-
-    def _pairs(self, rank: int, world_size: int) -> Iterator[dict]:
+    def _pairs(self) -> Iterator[dict]:
+        if self._split_shards is None:
+            self._split_shards = shards_holding(self.shard_uris, self.storage, self.split)
+        candidates = self._split_shards
         bank = AudioBank()
         for epoch in itertools.count() if self.repeat else range(1):
-            order = _rng(self.seed, _SHARD_ORDER, epoch).permutation(len(self.shard_uris))
-            shards = [self.shard_uris[i] for i in order]
-            rng = _rng(self.seed, _PAIRS, rank, epoch)
+            order = _rng(self.seed, _SHARD_ORDER, epoch).permutation(len(candidates))
+            shards = [candidates[i] for i in order]
+            rng = _rng(self.seed, _PAIRS, self.rank, epoch)
             drawn = 0
-            for segment in iter_segments(shards, self.storage, self.split, rank, world_size, self.counters):
+            for segment in iter_segments(shards, self.storage, self.split, self.rank, self.world_size,
+                                         self.counters):
                 pairs = sample_pairs(segment, self.config, rng, bank.pick(rng, segment))
                 bank.add(segment)
                 for pair in pairs:
-                    self.counters[f"pairs_{pair['kind']}"] = self.counters.get(f"pairs_{pair['kind']}", 0) + 1
+                    _tally(self.counters, f"pairs_{pair['kind']}")
                 drawn += len(pairs)
                 yield from pairs
-            self.counters["passes"] = self.counters.get("passes", 0) + 1
+            _tally(self.counters, "passes")
             if self.repeat and drawn == 0:
                 # Repeating an empty pass would spin forever while the other ranks wait for this one.
-                raise RuntimeError(f"PairStream: reader {rank} of {world_size} drew no pairs from "
+                raise RuntimeError(f"PairStream: reader {self.rank} of {self.world_size} drew no pairs from "
                                    f"{len(shards)} shards of split {self.split!r} in a whole pass; "
                                    f"counters {self.counters}")
 
@@ -306,6 +305,10 @@ def _batches(pairs: Iterator[dict], batch_size: int) -> Iterator[dict[str, np.nd
             batch = []
     if batch:
         yield collate(batch)
+
+
+def _tally(counters: dict, name: str) -> None:
+    counters[name] = counters.get(name, 0) + 1
 
 
 def _rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:

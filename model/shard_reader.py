@@ -8,9 +8,9 @@ way and no shell command is ever built from a file name. Of each sample only thr
     KEY.mel.npy   log-mel, `np.load(..., allow_pickle=False)`
     KEY.json      metadata (split, speaker, source_key, crop_size, num_frames, rates)
 
-Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is skipped
-unread and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and the reason)
-and counted, never fatal:
+Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is passed over,
+never extracted, and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
+the reason) and counted, never fatal:
 
     counters["bad_shards"]        a shard that cannot be opened, ends inside a member, or holds fewer
                                   samples than its stats json (`shard-NNNNNN.json`) records
@@ -39,7 +39,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from pipelines.samples import decode_faces
 from pipelines.storage import StorageConfig, list_files, read_bytes, resolve
 
-__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "split_shards"]
+__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "shards_holding", "split_shards"]
 
 SHARD_NAME = re.compile(r"(^|/)shard-\d{6}\.tar$")
 PARTS_FOLDER = "/_parts/"
@@ -101,6 +101,18 @@ def split_shards(shard_uris: list[str], rank: int, world_size: int) -> list[str]
     return uris[rank::world_size]
 
 
+def shards_holding(shard_uris: list[str], storage: StorageConfig, split: str | None) -> list[str]:
+    """The shards that may hold samples of `split`, in the order given: those whose stats json lists one,
+    and those without readable stats (read and filtered sample by sample). All of them for split None.
+
+    Splitting ranks over these rather than over all shards keeps a rank from drawing only shards of the
+    other split, where it would find nothing to train on.
+    """
+    if split is None:
+        return list(shard_uris)
+    return [uri for uri in shard_uris if (splits := _recorded_splits(uri, storage)) is None or split in splits]
+
+
 def iter_segments(shard_uris: list[str], storage: StorageConfig, split: str | None, rank: int = 0,
                   world_size: int = 1, counters: dict | None = None) -> Iterator[Segment]:
     """The segments of rank `rank`'s share of `shard_uris` (the full list, the same on every rank).
@@ -131,7 +143,7 @@ def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> I
     _count(counters, "shards")
 
     def wanted(name: str) -> bool:
-        # Called before a member's bytes are read: unknown members are skipped unread.
+        # Called before a member is extracted: unknown members are passed over, never extracted or decoded.
         _, ext = base_plus_ext(name)
         if ext is not None and ext.lower() in WANTED:
             return True
@@ -159,9 +171,23 @@ def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> I
 def _recorded_samples(uri: str, storage: StorageConfig) -> int | None:
     """The sample count in the shard's stats json, or None without a readable one (it is optional here)."""
     try:
-        stats = json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
-        return int(stats["samples"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(_stats(uri, storage)["samples"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _recorded_splits(uri: str, storage: StorageConfig) -> set[str] | None:
+    try:
+        return {sample["split"] for video in _stats(uri, storage)["videos"] for sample in video["samples"]}
+    except (KeyError, TypeError):
+        return None
+
+
+def _stats(uri: str, storage: StorageConfig) -> dict | None:
+    """The shard's stats json (`shard-NNNNNN.json` next to it), None if absent or unreadable."""
+    try:
+        return json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
+    except (OSError, ValueError):
         return None
 
 

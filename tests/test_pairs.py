@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import shutil
 import tarfile
@@ -166,6 +165,16 @@ def test_streams_are_deterministic_and_differ_by_rank(uris):
     assert sum(len(b["labels"]) for b in first) == validation.counters["segments"] * CONFIG.windows_per_segment
 
 
+def test_ranks_split_the_shards_of_their_split_only(uris):
+    # 3 train shards and 1 val shard: splitting all 4 over 3 ranks would leave, in some passes, a rank with
+    # only the val shard and nothing to train on.
+    for seed in range(3):
+        for rank in range(3):
+            stream = PairStream(uris, LOCAL, "train", CONFIG, batch_size=8, seed=seed, rank=rank, world_size=3)
+            take(stream, 10)
+            assert stream.counters["segments"] == stream.counters["shards"]  # never opened the val shard
+
+
 def test_a_rank_with_nothing_to_read_fails_instead_of_spinning(uris):
     stream = PairStream(uris, LOCAL, "no-such-split", CONFIG, batch_size=8, seed=0)
     with pytest.raises(RuntimeError, match="drew no pairs"):
@@ -246,8 +255,11 @@ def test_truncation_at_a_member_boundary_and_bad_samples(uris, tmp_path):
     del damaged[f"{keys[1]}.mel.npy"]
     (tmp_path / "shard-000001.tar").write_bytes(tar_bytes(damaged))
     counters: dict = {}
-    with pytest.warns(ShardWarning, match="truncated"):
+    with pytest.warns(ShardWarning) as caught:
         read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3 and "truncated: 3 samples read, its stats record 4" in messages[0]
+    assert "not a JPEG" in messages[1] and "no mel.npy member" in messages[2]
     assert [s.key for s in read] == keys[:3] + keys[2:]
     assert counters["bad_shards"] == 1 and counters["bad_samples"] == 2
 
