@@ -103,7 +103,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_segments(shards: Path, limit: int) -> list[np.ndarray]:
-    from pipelines.samples import decode_faces
+    from pipelines.face_codec import decode_faces
     from pipelines.shards import read_samples
     from pipelines.storage import StorageConfig
 

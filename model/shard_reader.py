@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from pipelines.samples import decode_faces
+from pipelines.face_codec import decode_faces
 from pipelines.storage import StorageConfig, list_files, read_bytes, resolve
 
 __all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "shards_holding", "split_shards"]

@@ -16,10 +16,10 @@ import math
 import tarfile
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from pipelines.audio import AudioConfig, segment_mel, separate_voice
+from pipelines.face_codec import encode_faces
 from pipelines.decode import CONTEXT_FRAMES
 from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
 
@@ -29,23 +29,6 @@ class SampleConfig:
     separate: bool = field(default=True, metadata={"help": "separate the voice from background (REPET-SIM) before the mel"})
     min_segment_frames: int = field(default=5, metadata={"help": "face segments shorter than this (one expert window) are dropped"})
     jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of the stored face crops"})
-
-
-def encode_faces(faces: np.ndarray, quality: int) -> bytes:
-    """uint8 [T, S, S, 3] RGB -> one JPEG of the crops stacked vertically."""
-    strip = faces.reshape(-1, *faces.shape[2:])[..., ::-1]  # OpenCV encodes BGR
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(strip), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return data.tobytes()
-
-
-def decode_faces(data: bytes, crop_size: int) -> np.ndarray:
-    """Inverse of encode_faces: uint8 [T, S, S, 3] RGB."""
-    strip = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if strip is None:
-        raise ValueError("not a JPEG")
-    return strip[..., ::-1].reshape(-1, crop_size, crop_size, 3)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.samples import decode_faces
+from pipelines.face_codec import decode_faces
 from pipelines.shards import read_samples, shard_stats
 from pipelines.storage import StorageConfig, list_files
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus

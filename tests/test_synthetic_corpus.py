@@ -109,3 +109,12 @@ def test_config_rejects_nonsense(tmp_path):
         SyntheticConfig(out=tmp_path, min_seconds=1.0, max_seconds=2.0)
     with pytest.raises(ValueError, match="--num-videos"):
         SyntheticConfig(out=tmp_path, num_videos=0)
+
+
+def test_a_folder_made_with_other_settings_is_refused(tmp_path):
+    from pipelines.synthetic.corpus import generate_corpus
+
+    generate_corpus(SyntheticConfig(out=tmp_path, num_videos=1, min_seconds=3, max_seconds=3, workers=1), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        generate_corpus(SyntheticConfig(out=tmp_path, num_videos=2, min_seconds=3, max_seconds=3, workers=1),
+                        progress=False)

@@ -315,6 +315,7 @@ def generate_corpus(config: SyntheticConfig, progress: bool = True) -> list[dict
     from tqdm import tqdm
 
     config.out.mkdir(parents=True, exist_ok=True)
+    claim_folder(config)
     plans = plan_corpus(config)
     jobs = [(plan, config) for plan in plans]
     bar = tqdm(total=len(jobs), unit="video", desc="synthetic corpus", disable=not progress)
@@ -334,6 +335,20 @@ def generate_corpus(config: SyntheticConfig, progress: bool = True) -> list[dict
     rows.sort(key=lambda row: row["key"])
     write_manifest(config.out / "manifest.jsonl", rows)
     return rows
+
+
+def claim_folder(config: SyntheticConfig) -> None:
+    """Record the settings a corpus folder is made with, and refuse to add to one made with others.
+
+    Existing files are kept on a rerun (they are deterministic); with other settings the same file names
+    would hold other content than the new manifest says, and the ground truth would silently be wrong.
+    """
+    settings = {k: str(v) for k, v in asdict(config).items() if k not in ("out", "workers")}
+    record = config.out / "generator.json"
+    if record.exists() and json.loads(record.read_text()) != settings:
+        raise ValueError(f"{config.out} was generated with other settings ({record}); "
+                         f"use another --out or delete that folder")
+    record.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
