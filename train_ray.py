@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import CHECKPOINT_FILE
+from model.checkpoint import CHECKPOINT_FILE, find_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
@@ -98,16 +98,18 @@ class TrainConfig:
 
 def train_loop_per_worker(raw_config: dict) -> None:
     """What every Ray Train worker runs."""
-    run_loop(TrainConfig(**raw_config), RaySession())
+    config = TrainConfig(**raw_config)
+    run_loop(config, RaySession(config.output))
 
 
 class RaySession:
     """The four things the loop needs from its launcher, from Ray Train."""
 
-    def __init__(self):
+    def __init__(self, output: str):
         import ray.train
         import ray.train.torch
 
+        self.output = output
         self._train, self._torch = ray.train, ray.train.torch
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
@@ -115,7 +117,14 @@ class RaySession:
 
     def latest_checkpoint(self):
         checkpoint = self._train.get_checkpoint()
-        return None if checkpoint is None else checkpoint.as_directory()
+        if checkpoint is not None:
+            return checkpoint.as_directory()
+        # Seen with Ray 2.60: workers restarted after a failure got no checkpoint although one had been
+        # reported. The run folder holds every persisted checkpoint, so take the newest from there.
+        try:
+            return contextlib.nullcontext(str(find_checkpoint(self.output).parent))
+        except FileNotFoundError:
+            return None
 
     def prepare_model(self, model):
         return self._torch.prepare_model(model)  # DDP when world > 1
@@ -363,15 +372,14 @@ def _progress(config: TrainConfig, start: int):
 
 def train(config: TrainConfig):
     """Run (or resume) training; returns Ray Train's result (None with the local launcher)."""
+    if not list_shards(config.shards, config.storage):
+        raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
+    if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent
+        run_loop(config, LocalSession(config.output))
+        return None
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    if not list_shards(config.shards, config.storage):
-        raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
-    if config.launcher == "local":
-        run_loop(config, LocalSession(config.output))
-        return None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     own_ray = not ray.is_initialized()
     if own_ray:

@@ -226,14 +226,19 @@ def one_thread() -> Iterator[None]:
 def test_learns_a_synthetic_sync_task(seed: int, one_thread: None) -> None:
     config = PRESETS["cpu-small"]
     model = _model(config, seed)
+    steps = 60
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Decaying to zero lets the batch-norm running statistics catch up with the weights: at a constant 1e-3 the
+    # weights still move in the last steps, and 1 seed in 15 scored 0.64 in eval mode against 0.96 in train mode.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(60):
+    for _ in range(steps):
         faces, mels, labels = _sync_task(config, 32, gen)
         loss = sync_loss(model(faces, mels), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
 
     model.eval()
     faces, mels, labels = _sync_task(config, 256, torch.Generator().manual_seed(10_000 + seed))
