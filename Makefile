@@ -28,7 +28,7 @@ test: $(STAMP)
 # The demo is the main job end to end, one documented command per stage: a synthetic corpus with known
 # offsets; its in-sync videos (and the broken inputs) to shards, its held-out videos to their own shards;
 # training on 2 CPU workers; then the offsets of the held-out videos, recovered and printed against the truth.
-DEMO_STEPS ?= 800
+DEMO_STEPS ?= 600
 
 demo: $(STAMP)
 	$(PY) -m pipelines.synthetic --out $(DEMO_DIR)/corpus --num-videos 40 --seed 0 --corrupt 5 --max-seconds 8

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +372,9 @@ def _progress(config: TrainConfig, start: int):
 
 def train(config: TrainConfig):
     """Run (or resume) training; returns Ray Train's result (None with the local launcher)."""
+    # Ray Train workers run in their own working folder: local paths must not depend on ours.
+    config = replace(config, output=str(Path(config.output).resolve()),
+                     shards=config.shards if "://" in config.shards else str(Path(config.shards).resolve()))
     if not list_shards(config.shards, config.storage):
         raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
     if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent
@@ -387,7 +390,7 @@ def train(config: TrainConfig):
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(config) | {"output": str(output)},
+        train_loop_config=asdict(config),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(name=output.name, storage_path=str(output.parent),
                              failure_config=FailureConfig(max_failures=config.max_failures),
