@@ -365,7 +365,9 @@ def plot_curves(jsonl: Path, png: Path) -> None:
 def _progress(config: TrainConfig, start: int):
     from tqdm import tqdm
 
-    return tqdm(total=config.max_steps, initial=start, unit="step", desc="train", disable=not config.progress)
+    # Under Ray a worker's output reaches the terminal line by line: refresh rarely enough to stay readable.
+    return tqdm(total=config.max_steps, initial=start, unit="step", desc="train", disable=not config.progress,
+                mininterval=10)
 
 
 # --- entry point -----------------------------------------------------------------------------------------------
