@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from pipelines.audio import AudioConfig, prepare
+from pipelines.columns import object_column
 from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
 from pipelines.storage import StorageConfig, local_copy
 
@@ -158,15 +159,8 @@ class DecodeStage:
         return {
             **{name: np.array([str(value)]) for name, value in source.items()},
             "chunk": np.array([chunk]), "start_frame": np.array([start_frame]), "end": np.array([end]),
-            "frames": _single(frames), "audio": _single(audio),
+            "frames": object_column([frames]), "audio": object_column([audio]),
             "source_fps": np.array([info.fps if info else 0.0]),
             "source_rate": np.array([info.sample_rate or 0 if info else 0]),
             "error": np.array([error]), "detail": np.array([detail]),
         }
-
-
-def _single(array: np.ndarray) -> np.ndarray:
-    """A one-row column holding an array whose shape differs between rows."""
-    column = np.empty(1, dtype=object)
-    column[0] = array
-    return column

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.audio import AudioConfig, segment_mel, separate_voice
+from pipelines.columns import object_column
 from pipelines.face_codec import encode_faces
 from pipelines.decode import CONTEXT_FRAMES
 from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
@@ -61,7 +62,7 @@ class SampleStage:
             "key": batch["key"],
             "chunk": batch["chunk"],
             "end": batch["end"],
-            "part": _objects([tar for tar, _ in rows]),
+            "part": object_column([tar for tar, _ in rows]),
             "record": np.array([json.dumps(record, sort_keys=True) for _, record in rows]),
         }
 
@@ -127,9 +128,3 @@ class SampleStage:
         origin = begin % group
         samples_per_frame = config.sample_rate // config.video_fps
         return segment_mel(audio[origin * samples_per_frame:], begin - origin, end - origin, config)
-
-
-def _objects(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column

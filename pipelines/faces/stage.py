@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipelines.columns import object_column
 from pipelines.faces.align import crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig, make_aligner
 from pipelines.faces.tracks import face_tracks
@@ -29,19 +30,12 @@ class FaceStage:
             landmarks.append(points)
             scores.append(score)
         out = {name: value for name, value in batch.items() if name != "frames"}
-        out["faces"] = _column(crops)
-        out["landmarks"] = _column(landmarks)
-        out["scores"] = _column(scores)
+        out["faces"] = object_column(crops)
+        out["landmarks"] = object_column(landmarks)
+        out["scores"] = object_column(scores)
         out["aligner"] = np.array([self.aligner.name] * len(crops))
         return out
 
 
 def _no_faces(count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((count, 68, 2), np.nan, np.float32), np.full(count, np.nan, np.float32)
-
-
-def _column(arrays: list[np.ndarray]) -> np.ndarray:
-    """A batch column of per-row arrays whose lengths differ (Ray Data stores them as variable-shaped tensors)."""
-    column = np.empty(len(arrays), dtype=object)
-    column[:] = arrays
-    return column
