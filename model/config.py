@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+
+def mel_columns(frames, video_fps: int, mel_fps: float):
+    """Mel frames spanned by `frames` video frames, which is also the first mel column of frame `frames`
+    counted from frame 0: round(frames * mel_fps / video_fps), derived from the two rates (16 per 5 frames at
+    25 fps and 80 mel frames per second). Takes an int or an array."""
+    if isinstance(frames, (int, np.integer)):
+        return round(frames * mel_fps / video_fps)
+    return np.round(np.asarray(frames) * mel_fps / video_fps).astype(int)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -34,7 +45,7 @@ class ModelConfig:
     @property
     def mel_window(self) -> int:
         """Mel frames that span the video window (16 for 5 frames at 25 fps and 80 mel frames per second)."""
-        return round(self.window_frames * self.mel_fps / self.video_fps)
+        return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
 
     @property
     def face_channels(self) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.config import mel_columns
+
 
 @dataclass(frozen=True)
 class OffsetResult:
@@ -26,11 +28,6 @@ class OffsetResult:
     mean_similarity: np.ndarray  # [2K+1] mean over windows, per shift
     window_similarity: np.ndarray  # [W] per-window similarity at the best shift (sync over time)
     window_starts: np.ndarray  # [W] first frame of each window
-
-
-def mel_start(frame: int | np.ndarray, video_fps: int, mel_fps: float):
-    """First mel column of a video frame, from the two rates (16 per 5 frames at 25 and 80)."""
-    return np.round(np.asarray(frame) * mel_fps / video_fps).astype(int)
 
 
 @torch.no_grad()
@@ -47,7 +44,7 @@ def offset_curve(expert, faces: np.ndarray, mel: np.ndarray, max_shift: int = 15
     device = next(expert.parameters()).device
     margin = max_shift + abs(audio_delay)
     starts = np.arange(margin, frames - window - margin + 1, step)
-    starts = starts[mel_start(starts + margin, config.video_fps, config.mel_fps) + mel_window <= columns]
+    starts = starts[mel_columns(starts + margin, config.video_fps, config.mel_fps) + mel_window <= columns]
     if len(starts) == 0:
         raise ValueError(f"segment of {frames} frames is too short for windows of {window} shifted by "
                          f"+-{margin}; it needs at least {window + 2 * margin} frames")
@@ -79,7 +76,7 @@ def _embed_faces(expert, faces, starts, window, device, batch_size) -> np.ndarra
 
 def _embed_audio(expert, mel, frames, mel_window, device, batch_size) -> np.ndarray:
     config = expert.config
-    columns = mel_start(frames, config.video_fps, config.mel_fps)
+    columns = mel_columns(frames, config.video_fps, config.mel_fps)
     padded = np.pad(mel, ((0, 0), (0, max(0, columns.max() + mel_window - mel.shape[1]))), constant_values=mel.min())
     out = []
     for i in range(0, len(columns), batch_size):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.config import mel_columns
 from model.shard_reader import Segment, iter_segments, shards_holding
 from pipelines.storage import StorageConfig
 
@@ -89,12 +90,12 @@ class PairConfig:
     @property
     def mel_window(self) -> int:
         """Mel columns spanned by `window_frames` video frames (16 at 5 frames, 25 fps, 80 mel/s)."""
-        return round(self.window_frames * self.mel_fps / self.video_fps)
+        return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
 
 
 def mel_start(frame: int, config: PairConfig) -> int:
     """The first mel column of video frame `frame`, both counted from the segment's first frame."""
-    return round(frame * config.mel_fps / config.video_fps)
+    return mel_columns(frame, config.video_fps, config.mel_fps)
 
 
 def sample_pairs(segment: Segment, config: PairConfig, rng: np.random.Generator,

@@ -21,7 +21,7 @@ import pytest
 from pipelines import storage
 from pipelines.sources import Source, list_sources, make_key
 from pipelines.storage import StorageConfig
-from s3_server import make_bucket, s3_server  # noqa: F401  (the fixture; a conftest import would also do)
+from s3_server import make_bucket
 
 LOCAL = StorageConfig()
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+\Z")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pipelines.synthetic.envelope_check import estimate_offset, mouth_opening
 

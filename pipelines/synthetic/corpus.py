@@ -19,7 +19,6 @@ import json
 import math
 import multiprocessing
 import os
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -32,7 +31,7 @@ from pipelines.synthetic.container import CONTAINERS, write_clip
 from pipelines.synthetic.face import FaceRenderer, HeadPose, Identity, random_identity
 from pipelines.synthetic.speech import Speech, Voice, synthesize, voice_variants
 from pipelines.synthetic.text import random_sentences
-from pipelines.synthetic.visemes import MouthTrack, mouth_track
+from pipelines.synthetic.visemes import mouth_track
 
 EXPERT_FPS = 25  # the unit of offsets: the sync expert's video clock
 SPEECH_RATE = 22050  # espeak-ng's native rate; everything is mixed here, then resampled to the clip's rate
