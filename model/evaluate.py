@@ -40,8 +40,8 @@ def evaluate(config: EvaluateConfig) -> dict:
         truth[Path(row["path"]).name] = row["offset_frames"]
     rows = []
     for segment in iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None):
-        source = next((n for n in truth if _key_part(n) in segment.source_key), None)
-        if source is None:
+        source = Path(segment.source).name
+        if source not in truth:
             continue
         try:
             result = offset_curve(expert, segment.faces, segment.mel, config.max_offset)
@@ -54,11 +54,6 @@ def evaluate(config: EvaluateConfig) -> dict:
     summary = {"segments": len(rows), "exact": float(np.mean(errors == 0)) if rows else 0.0,
                "within_1": float(np.mean(np.abs(errors) <= 1)) if rows else 0.0, "rows": rows}
     return summary
-
-
-def _key_part(file_name: str) -> str:
-    """The sanitised stem a source key starts its last path component with (vid00012.mp4 -> vid00012_mp4)."""
-    return file_name.replace(".", "_")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,7 @@ class Segment:
     split: str
     faces: np.ndarray
     mel: np.ndarray
+    source: str = ""  # the input video's URI, as preprocessing recorded it
 
     @property
     def num_frames(self) -> int:
@@ -221,7 +222,7 @@ def _decode_segment(members: dict[str, bytes], meta: dict, uri: str, counters: d
         _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: {_reason(error)}")
         return None
     return Segment(key=key, source_key=meta["source_key"], speaker=meta["speaker"], split=meta["split"],
-                   faces=faces, mel=mel)
+                   faces=faces, mel=mel, source=meta.get("source", ""))
 
 
 def _check_shapes(faces: np.ndarray, mel: np.ndarray, meta: dict) -> None:
