@@ -32,7 +32,7 @@ from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
-from model.pairs import PairConfig, PairStream
+from model.pairs import PairBatches, PairConfig, PairStream
 from model.shard_reader import iter_segments, list_shards
 from pipelines.storage import StorageConfig
 
@@ -178,7 +178,8 @@ def run_loop(config: TrainConfig, session) -> None:
 
     shard_uris = list_shards(config.shards, config.storage)
     # Data position on resume: a new seed per restart point, so a resumed run does not replay the same pairs.
-    stream = TrainStream(shard_uris, config, seed=config.seed * 1_000_003 + step, rank=rank, world=world)
+    stream = PairBatches(shard_uris, config.storage, "train", config.pairs, config.batch_size,
+                         seed=config.seed * 1_000_003 + step, rank=rank, world_size=world, repeat=True)
     batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.loader_workers,
                                                persistent_workers=config.loader_workers > 0))
     log = RunLog(Path(config.output)) if rank == 0 else None
@@ -225,22 +226,6 @@ def run_loop(config: TrainConfig, session) -> None:
         session.report(metrics, checkpoint_dir)
     if bar is not None:
         bar.close()
-
-
-class TrainStream(torch.utils.data.IterableDataset):
-    """This rank's endless pair batches; with several loader processes each takes its own share of the data
-    (rank * processes + process), so none of them repeats another's pairs."""
-
-    def __init__(self, shard_uris: list[str], config: TrainConfig, seed: int, rank: int, world: int):
-        self.shard_uris, self.config, self.seed, self.rank, self.world = shard_uris, config, seed, rank, world
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        processes, index = (info.num_workers, info.id) if info else (1, 0)
-        stream = PairStream(self.shard_uris, self.config.storage, "train", self.config.pairs, self.config.batch_size,
-                            seed=self.seed, rank=self.rank * processes + index, world_size=self.world * processes,
-                            repeat=True)
-        return iter(stream)
 
 
 def restore(expert: SyncExpert, optimizer, session) -> int:

@@ -20,9 +20,14 @@ drawn falls back to the nearest kind that fits:
 and a negative for which nothing fits (a segment shorter than window + hard_shift_min frames, with no other
 audio) is not drawn. Segments shorter than one window give no pairs.
 
+All of a segment's pairs are drawn at once, as arrays (`draw_windows`), and their windows are copied straight
+from the decoded segment into a pool of waiting pairs; a batch is `batch_size` pairs taken at random from
+the pool once it holds `batch_size + shuffle_buffer` of them, so a batch mixes pairs of many segments. No
+per-pair Python object is built on the way (`sample_pairs` builds them, for inspection and tests).
+
 Batches of `PairStream` (legend: B pairs, T window_frames, S crop side, F mel bins, W mel_window):
 
-    faces   uint8   [B, T, S, S, 3]  RGB crops, as stored; the model converts
+    faces   uint8   [B, T, S, S, 3]  RGB crops, as stored; the model converts (on the accelerator)
     mels    float32 [B, F, W]        log-mel, column 0 at the window's first frame (for positives)
     labels  float32 [B]              1.0 in sync, 0.0 not
     shifts  int64   [B]              the pair's shift in frames, OTHER_SEGMENT_SHIFT for other audio
@@ -42,10 +47,13 @@ from model.config import mel_columns
 from model.shard_reader import Segment, iter_segments, shards_holding
 from pipelines.storage import StorageConfig
 
-__all__ = ["OTHER_SEGMENT_SHIFT", "PairConfig", "PairStream", "mel_start", "sample_pairs", "to_torch"]
+__all__ = ["OTHER_SEGMENT_SHIFT", "PairBatches", "PairConfig", "PairStream", "Windows", "draw_windows", "mel_start",
+           "sample_pairs", "to_torch"]
 
 OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
 POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
+KINDS = (POSITIVE, HARD, EASY, OTHER)  # a pair's kind as a code: its index here
+_POSITIVE, _HARD, _EASY, _OTHER, _NONE = 0, 1, 2, 3, -1
 FALLBACKS = {HARD: (HARD, OTHER), EASY: (EASY, HARD, OTHER), OTHER: (OTHER, EASY, HARD)}
 AUDIO_BANK_VIDEOS = 16  # other-video audio is drawn from the latest segment of this many recent videos
 
@@ -66,7 +74,7 @@ class PairConfig:
     easy_shift_max: int = 75  # frames (3 s); easy negatives: far shifts within the segment
     hard_fraction: float = 0.5  # of the negatives
     easy_fraction: float = 0.25  # of the negatives; the rest: audio from another segment
-    shuffle_buffer: int = 64  # pairs mixed across segments before batching
+    shuffle_buffer: int = 64  # pairs left waiting when a batch is drawn: a batch is random among B + this many
 
     def __post_init__(self):
         problems = []
@@ -76,8 +84,8 @@ class PairConfig:
             problems.append(f"window_frames * mel_fps / video_fps = "
                             f"{self.window_frames * self.mel_fps / self.video_fps:g} mel columns: choose a "
                             f"window_frames that spans a whole number of them")
-        if self.windows_per_segment < 1 or self.shuffle_buffer < 1:
-            problems.append("windows_per_segment >= 1 and shuffle_buffer >= 1 (1: no mixing)")
+        if self.windows_per_segment < 1 or self.shuffle_buffer < 0:
+            problems.append("windows_per_segment >= 1 and shuffle_buffer >= 0")
         if not all(0 <= f <= 1 for f in (self.positive_fraction, self.hard_fraction, self.easy_fraction)):
             problems.append("positive_fraction, hard_fraction and easy_fraction lie in [0, 1]")
         if self.hard_fraction + self.easy_fraction > 1:
@@ -93,51 +101,105 @@ class PairConfig:
         return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
 
 
-def mel_start(frame: int, config: PairConfig) -> int:
-    """The first mel column of video frame `frame`, both counted from the segment's first frame."""
+def mel_start(frame, config: PairConfig):
+    """The first mel column of video frame `frame` (an int or an array), counted from the segment's first frame."""
     return mel_columns(frame, config.video_fps, config.mel_fps)
+
+
+# --- drawing a segment's windows ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """The pairs drawn from one segment, one entry per pair (N of them).
+
+    kinds    int8  [N]  index into KINDS
+    starts   int64 [N]  first frame of the face window
+    shifts   int64 [N]  frames from the face window to the audio window; OTHER_SEGMENT_SHIFT for other audio
+    columns  int64 [N]  first mel column of the audio window, in the segment's mel or, for kind other, the
+                        other segment's
+    """
+
+    kinds: np.ndarray
+    starts: np.ndarray
+    shifts: np.ndarray
+    columns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def other(self) -> np.ndarray:
+        return self.kinds == _OTHER
+
+
+def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
+                 other: Segment | None) -> Windows:
+    """Up to `windows_per_segment` pairs of `segment`, as arrays (see the module docstring for the kinds).
+
+    `other`: a segment of another video for other-audio negatives (only its key and mel are used), or None.
+    Each pair draws whether it is positive, its kind, then |shift| among the sizes that fit the segment, its
+    sign, and the start among those that keep both windows inside: the same as redrawing until they fit,
+    without the loop. Other-audio pairs draw a start and a column of the other segment's mel instead.
+    """
+    room = segment.num_frames - config.window_frames  # the largest |shift| and the last start
+    if room < 0:
+        return _empty_windows()
+    other_columns = _usable_columns(segment, other, config)
+    count = config.windows_per_segment
+    positive = rng.random(count) < config.positive_fraction
+    u = rng.random(count)
+    drawn = np.where(u < config.hard_fraction, _HARD,
+                     np.where(u < config.hard_fraction + config.easy_fraction, _EASY, _OTHER))
+    fitting = np.array([_NONE, *(_fitting_kind(kind, room, config, other_columns > 0) for kind in KINDS[1:])])
+    kinds = np.where(positive, _POSITIVE, fitting[drawn])
+    kinds = kinds[kinds != _NONE].astype(np.int8)
+
+    low, high = _shift_bounds(config, room)
+    size = rng.integers(low[kinds], high[kinds] + 1)  # 0 for positives and other-audio pairs
+    shifts = size * (2 * rng.integers(0, 2, len(kinds)) - 1)
+    starts = rng.integers(np.maximum(0, -shifts), room - np.maximum(0, shifts) + 1)
+    columns = mel_start(starts + shifts, config)
+    is_other = kinds == _OTHER
+    if is_other.any():
+        columns = np.where(is_other, rng.integers(0, max(other_columns, 1), len(kinds)), columns)
+        shifts = np.where(is_other, OTHER_SEGMENT_SHIFT, shifts)
+    return Windows(kinds, starts.astype(np.int64), shifts.astype(np.int64), columns.astype(np.int64))
 
 
 def sample_pairs(segment: Segment, config: PairConfig, rng: np.random.Generator,
                  other: Segment | None) -> list[dict]:
-    """Up to `windows_per_segment` pairs drawn from `segment` (see the module docstring for the kinds).
+    """The pairs of `draw_windows` as one dict each, for inspection and tests (the stream never builds these).
 
-    `other`: a segment of another video for other-audio negatives; only its key and mel are used, None
-    when there is none. Each pair: faces uint8 [T, S, S, 3], mel float32 [F, W], label, shift, key and
-    start (the face window's first frame), kind, and mel_key / mel_column (where its mel was cut from).
+    Each pair: faces uint8 [T, S, S, 3], mel float32 [F, W], label, shift, key and start (the face window's
+    first frame), kind, and mel_key / mel_column (where its mel was cut from).
     """
-    if segment.num_frames < config.window_frames:
-        return []
-    if other is not None and (other.key == segment.key or other.mel.shape[1] < config.mel_window):
-        other = None
-    pairs = []
-    for _ in range(config.windows_per_segment):
-        if rng.random() < config.positive_fraction:
-            pairs.append(_shifted_pair(segment, config, rng, POSITIVE, 0, 0))
-            continue
-        kind = _fitting_kind(_drawn_kind(config, rng), segment.num_frames, config, other is not None)
-        if kind == OTHER:
-            pairs.append(_other_pair(segment, other, config, rng))
-        elif kind is not None:
-            low, high = _shift_range(kind, config)
-            pairs.append(_shifted_pair(segment, config, rng, kind, low, high))
-    return pairs
+    windows = draw_windows(segment, config, rng, other)
+    faces, mels = _cut(segment, other, windows, config)
+    return [{"faces": faces[i], "mel": mels[i], "label": 1.0 if kind == _POSITIVE else 0.0,
+             "shift": int(windows.shifts[i]), "key": segment.key, "start": int(windows.starts[i]),
+             "kind": KINDS[kind], "mel_key": other.key if kind == _OTHER else segment.key,
+             "mel_column": int(windows.columns[i])}
+            for i, kind in enumerate(windows.kinds.tolist())]
 
 
-def _drawn_kind(config: PairConfig, rng: np.random.Generator) -> str:
-    u = rng.random()
-    if u < config.hard_fraction:
-        return HARD
-    return EASY if u < config.hard_fraction + config.easy_fraction else OTHER
+def _empty_windows() -> Windows:
+    return Windows(np.empty(0, np.int8), *(np.empty(0, np.int64) for _ in range(3)))
 
 
-def _fitting_kind(kind: str, frames: int, config: PairConfig, has_other: bool) -> str | None:
+def _usable_columns(segment: Segment, other: Segment | None, config: PairConfig) -> int:
+    """How many audio windows `other` offers (0: it cannot serve: absent, the same segment, or too short)."""
+    if other is None or other.key == segment.key:
+        return 0
+    return max(other.mel.shape[1] - config.mel_window + 1, 0)
+
+
+def _fitting_kind(kind: str, room: int, config: PairConfig, has_other: bool) -> int:
     for candidate in FALLBACKS[kind]:
         if candidate == OTHER and has_other:
-            return OTHER
-        if candidate != OTHER and frames - config.window_frames >= _shift_range(candidate, config)[0]:
-            return candidate
-    return None
+            return _OTHER
+        if candidate != OTHER and room >= _shift_range(candidate, config)[0]:
+            return KINDS.index(candidate)
+    return _NONE
 
 
 def _shift_range(kind: str, config: PairConfig) -> tuple[int, int]:
@@ -146,43 +208,40 @@ def _shift_range(kind: str, config: PairConfig) -> tuple[int, int]:
         (config.hard_shift_max + 1, config.easy_shift_max)
 
 
-def _shifted_pair(segment: Segment, config: PairConfig, rng: np.random.Generator, kind: str,
-                  low: int, high: int) -> dict:
-    """Faces at `start`, audio of the same segment at `start + shift`, low <= |shift| <= high.
+def _shift_bounds(config: PairConfig, room: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest |shift| per kind code that fit a segment with `room` frames to spare."""
+    low = np.array([0, config.hard_shift_min, config.hard_shift_max + 1, 0])
+    high = np.minimum(np.array([0, config.hard_shift_max, config.easy_shift_max, 0]), room)
+    return low, high
 
-    |shift| is drawn among the sizes that fit the segment (the caller made sure one does), then the start
-    among those that keep both windows inside it: the same as redrawing until they fit, without the loop.
+
+def _cut(segment: Segment, other: Segment | None, windows: Windows, config: PairConfig,
+         faces_out: np.ndarray | None = None, mels_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The face and mel windows of `windows`, copied out of the segment (into `faces_out` / `mels_out` if given).
+
+    Copies, not views: a view would keep the whole decoded segment alive while its pairs wait to be batched.
     """
-    room = segment.num_frames - config.window_frames  # the largest |shift| and the last start
-    size = int(rng.integers(low, min(high, room) + 1))
-    shift = size * int(rng.choice((-1, 1))) if size else 0
-    start = int(rng.integers(max(0, -shift), room - max(0, shift) + 1))
-    column = mel_start(start + shift, config)
-    return _pair(segment, start, config, kind, shift, segment, column)
+    frames = np.add.outer(windows.starts, np.arange(config.window_frames))  # [N, T]
+    _check_inside(frames, segment.num_frames, "face window", segment.key)
+    # mode="clip" lets numpy write straight into `out` (mode="raise" buffers it); the check above is the guard.
+    faces = np.take(segment.faces, frames, axis=0, out=faces_out, mode="clip")
+    mels = np.empty((len(windows), segment.mel.shape[0], config.mel_window), segment.mel.dtype) \
+        if mels_out is None else mels_out
+    for audio, rows in ((segment, ~windows.other), (other, windows.other)):
+        if rows.any():
+            columns = np.add.outer(windows.columns[rows], np.arange(config.mel_window))  # [n, W]
+            _check_inside(columns, audio.mel.shape[1], "mel window", audio.key)
+            mels[rows] = np.moveaxis(audio.mel[:, columns], 1, 0)  # [F, n, W] -> [n, F, W]
+    return faces, mels
 
 
-def _other_pair(segment: Segment, other: Segment, config: PairConfig, rng: np.random.Generator) -> dict:
-    start = int(rng.integers(0, segment.num_frames - config.window_frames + 1))
-    column = int(rng.integers(0, other.mel.shape[1] - config.mel_window + 1))
-    return _pair(segment, start, config, OTHER, OTHER_SEGMENT_SHIFT, other, column)
+def _check_inside(index: np.ndarray, length: int, what: str, key: str) -> None:
+    # numpy would silently clip or wrap past the end; a short window is a bug, never a sample.
+    if index.size and (index.min() < 0 or index.max() >= length):
+        raise IndexError(f"{what} [{index.min()}, {index.max() + 1}) outside {key} of length {length}")
 
 
-def _pair(segment: Segment, start: int, config: PairConfig, kind: str, shift: int, audio: Segment,
-          column: int) -> dict:
-    # Copies, not views: a view would keep the whole decoded segment alive while the pair waits in the
-    # shuffle buffer.
-    return {"faces": _window(segment.faces, 0, start, config.window_frames).copy(),
-            "mel": _window(audio.mel, 1, column, config.mel_window).copy(),
-            "label": 1.0 if kind == POSITIVE else 0.0, "shift": shift, "key": segment.key, "start": start,
-            "kind": kind, "mel_key": audio.key, "mel_column": column}
-
-
-def _window(array: np.ndarray, axis: int, begin: int, width: int) -> np.ndarray:
-    # numpy would silently return a shorter slice past the end; a short window is a bug, never a sample.
-    if begin < 0 or begin + width > array.shape[axis]:
-        raise IndexError(f"window [{begin}, {begin + width}) outside axis {axis} of length {array.shape[axis]}")
-    return array[(slice(None),) * axis + (slice(begin, begin + width),)]
-
+# --- the stream ------------------------------------------------------------------------------------------
 
 class AudioBank:
     """The latest segment's mel of each of the last few videos seen: the audio of other-video negatives."""
@@ -203,6 +262,69 @@ class AudioBank:
     def pick(self, rng: np.random.Generator, segment: Segment) -> Segment | None:
         candidates = [audio for source, audio in self.entries.items() if source != segment.source_key]
         return candidates[int(rng.integers(len(candidates)))] if candidates else None
+
+
+class PairPool:
+    """Pairs waiting to be batched, held in preallocated arrays: windows are copied in from their segment once,
+    and out once into the batch that draws them. `capacity` pairs at most."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.size = capacity, 0
+        self.arrays: dict[str, np.ndarray] | None = None  # faces, mels, labels, shifts; allocated at first add
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, segment: Segment, other: Segment | None, windows: Windows, config: PairConfig) -> None:
+        count = len(windows)
+        if self.size + count > self.capacity:
+            raise ValueError(f"PairPool: {count} more pairs overflow a pool of {self.capacity} holding {self.size}")
+        if self.arrays is None:
+            self.arrays = {"faces": np.empty((self.capacity, config.window_frames, *segment.faces.shape[1:]),
+                                             segment.faces.dtype),
+                           "mels": np.empty((self.capacity, segment.mel.shape[0], config.mel_window), np.float32),
+                           "labels": np.empty(self.capacity, np.float32),
+                           "shifts": np.empty(self.capacity, np.int64)}
+        elif self.arrays["faces"].shape[2:] != segment.faces.shape[1:] or \
+                self.arrays["mels"].shape[1] != segment.mel.shape[0]:
+            raise ValueError(f"segment {segment.key}: crops {segment.faces.shape[1:]} and {segment.mel.shape[0]} "
+                             f"mel bins, unlike the stream's first segment ({self.arrays['faces'].shape[2:]}, "
+                             f"{self.arrays['mels'].shape[1]})")
+        window = slice(self.size, self.size + count)
+        _cut(segment, other, windows, config, self.arrays["faces"][window], self.arrays["mels"][window])
+        self.arrays["labels"][window] = windows.kinds == _POSITIVE
+        self.arrays["shifts"][window] = windows.shifts
+        self.size += count
+
+    def take(self, count: int, rng: np.random.Generator, shared: bool = False) -> dict:
+        """`count` pairs at random, in random order, as a batch of fresh arrays; the pool keeps the rest.
+
+        shared=True: the batch is torch tensors in shared memory, which a DataLoader worker hands to the
+        main process as they are (fresh numpy arrays it would first copy into shared memory)."""
+        picked = rng.choice(self.size, size=count, replace=False)
+        batch = {}
+        for name, array in self.arrays.items():
+            if shared:
+                batch[name] = _shared_tensor((count, *array.shape[1:]), array.dtype)
+                np.take(array, picked, axis=0, out=batch[name].numpy(), mode="clip")  # picked < size: inside
+            else:
+                batch[name] = array[picked]
+        # Close the holes below the new size with the pairs left above it (few: about count * rest / size).
+        remaining = self.size - count
+        taken = np.zeros(self.size, bool)
+        taken[picked] = True
+        holes, movers = np.flatnonzero(taken[:remaining]), remaining + np.flatnonzero(~taken[remaining:])
+        for array in self.arrays.values():
+            array[holes] = array[movers]
+        self.size = remaining
+        return batch
+
+
+def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised tensor allocated in shared memory (as DataLoader's own collate does in a worker)."""
+    dtype = np.dtype(dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
+    return torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).set_(storage, 0, shape)
 
 
 class PairStream:
@@ -238,11 +360,25 @@ class PairStream:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.counters.clear()
-        pairs = self._pairs()
-        shuffled = _shuffled(pairs, self.config.shuffle_buffer, _rng(self.seed, _SHUFFLE, self.rank))
-        return _batches(shuffled, self.batch_size)
+        return self._batches(shared=False)
 
-    def _pairs(self) -> Iterator[dict]:
+    def shared_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The same batches as iter(), as torch tensors in shared memory (see `PairBatches`)."""
+        self.counters.clear()
+        return self._batches(shared=True)
+
+    def _batches(self, shared: bool) -> Iterator[dict]:
+        ready = self.batch_size + self.config.shuffle_buffer
+        pool = PairPool(ready + self.config.windows_per_segment)
+        rng = _rng(self.seed, _SHUFFLE, self.rank)
+        for segment, other, windows in self._windows():
+            pool.add(segment, other, windows, self.config)
+            while len(pool) >= ready:  # more than once only when a segment gives more pairs than a batch holds
+                yield pool.take(self.batch_size, rng, shared)
+        while len(pool):
+            yield pool.take(min(self.batch_size, len(pool)), rng, shared)
+
+    def _windows(self) -> Iterator[tuple[Segment, Segment | None, Windows]]:
         if self._split_shards is None:
             self._split_shards = shards_holding(self.shard_uris, self.storage, self.split)
         candidates = self._split_shards
@@ -254,13 +390,16 @@ class PairStream:
             drawn = 0
             for segment in iter_segments(shards, self.storage, self.split, self.rank, self.world_size,
                                          self.counters):
-                pairs = sample_pairs(segment, self.config, rng, bank.pick(rng, segment))
+                other = bank.pick(rng, segment)
+                windows = draw_windows(segment, self.config, rng, other)
                 bank.add(segment)
-                for pair in pairs:
-                    _tally(self.counters, f"pairs_{pair['kind']}")
-                drawn += len(pairs)
-                yield from pairs
-            _tally(self.counters, "passes")
+                for code, count in enumerate(np.bincount(windows.kinds, minlength=len(KINDS)).tolist()):
+                    if count:
+                        self.counters[f"pairs_{KINDS[code]}"] = self.counters.get(f"pairs_{KINDS[code]}", 0) + count
+                drawn += len(windows)
+                if len(windows):
+                    yield segment, other, windows
+            self.counters["passes"] = self.counters.get("passes", 0) + 1
             if self.repeat and drawn == 0:
                 # Repeating an empty pass would spin forever while the other ranks wait for this one.
                 raise RuntimeError(f"PairStream: reader {self.rank} of {self.world_size} drew no pairs from "
@@ -268,7 +407,32 @@ class PairStream:
                                    f"counters {self.counters}")
 
 
+class PairBatches(torch.utils.data.IterableDataset):
+    """This rank's pair batches for a torch DataLoader with `batch_size=None`, as dicts of tensors.
+
+    Each loader process reads its own share of the data (reader rank * processes + process, of
+    world_size * processes), so none repeats another's pairs; with no loader processes the rank reads alone.
+    Inside a loader process batches are built straight in shared memory: the DataLoader passes them to the
+    trainer without the copy it makes of any other batch (about 140 kB a pair of faces). The arguments are
+    PairStream's.
+    """
+
+    def __init__(self, shard_uris: list[str], storage: StorageConfig, split: str | None, config: PairConfig,
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, repeat: bool = True):
+        PairStream(shard_uris, storage, split, config, batch_size, seed, rank, world_size, repeat)  # validates
+        self.arguments = (list(shard_uris), storage, split, config, batch_size, seed, rank, world_size, repeat)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        shard_uris, storage, split, config, batch_size, seed, rank, world_size, repeat = self.arguments
+        info = torch.utils.data.get_worker_info()
+        processes, index = (info.num_workers, info.id) if info else (1, 0)
+        stream = PairStream(shard_uris, storage, split, config, batch_size, seed, rank=rank * processes + index,
+                            world_size=world_size * processes, repeat=repeat)
+        return stream.shared_batches() if info else map(to_torch, iter(stream))
+
+
 def collate(pairs: list[dict]) -> dict[str, np.ndarray]:
+    """Pairs of `sample_pairs` as one batch, as `PairStream` yields it."""
     return {"faces": np.stack([p["faces"] for p in pairs]),
             "mels": np.stack([p["mel"] for p in pairs]),
             "labels": np.array([p["label"] for p in pairs], np.float32),
@@ -278,38 +442,6 @@ def collate(pairs: list[dict]) -> dict[str, np.ndarray]:
 def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """The batch as tensors sharing its memory; faces stay uint8 (a quarter of float32 to move to a GPU)."""
     return {name: torch.from_numpy(array) for name, array in batch.items()}
-
-
-def _shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    """Items in random order within a window of `size`, so a batch mixes pairs of several segments."""
-    buffer: list[dict] = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            yield _pop_random(buffer, rng)
-    while buffer:
-        yield _pop_random(buffer, rng)
-
-
-def _pop_random(buffer: list, rng: np.random.Generator):
-    i = int(rng.integers(len(buffer)))
-    buffer[i], buffer[-1] = buffer[-1], buffer[i]
-    return buffer.pop()
-
-
-def _batches(pairs: Iterator[dict], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    batch: list[dict] = []
-    for pair in pairs:
-        batch.append(pair)
-        if len(batch) == batch_size:
-            yield collate(batch)
-            batch = []
-    if batch:
-        yield collate(batch)
-
-
-def _tally(counters: dict, name: str) -> None:
-    counters[name] = counters.get(name, 0) + 1
 
 
 def _rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:

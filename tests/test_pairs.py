@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.pairs import OTHER_SEGMENT_SHIFT, PairConfig, PairStream, mel_start, sample_pairs, to_torch
+from model.pairs import OTHER_SEGMENT_SHIFT, PairBatches, PairConfig, PairStream, mel_start, sample_pairs, to_torch
 from model.shard_reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.samples import tar_bytes
@@ -163,6 +163,22 @@ def test_streams_are_deterministic_and_differ_by_rank(uris):
     first, second = list(validation), list(validation)
     assert first and same_batches(first, second)
     assert sum(len(b["labels"]) for b in first) == validation.counters["segments"] * CONFIG.windows_per_segment
+
+
+def test_loader_processes_read_disjoint_shares_in_shared_memory(uris):
+    """PairBatches in a DataLoader: loader process i of 2 gives reader i's batches, as tensors (DataLoader takes
+    batches from its processes in turn)."""
+    dataset = PairBatches(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5)
+    loaded = take(iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)), 4)
+    readers = [take(PairStream(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5, rank=r, world_size=2), 2)
+               for r in (0, 1)]
+    for index, batch in enumerate(loaded):
+        assert batch["faces"].dtype == torch.uint8 and batch["mels"].dtype == torch.float32
+        expected = readers[index % 2][index // 2]
+        assert all(np.array_equal(batch[k].numpy(), expected[k]) for k in expected)
+    in_process = next(iter(dataset))  # no loader processes: the reader alone, the same batches as PairStream
+    first = take(PairStream(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5), 1)[0]
+    assert all(np.array_equal(in_process[k].numpy(), first[k]) for k in first)
 
 
 def test_ranks_split_the_shards_of_their_split_only(uris):

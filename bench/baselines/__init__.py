@@ -1,0 +1,1 @@
+"""Reference implementations the benchmarks compare our pipeline against (written here, not copied)."""

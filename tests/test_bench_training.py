@@ -1,0 +1,89 @@
+"""The training bench at its smallest size on a CPU, and the research loader's mel against the project's."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.baselines.research_loader import BASIS_FILE, LAYOUT_FILE, build_layout, log_mel_numpy, read_wav
+from bench.training import main
+from pipelines.audio import AudioConfig, _mel_basis, log_mel, prepare
+from pipelines.media import read_audio
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """4 short videos in one shard (fewer shards than loader processes: the bench also repacks them)."""
+    from pipelines.preprocess import PreprocessConfig, run
+    from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
+
+    root = tmp_path_factory.mktemp("bench_training")
+    generate_corpus(SyntheticConfig(out=root / "corpus", num_videos=4, seed=1, min_seconds=3, max_seconds=4,
+                                    workers=2, heldout_fraction=0), progress=False)
+    run(PreprocessConfig(input=str(root / "corpus"), output=str(root / "shards"), aligner="dlib", progress=False))
+    return root / "shards"
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_training_bench_tiny_on_cpu(shards, tmp_path):
+    out = tmp_path / "training.json"
+    result = main(["--shards", str(shards), "--size", "tiny", "--device", "cpu", "--preset", "cpu-small",
+                   "--loader-workers", "2", "--out", str(out), "--quiet", "--strict"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+
+    steps = {(r["precision"], r["batch"]) for r in result["step"]}
+    assert steps == {(p, b) for p in ("fp32", "bf16-cl") for b in (4, 8)}
+    for row in result["step"]:
+        assert positive(row["samples_per_s"]) and positive(row["ms_per_step"]) and row["steps"] >= 2
+
+    loaders = [(r["loader"], r["shards"], r["workers"]) for r in result["loader"]]
+    assert loaders == [("PairBatches", "given (1)", 0), ("PairBatches", "given (1)", 2),
+                       ("PairBatches", "resharded (2)", 2)]
+    for row in result["loader"]:
+        assert positive(row["samples_per_s"]) and "error" not in row
+    [e2e] = result["end_to_end"]
+    assert positive(e2e["samples_per_s"]) and positive(e2e["ratio_to_ceiling"])
+    assert e2e["ceiling_samples_per_s"] == max(r["samples_per_s"] for r in result["step"] if r["batch"] == 8)
+    profile = result["loader_profile"]
+    assert profile["top"] and 0 < sum(r["share"] for r in profile["top"]) <= 1 + 1e-9
+
+    research = result["research"]
+    assert positive(research["alone"]["samples_per_s"]) and positive(research["end_to_end"]["samples_per_s"])
+    assert research["layout"]["segments"] > 0 and research["mel"] == "librosa"
+    # Both loaders feed the same step: the same keys, dtypes and shapes, batch by batch and sample by sample.
+    ours = result["loader"][0]["batch"]
+    assert research["alone"]["batch"] == ours
+    assert research["sample"] == {k: {"dtype": v["dtype"], "shape": v["shape"][1:]} for k, v in ours.items()}
+    assert ours["faces"] == {"dtype": "uint8", "shape": [8, 5, 96, 96, 3]}
+
+    summary = result["summary"]
+    for key in ("ceiling_samples_per_s", "our_loader_samples_per_s", "end_to_end_samples_per_s", "ratio_to_ceiling",
+                "ours_over_research_alone", "ours_over_research_end_to_end"):
+        assert positive(summary[key]), key
+
+
+def test_numpy_mel_matches_the_projects_log_mel(shards, tmp_path):
+    """The research loader computes log_mel without librosa where it is absent (the GPU machine)."""
+    layout = build_layout(shards, tmp_path / "layout", max_segments=2)
+    assert layout["segments"] and (tmp_path / "layout" / LAYOUT_FILE).is_file()
+    config = AudioConfig()
+    basis = np.load(tmp_path / "layout" / BASIS_FILE)
+    np.testing.assert_array_equal(basis, _mel_basis(config))
+    wav, rate = read_wav(tmp_path / "layout" / layout["segments"][0]["key"] / "audio.wav")
+    source = json.loads(sorted(shards.glob("shard-*.json"))[0].read_text())["videos"][0]["uri"]
+    audio, source_rate = read_audio(source)
+    settings = {k: v for k, v in asdict(config).items() if not k.startswith("separation")}
+    for samples in (wav, prepare(audio, source_rate, config), np.zeros(1000, np.float32)):
+        expected = log_mel(samples, config)
+        got = log_mel_numpy(samples, settings, basis)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert rate == config.sample_rate and len(wav) == layout["segments"][0]["frames"] * rate // config.video_fps
