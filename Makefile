@@ -26,19 +26,22 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 # The demo is the main job end to end, one documented command per stage: a synthetic corpus with known
-# offsets; its in-sync videos (and the broken inputs) to shards, its held-out videos to their own shards;
-# training on 2 CPU workers; then the offsets of the held-out videos, recovered and printed against the truth.
+# offsets; its in-sync videos (and the broken inputs) to shards; training on 2 CPU workers; then every held-out
+# video scored as `model.sync score` scores it, its recovered offset printed against the truth, and one
+# held-out video's full report with its plot.
 DEMO_STEPS ?= 600
 
 demo: $(STAMP)
 	$(PY) -m pipelines.synthetic --out $(DEMO_DIR)/corpus --num-videos 40 --seed 0 --corrupt 5 --max-seconds 8
 	$(PY) -m pipelines.preprocess --input $(DEMO_DIR)/corpus/videos --output $(DEMO_DIR)/shards
-	$(PY) -m pipelines.preprocess --input $(DEMO_DIR)/corpus/heldout --output $(DEMO_DIR)/heldout_shards --val-fraction 0
 	$(PY) train_ray.py --shards $(DEMO_DIR)/shards --output $(DEMO_DIR)/expert --preset cpu-small --num-workers 2 \
 		--max-steps $(DEMO_STEPS) --batch-size 64 --val-every 200 --checkpoint-every 200 --log-every 50
-	$(PY) -m model.evaluate --checkpoint $(DEMO_DIR)/expert --shards $(DEMO_DIR)/heldout_shards \
-		--manifest $(DEMO_DIR)/corpus/manifest.jsonl --json $(DEMO_DIR)/heldout_offsets.json
-	@echo "demo: curves in $(DEMO_DIR)/expert/curves.png, held-out offsets in $(DEMO_DIR)/heldout_offsets.json"
+	$(PY) -m model.evaluate --checkpoint $(DEMO_DIR)/expert --manifest $(DEMO_DIR)/corpus/manifest.jsonl \
+		--json $(DEMO_DIR)/heldout_offsets.json
+	$(PY) -m model.sync score $(DEMO_DIR)/corpus/heldout/vid00002.mkv --checkpoint $(DEMO_DIR)/expert \
+		--plot $(DEMO_DIR)/score_vid00002.png
+	@echo "demo: curves in $(DEMO_DIR)/expert/curves.png, held-out offsets in $(DEMO_DIR)/heldout_offsets.json, \
+	score plot in $(DEMO_DIR)/score_vid00002.png"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

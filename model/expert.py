@@ -50,6 +50,23 @@ class SyncExpert(nn.Module):
         stacked = lower.permute(0, 1, 4, 2, 3).reshape(batch, 3 * frames, side // 2, side)
         return stacked.float().div_(255.0)
 
+    def prepare_generated(self, windows: torch.Tensor) -> torch.Tensor:
+        """Generated faces float ``[B, 3, T, H, W]`` RGB in [0, 1] (a video generator's usual output) ->
+        ``[B, 3*T, S/2, S]``, differentiable: frames resized to the expert's crop side ``S`` when they differ,
+        lower half kept, frames stacked along channels in time order as :meth:`prepare_faces` does."""
+        config = self.config
+        if not windows.is_floating_point() or windows.ndim != 5 or windows.shape[1] != 3 \
+                or windows.shape[2] != config.window_frames:
+            raise ValueError(f"expected float windows [B, 3, {config.window_frames}, H, W] in [0, 1], got "
+                             f"{windows.dtype} {list(windows.shape)}")
+        batch, _, frames, height, width = windows.shape
+        images = windows.transpose(1, 2).reshape(batch * frames, 3, height, width)
+        side = config.face_size
+        if (height, width) != (side, side):
+            images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        lower = images[:, :, side // 2:]
+        return lower.reshape(batch, 3 * frames, side // 2, side)
+
     @staticmethod
     def prepare_mels(mels: torch.Tensor) -> torch.Tensor:
         """float mel windows ``[B, M, W]`` -> ``[B, 1, M, W]`` float32: a one-channel image for the audio encoder."""
@@ -65,6 +82,27 @@ class SyncExpert(nn.Module):
     def embed_audio(self, mels: torch.Tensor) -> torch.Tensor:
         """mels ``[B, 1, M, W]`` -> unit-norm, non-negative embeddings ``[B, D]`` in float32."""
         return F.normalize(self.audio_encoder(mels).float(), dim=1)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> "SyncExpert":
+        """A trained expert from a checkpoint file or a training run folder (its newest checkpoint): frozen
+        (no parameter needs a gradient) and in eval mode (batch-norm statistics fixed), on `device`."""
+        from model.checkpoint import load_expert  # checkpoint builds experts: import here, not at the top
+
+        return load_expert(path, device)
+
+    def similarity(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        """P(in sync) ``[B]`` of raw windows, on the expert's device:
+
+        - faces: either uint8 ``[B, T, S, S, 3]`` RGB crops as the shards store them, or float
+          ``[B, 3, T, H, W]`` RGB in [0, 1] as a generator produces them (resized to ``S`` if needed, and
+          differentiable);
+        - mels: float ``[B, M, W]``, log-mel windows in [-4, 4] (``M`` = 80 bins, ``W`` = 16 columns for 5 frames).
+        """
+        device = next(self.parameters()).device
+        faces, mels = faces.to(device), mels.to(device)
+        prepared = self.prepare_faces(faces) if faces.dtype == torch.uint8 else self.prepare_generated(faces)
+        return self(prepared, self.prepare_mels(mels))
 
     def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
         """faces ``[B, 3*T, S/2, S]``, mels ``[B, 1, M, W]`` -> similarity ``[B]`` in [0, 1], float32."""

@@ -39,7 +39,8 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from pipelines.face_codec import decode_faces
 from pipelines.storage import StorageConfig, list_files, read_bytes, resolve
 
-__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "shards_holding", "split_shards"]
+__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "segments_in_tar", "shards_holding",
+           "split_shards"]
 
 SHARD_NAME = re.compile(r"(^|/)shard-\d{6}\.tar$")
 PARTS_FOLDER = "/_parts/"
@@ -73,6 +74,8 @@ class Segment:
     faces: np.ndarray
     mel: np.ndarray
     source: str = ""  # the input video's URI, as preprocessing recorded it
+    meta: dict | None = None  # the sample's whole json (times, rates, aligner, quality), as written
+
 
     @property
     def num_frames(self) -> int:
@@ -139,10 +142,20 @@ def iter_segments(shard_uris: list[str], storage: StorageConfig, split: str | No
                 yield segment
 
 
-def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> Iterator[dict[str, bytes]]:
-    """One shard's samples as {"__key__": key, ext: bytes} for the extensions we read; damage is warned."""
-    _count(counters, "shards")
+def segments_in_tar(data: bytes, name: str, counters: dict | None = None) -> list[Segment]:
+    """The segments of a tar held in memory (a chunk's samples as the sample stage wrote them), decoded as a
+    shard's are; `name` labels warnings."""
+    segments = []
+    for members in group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}],
+                                                   select_files=_wanted_member(counters))):
+        meta = _sample_meta(members, name, counters)
+        segment = _decode_segment(members, meta, name, counters) if meta is not None else None
+        if segment is not None:
+            segments.append(segment)
+    return segments
 
+
+def _wanted_member(counters: dict | None):
     def wanted(name: str) -> bool:
         # Called before a member is extracted: unknown members are passed over, never extracted or decoded.
         _, ext = base_plus_ext(name)
@@ -151,11 +164,17 @@ def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> I
         _count(counters, "ignored_members")
         return False
 
+    return wanted
+
+
+def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> Iterator[dict[str, bytes]]:
+    """One shard's samples as {"__key__": key, ext: bytes} for the extensions we read; damage is warned."""
+    _count(counters, "shards")
     read = 0
     try:
         fs, path = resolve(uri, storage)
         with fs.open_input_stream(path) as stream:
-            files = tar_file_expander([{"url": uri, "stream": stream}], select_files=wanted)
+            files = tar_file_expander([{"url": uri, "stream": stream}], select_files=_wanted_member(counters))
             for sample in group_by_keys(files):
                 read += 1
                 _count(counters, "samples")
@@ -213,16 +232,14 @@ def _sample_meta(members: dict[str, bytes], uri: str, counters: dict | None) -> 
 def _decode_segment(members: dict[str, bytes], meta: dict, uri: str, counters: dict | None) -> Segment | None:
     key = members["__key__"]
     try:
-        # decode_faces returns a channel-reversed view; windows copied out of a contiguous array are plain
-        # memcpy, out of the view an element-by-element walk (about 15x slower per pair).
-        faces = np.ascontiguousarray(decode_faces(members[FACES], meta["crop_size"]))
+        faces = decode_faces(members[FACES], meta["crop_size"])  # contiguous: windows copy out as plain memcpy
         mel = np.load(io.BytesIO(members[MEL]), allow_pickle=False)
         _check_shapes(faces, mel, meta)
     except SAMPLE_ERRORS as error:
         _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: {_reason(error)}")
         return None
     return Segment(key=key, source_key=meta["source_key"], speaker=meta["speaker"], split=meta["split"],
-                   faces=faces, mel=mel, source=meta.get("source", ""))
+                   faces=faces, mel=mel, source=meta.get("source", ""), meta=meta)
 
 
 def _check_shapes(faces: np.ndarray, mel: np.ndarray, meta: dict) -> None:

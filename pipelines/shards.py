@@ -84,11 +84,12 @@ def video_verdict(records: list[dict]) -> dict:
     verdict = {"key": end["key"], "uri": end["uri"], "frames": sum(r["frames"] for r in chunks),
                "frames_with_face": sum(r["frames_with_face"] for r in chunks),
                "dropped_short": sum(r["dropped_short"] for r in chunks), "samples": samples,
-               "status": "ok", "reason": "", "detail": ""}
+               "status": "ok", "reason": "", "detail": "",
+               "report": [row for r in chunks for row in r.get("report", [])]}  # curation's per-segment verdicts
     if errors:
         verdict.update(status="failed", reason=errors[0]["error"], detail=errors[0]["detail"], samples=[])
     elif not samples:
-        reason = "no_face" if verdict["frames_with_face"] == 0 else "too_short"
+        reason = end.get("empty_reason") or ("no_face" if verdict["frames_with_face"] == 0 else "too_short")
         verdict.update(status="failed", reason=reason,
                        detail=f"{verdict['frames_with_face']} of {verdict['frames']} frames with a face, "
                               f"{verdict['dropped_short']} segments shorter than the minimum")
@@ -150,7 +151,7 @@ def _write_shard(output: str, storage: StorageConfig, number: int, videos: list[
     samples = [s for v in videos for s in v["samples"]]
     stats = {"shard": name + ".tar", "samples": len(samples), "videos": [
         {k: v[k] for k in ("key", "uri", "status", "reason", "detail", "frames", "frames_with_face", "dropped_short")}
-        | {"samples": v["samples"]} for v in videos]}
+        | {"samples": v["samples"]} | ({"report": v["report"]} if v.get("report") else {}) for v in videos]}
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / (name + ".tar")
         with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as shard:

@@ -45,4 +45,25 @@ def aligned_clips(small_corpus) -> dict[str, dict[str, np.ndarray]]:
     return result
 
 
+# Enough training for the small corpus's held-out offsets to come out right (checked in test_sync.py); the
+# local launcher (one process, no Ray start-up) keeps it to a minute or two of CPU.
+EXPERT_TRAINING = dict(preset="cpu-small", launcher="local", max_steps=500, batch_size=32, log_every=50,
+                       val_every=500, checkpoint_every=500, val_batches=1, val_segments=1, loader_workers=0,
+                       progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_expert(small_corpus, tmp_path_factory) -> Path:
+    """A cpu-small expert trained on the small corpus's in-sync videos: the run folder."""
+    from pipelines.preprocess import PreprocessConfig, run
+    from train_ray import TrainConfig, train
+
+    out, _ = small_corpus
+    root = tmp_path_factory.mktemp("expert")
+    run(PreprocessConfig(input=str(out / "videos"), output=str(root / "shards"), aligner="dlib", val_fraction=0,
+                         progress=False))
+    train(TrainConfig(shards=str(root / "shards"), output=str(root / "run"), **EXPERT_TRAINING))
+    return root / "run"
+
+
 from s3_server import s3_server  # noqa: E402,F401  (a session fixture: a moto S3 server on loopback)

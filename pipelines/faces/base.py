@@ -38,6 +38,11 @@ class Aligner(Protocol):
         """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, 68, 2] (x, y), scores float32 [N]); NaN: no face."""
         ...
 
+    def count_faces(self, frames: np.ndarray) -> np.ndarray:
+        """RGB uint8 [N, H, W, 3] -> faces detected per frame, int [N]. Landmarks follow only the largest face,
+        so this is how a caller learns that a video shows several people; it detects on every frame given."""
+        ...
+
 
 @dataclass(frozen=True)
 class FaceConfig:

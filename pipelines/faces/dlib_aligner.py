@@ -83,6 +83,18 @@ class DlibAligner:
             since_detection += 1
         return landmarks, scores
 
+    def count_faces(self, frames: np.ndarray) -> np.ndarray:
+        """Faces the detector finds in each of `frames` (RGB uint8 [N, H, W, 3]) -> int [N]; every frame is
+        detected, so pass a sample of a video's frames, not all of them."""
+        counts = np.zeros(len(frames), dtype=np.int64)
+        for i, frame in enumerate(frames):
+            for upsample in sorted({0, self.config.upsample}):
+                boxes, _, _ = self._detector.run(np.ascontiguousarray(frame), upsample, self.config.min_score)
+                if boxes:
+                    counts[i] = len(boxes)
+                    break
+        return counts
+
     def detect(self, frame: np.ndarray):
         """The largest face's box and score; native scale first, upsampled only if that finds nothing."""
         for upsample in sorted({0, self.config.upsample}):

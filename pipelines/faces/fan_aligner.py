@@ -212,6 +212,13 @@ class FanAligner:
         return self._detect(self._to_tensor(frames))
 
     @torch.inference_mode()
+    def count_faces(self, frames: np.ndarray) -> np.ndarray:
+        """Faces found in each of `frames` (RGB uint8 [N, H, W, 3]) after non-maximum suppression -> int [N]."""
+        counts = [len(nms(found, NMS_OVERLAP)) if len(found) else 0
+                  for found in self._candidates(self._to_tensor(frames))]
+        return np.array(counts, dtype=np.int64)
+
+    @torch.inference_mode()
     def landmarks(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """One face box per frame: RGB uint8 [F, H, W, 3], boxes [F, 4] -> landmarks float32 [F, 68, 2]."""
         return self._landmarks(self._to_tensor(frames), boxes)
@@ -228,6 +235,16 @@ class FanAligner:
 
     def _detect(self, images: torch.Tensor) -> np.ndarray:
         """Frames as float [B, 3, H, W] on the device -> faces [B, 5] as `detect`."""
+        faces = np.full((len(images), 5), np.nan, dtype=np.float32)
+        for i, found in enumerate(self._candidates(images)):
+            face = pick_largest_face(found)
+            if face is not None:
+                faces[i] = face
+        return faces
+
+    def _candidates(self, images: torch.Tensor) -> list[np.ndarray]:
+        """Frames as float [B, 3, H, W] on the device -> per frame, the plausible boxes scoring above the
+        threshold, [K, 5] (x1, y1, x2, y2, score) in frame pixels, before non-maximum suppression."""
         height, width = images.shape[2:]
         shrink = min(1.0, DETECT_MAX_SIDE / max(height, width))
         if shrink < 1.0:
@@ -242,14 +259,8 @@ class FanAligner:
         boxes = boxes.gather(1, anchor[..., None].expand(-1, -1, 4)) / shrink
         candidates = torch.cat([boxes, probs[..., None]], dim=2).cpu().numpy()  # [B, k, 5]
         above = candidates[..., 4] > max(self.min_score, CANDIDATE_SCORE)
-
-        faces = np.full((len(images), 5), np.nan, dtype=np.float32)
-        for i in range(len(images)):
-            mine = candidates[i, above[i]]
-            face = pick_largest_face(mine[plausible_boxes(mine[:, :4], height, width)])
-            if face is not None:
-                faces[i] = face
-        return faces
+        found = [candidates[i, above[i]] for i in range(len(images))]
+        return [mine[plausible_boxes(mine[:, :4], height, width)] for mine in found]
 
     def _landmarks(self, images: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
         """Frames as float [F, 3, H, W] on the device, one face box [F, 4] each -> landmarks float32 [F, 68, 2]."""

@@ -11,7 +11,6 @@ and diffed, and a crashed generator never leaves a half-written clip under its f
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from pipelines.audio_encoding import add_audio_stream, audio_frames, encoder_priming
 
 __all__ = ["CONTAINERS", "ContainerSpec", "write_clip"]
 
@@ -72,12 +73,6 @@ _VFR_TICKS = {"mp4": 90_000, "mov": 90_000, "mkv": 1_000, "webm": 1_000}
 # A frame time counts as "on the k/fps grid" within this many frame periods. Callers compute
 # k/fps in floating point, so the error is ~1e-12; anything bigger is a deliberate irregularity.
 _CFR_TOLERANCE_FRAMES = 1e-4
-
-# Encoder sample formats in order of preference: float first (no quantisation), then integers.
-_SAMPLE_FORMAT_PREFERENCE = ("fltp", "flt", "s16p", "s16", "s32p", "s32")
-
-# Encoders that accept any frame size report 0; feed them blocks of this many samples.
-_DEFAULT_AUDIO_BLOCK = 1024
 
 
 def write_clip(
@@ -155,16 +150,16 @@ def _encode(
         # library-version tags, so identical inputs give identical bytes.
         out.flags |= av.container.Flags.bitexact.value
         video = _add_video_stream(out, spec, fps, time_base, size, quality)
-        sound = None if audio is None else _add_audio_stream(out, spec, sample_rate, audio.shape[0])
+        sound = None if audio is None else add_audio_stream(out, spec.audio_codec, sample_rate, audio.shape[0])
         out.start_encoding()  # opens the encoders, which is when the audio frame_size is known
 
         items = [_video_items(video, images, pts, time_base, fps, size)]
         if sound is not None:
             if spec.extension in _NO_PRIMING_SIGNAL:
                 # Pre-advance the audio by the priming so decoded sample i plays at i / rate.
-                priming = _encoder_priming(spec.audio_codec, sample_rate, sound.codec_context.layout.name)
+                priming = encoder_priming(spec.audio_codec, sample_rate, sound.codec_context.layout.name)
                 audio = audio[:, priming:]
-            items.append(_audio_items(sound, audio, sample_rate))
+            items.append(audio_frames(sound, audio, sample_rate))
         # Interleave by time so the muxer never has to buffer a whole stream in memory.
         for _, stream, frame in heapq.merge(*items, key=lambda item: item[0]):
             out.mux(stream.encode(frame))
@@ -305,46 +300,6 @@ def _mpeg4_quantiser(quality: int) -> int:
     return int(np.clip(round(quality / 6), 2, 31))
 
 
-def _add_audio_stream(
-    out: av.container.OutputContainer, spec: ContainerSpec, rate: int, channels: int
-) -> av.AudioStream:
-    stream = out.add_stream(spec.audio_codec, rate=rate)
-    stream.codec_context.format = _sample_format(spec.audio_codec)
-    stream.codec_context.layout = "mono" if channels == 1 else "stereo"
-    stream.codec_context.time_base = Fraction(1, rate)
-    stream.codec_context.thread_count = 1
-    return stream
-
-
-@functools.lru_cache(maxsize=None)
-def _encoder_priming(codec: str, rate: int, layout: str) -> int:
-    """Samples of silence the encoder emits before the signal.
-
-    PyAV does not expose AVCodecContext.initial_padding, but the encoder reports it as the
-    negative pts of its first packet, so encode one silent frame with a throwaway context.
-    """
-    ctx = av.CodecContext.create(codec, "w")
-    ctx.sample_rate, ctx.layout, ctx.format = rate, layout, _sample_format(codec)
-    ctx.time_base = Fraction(1, rate)
-    ctx.open()
-    samples = ctx.frame_size or _DEFAULT_AUDIO_BLOCK
-    silence = np.zeros((len(ctx.layout.channels), samples), dtype=np.float32)
-    samples = _to_sample_format(silence, ctx.format.name)
-    frame = av.AudioFrame.from_ndarray(samples, format=ctx.format.name, layout=layout)
-    frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-    packets = ctx.encode(frame) + ctx.encode(None)
-    first = packets[0].pts if packets else None
-    return max(0, -first) if first is not None else 0
-
-
-def _sample_format(codec: str) -> str:
-    supported = {fmt.name for fmt in av.Codec(codec, "w").audio_formats or ()}
-    for name in _SAMPLE_FORMAT_PREFERENCE:
-        if name in supported:
-            return name
-    raise ValueError(f"{codec} supports none of the sample formats {_SAMPLE_FORMAT_PREFERENCE}")
-
-
 def _video_items(
     stream: av.VideoStream,
     images: Iterable[np.ndarray],
@@ -363,35 +318,3 @@ def _video_items(
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.duration, frame.time_base = tick, duration, time_base
         yield float(tick * time_base), stream, frame
-
-
-def _audio_items(
-    stream: av.AudioStream, audio: np.ndarray, rate: int
-) -> Iterator[tuple[float, av.AudioStream, av.AudioFrame]]:
-    """Cut the waveform into encoder-sized frames (only the last may be short) with sample pts."""
-    ctx = stream.codec_context
-    block = ctx.frame_size or _DEFAULT_AUDIO_BLOCK
-    layout = "mono" if audio.shape[0] == 1 else "stereo"
-    for start in range(0, audio.shape[1], block):
-        samples = _to_sample_format(audio[:, start : start + block], ctx.format.name)
-        frame = av.AudioFrame.from_ndarray(samples, format=ctx.format.name, layout=layout)
-        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-        yield start / rate, stream, frame
-
-
-def _to_sample_format(block: np.ndarray, fmt: str) -> np.ndarray:
-    """Convert float [channels, n] to the array layout PyAV expects for ``fmt``.
-
-    Planar formats are [channels, n]; packed ones are a single interleaved row [1, channels*n].
-    """
-    base = fmt.rstrip("p")
-    if base == "flt":
-        data = block.astype(np.float32)
-    elif base == "s16":
-        data = np.round(block * 32767.0).astype(np.int16)
-    elif base == "s32":
-        data = np.round(block.astype(np.float64) * 2147483647.0).astype(np.int32)
-    else:
-        raise ValueError(f"unsupported sample format {fmt}")
-    planar = fmt.endswith("p")
-    return np.ascontiguousarray(data if planar else data.T.reshape(1, -1))

@@ -1,0 +1,333 @@
+"""`python -m model.sync curate`: the sync filter of a curation pipeline, distributed with Ray Data.
+
+The input is either shards written by `pipelines.preprocess` or videos (a folder, glob, manifest or s3://
+prefix, run through the preprocessing stages in process). Actors holding the expert (on a GPU when the cluster
+has one) score every face segment over -K..K frames; a segment is kept when |offset| <= `max_abs_offset` and
+confidence >= `min_confidence` (LatentSync's filter, here on this expert's scale), and is re-aligned to offset
+0 by trimming `|offset|` frames so that faces and audio of the same instant line up.
+
+Output, under `output`:
+    report.parquet                      one row per segment: offset, confidence, P(in sync), kept or why not;
+                                        one row per input that failed, with its reason
+    shard-NNNNNN.tar/.json, index.parquet    the kept, re-aligned segments (unless --no-write-shards), written
+                                        through the preprocessing's part writer and packer: atomic, resumable
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.config import mel_columns
+from model.offset import OffsetResult, offset_curve
+from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
+from model.shard_reader import Segment, iter_segments, list_shards
+from pipelines.columns import object_column
+from pipelines.face_codec import encode_faces
+from pipelines.samples import npy_bytes, tar_bytes
+from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
+from pipelines.sources import list_sources
+from pipelines.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
+
+REPORT_FILE = "report.parquet"
+JPEG_QUALITY = 95  # as preprocessing writes them
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateConfig(ScoreConfig):
+    input: str = field(metadata={"help": "shards of pipelines.preprocess, or videos: folder, glob, manifest or s3:// prefix"})
+    output: str = field(metadata={"help": "folder or s3:// prefix for report.parquet and the curated shards"})
+    max_abs_offset: int = field(default=6, metadata={"help": "keep segments whose |offset| is at most this many frames"})
+    min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "... and whose confidence is at least this"})
+    write_shards: bool = field(default=True, metadata={"help": "write the kept segments, re-aligned, as shards"})
+    num_workers: int = field(default=2, metadata={"help": "scoring actors (one GPU each when the cluster has GPUs)"})
+    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL for s3:// paths"})
+    ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_abs_offset < 0 or self.num_workers < 1:
+            raise ValueError("--max-abs-offset must be >= 0 and --num-workers >= 1")
+        if self.max_abs_offset > self.max_offset:
+            raise ValueError(f"--max-abs-offset {self.max_abs_offset} lies outside the searched --max-offset "
+                             f"{self.max_offset}")
+
+    @property
+    def storage(self) -> StorageConfig:
+        return StorageConfig(endpoint=self.endpoint)
+
+
+def verdict(result: OffsetResult | None, config: CurateConfig) -> str:
+    """'' to keep the segment, else why not: too_short (to search the range), offset, confidence."""
+    if result is None:
+        return "too_short"
+    if abs(result.offset_frames) > config.max_abs_offset:
+        return "offset"
+    if result.confidence < config.min_confidence:
+        return "confidence"
+    return ""
+
+
+def realign(faces: np.ndarray, mel: np.ndarray, offset: int, video_fps: int,
+            mel_fps: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Trim a segment whose audio is `offset` frames late so that face frame t and mel frame t are the same
+    instant: (faces [T', S, S, 3], mel [M, round(T' * mel_fps / fps)], index of the first face kept).
+
+    Audio late by k: the sound of face frame t is at audio frame t + k, so faces [0, T-k) go with audio
+    [k, T); audio early by k: faces [k, T) with audio [0, T-k). A frame more is dropped where rounding the
+    mel columns would otherwise run one column past the end.
+    """
+    total = len(faces)
+    first_face = max(0, -offset)
+    first_audio = first_face + offset
+    length = total - abs(offset)
+    column = mel_columns(first_audio, video_fps, mel_fps)
+    while length > 0 and column + mel_columns(length, video_fps, mel_fps) > mel.shape[1]:
+        length -= 1
+    if length <= 0:
+        return faces[:0], mel[:, :0], first_face
+    return (faces[first_face:first_face + length],
+            mel[:, column:column + mel_columns(length, video_fps, mel_fps)], first_face)
+
+
+def curated_members(segment: Segment, result: OffsetResult, video_fps: int, mel_fps: float,
+                    min_frames: int) -> tuple[dict[str, bytes], dict] | None:
+    """The tar members and sample summary of one kept segment, re-aligned; None if too little remains."""
+    faces, mel, first = realign(segment.faces, segment.mel, result.offset_frames, video_fps, mel_fps)
+    if len(faces) < min_frames:
+        return None
+    meta = dict(segment.meta or {})
+    start = int(meta.get("start_frame", 0)) + first
+    meta.update(start_frame=start, num_frames=len(faces), start_s=start / video_fps,
+                end_s=(start + len(faces)) / video_fps, sync_offset_frames=result.offset_frames,
+                sync_confidence=round(result.confidence, 4), realigned=True)
+    key = segment.key
+    members = {f"{key}.jpg": encode_faces(faces, JPEG_QUALITY), f"{key}.mel.npy": npy_bytes(mel.astype(np.float32)),
+               f"{key}.json": json.dumps(meta, sort_keys=True).encode()}
+    summary = {name: meta.get(name, "") for name in ("key", "start_frame", "num_frames", "start_s", "end_s",
+                                                       "speaker", "split", "aligner")}
+    return members, summary
+
+
+class CurateStage:
+    """Ray Data actor: one input (a shard or a video) in; per source video a chunk row and an end row out, in
+    the part writer's format, each record also carrying the report rows of its segments."""
+
+    def __init__(self, config: CurateConfig, cpus: float):
+        import torch
+
+        torch.set_num_threads(max(1, math.floor(cpus)))
+        self.config = config
+        self.scorer = VideoScorer(config)
+        self.expert = self.scorer.expert
+        self.writer = PartWriter(config.output, config.storage) if config.write_shards else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for kind, uri, key in zip(batch["kind"], batch["uri"], batch["key"]):
+            groups = self._shard_groups(str(uri)) if kind == "shard" else [self._video_group(str(uri), str(key))]
+            for source_key, source_uri, results, error in groups:
+                rows += self._rows(source_key, source_uri, results, error)
+        out = {"key": np.array([r["key"] for r in rows]), "chunk": np.array([r["chunk"] for r in rows]),
+               "end": np.array([r["end"] for r in rows]), "part": object_column([r["part"] for r in rows]),
+               "record": np.array([json.dumps(r["record"], sort_keys=True) for r in rows])}
+        if self.writer is not None:
+            self.writer(out)
+        return {"key": out["key"], "end": out["end"], "record": out["record"]}
+
+    def _shard_groups(self, uri: str):
+        by_source: dict[str, list] = {}
+        sources = {}
+        for segment in iter_segments([uri], self.config.storage, split=None):
+            try:
+                result = offset_curve(self.expert, segment.faces, segment.mel, self.config.max_offset,
+                                      step=self.config.step, batch_size=self.config.batch_size)
+            except ValueError:
+                result = None
+            by_source.setdefault(segment.source_key, []).append((segment, result))
+            sources[segment.source_key] = segment.source
+        return [(key, sources[key], results, "") for key, results in by_source.items()]
+
+    def _video_group(self, uri: str, key: str):
+        try:
+            with local_copy(uri, self.config.storage) as path:
+                segments, _ = self.scorer.segments(path)
+            scored = self.scorer.score_segments(segments)
+        except ScoreError as failure:
+            return key, uri, [], f"{failure.reason}\t{failure}"
+        return key, uri, [(s.segment, s.result) for s in scored], ""
+
+    def _rows(self, key: str, uri: str, results: list, error: str) -> list[dict]:
+        model = self.expert.config
+        members: dict[str, bytes] = {}
+        samples, report = [], []
+        for segment, result in results:
+            reason = verdict(result, self.config)
+            kept = None
+            if not reason and self.config.write_shards:
+                kept = curated_members(segment, result, model.video_fps, model.mel_fps, model.window_frames)
+                reason = "" if kept else "too_short"
+            if kept:
+                members.update(kept[0])
+                samples.append(kept[1])
+            report.append(report_row(key, uri, segment, result, reason))
+        reason, detail = error.split("\t", 1) if error else ("", "")
+        frames = sum(segment.num_frames for segment, _ in results)
+        chunk = {"key": key, "uri": uri, "chunk": 0, "end": False, "error": reason, "detail": detail,
+                 "frames": frames, "frames_with_face": frames, "samples": samples, "dropped_short": 0,
+                 "report": report}
+        end = {"key": key, "uri": uri, "chunk": 1, "end": True, "error": reason, "detail": detail,
+               "frames": 0, "frames_with_face": 0, "samples": [], "dropped_short": 0,
+               "empty_reason": "out_of_sync"}
+        return [{"key": key, "chunk": 0, "end": False, "part": tar_bytes(members) if members else b"", "record": chunk},
+                {"key": key, "chunk": 1, "end": True, "part": b"", "record": end}]
+
+
+def report_row(source_key: str, source: str, segment: Segment, result: OffsetResult | None, reason: str) -> dict:
+    meta = segment.meta or {}
+    return {"source_key": source_key, "source": source, "key": segment.key,
+            "start_s": float(meta.get("start_s", 0.0)), "end_s": float(meta.get("end_s", 0.0)),
+            "num_frames": segment.num_frames, "speaker": str(meta.get("speaker", "")),
+            "split": str(meta.get("split", "")),
+            "offset_frames": result.offset_frames if result else None,
+            "confidence": round(result.confidence, 4) if result else None,
+            "sync_probability": round(result.best_similarity, 4) if result else None,
+            "kept": not reason, "reason": reason, "error": ""}
+
+
+REPORT_SCHEMA = pa.schema([("source_key", pa.string()), ("source", pa.string()), ("key", pa.string()),
+                           ("start_s", pa.float64()), ("end_s", pa.float64()), ("num_frames", pa.int64()),
+                           ("speaker", pa.string()), ("split", pa.string()), ("offset_frames", pa.int64()),
+                           ("confidence", pa.float64()), ("sync_probability", pa.float64()),
+                           ("kept", pa.bool_()), ("reason", pa.string()), ("error", pa.string())])
+
+
+def failure_row(record: dict) -> dict:
+    return {"source_key": record["key"], "source": record["uri"], "key": "", "start_s": 0.0, "end_s": 0.0,
+            "num_frames": 0, "speaker": "", "split": "", "offset_frames": None, "confidence": None,
+            "sync_probability": None, "kept": False, "reason": "failed", "error": record.get("error", "")}
+
+
+def list_units(config: CurateConfig) -> list[dict]:
+    """The inputs to score: the shards under `input` if it holds any, else its videos."""
+    shards = list_shards(config.input, config.storage)
+    if shards:
+        return [{"kind": "shard", "uri": uri, "key": ""} for uri in shards]
+    return [{"kind": "video", "uri": source.uri, "key": source.key} for source in list_sources(config.input, config.storage)]
+
+
+def pending_units(units: list[dict], config: CurateConfig) -> list[dict]:
+    """Units some earlier run of this output has not finished (with shards written; reports alone are redone)."""
+    if not config.write_shards:
+        return units
+    done = packed_videos(config.output, config.storage)
+    pending = []
+    for unit in units:
+        keys = {unit["key"]} if unit["kind"] == "video" else _shard_videos(unit["uri"], config.storage)
+        if not keys or not keys <= done:
+            pending.append(unit)
+    return pending
+
+
+def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
+    try:
+        stats = json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
+        return {video["key"] for video in stats["videos"] if video["status"] == "ok"}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def curate(config: CurateConfig) -> dict:
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    if "://" not in config.checkpoint:  # actors may run in another working directory
+        config = replace(config, checkpoint=str(Path(config.checkpoint).resolve()))
+    units = list_units(config)
+    if not units:
+        raise ValueError(f"no shards and no videos under {config.input}")
+    pending = pending_units(units, config)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        if config.ray_address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=config.ray_address)  # None: Ray reads RAY_ADDRESS, which `ray job submit` sets
+        else:
+            ray.init(num_cpus=config.num_workers, include_dashboard=False, log_to_driver=False)
+    records = []
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        gpus = ray.cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
+        resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+        workers = min(config.num_workers, int(gpus)) if gpus else config.num_workers
+        scored = ray.data.from_items(pending, override_num_blocks=max(len(pending), 1)).map_batches(
+            CurateStage, fn_constructor_args=(config, resources["num_cpus"]), batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(min(workers, len(pending)), 1)), **resources)
+        bar = tqdm(total=len(pending), unit=pending[0]["kind"] if pending else "input", desc="curate",
+                   disable=not config.progress)
+        for batch in scored.iter_batches(batch_size=None, batch_format="numpy") if pending else []:
+            records += [json.loads(str(r)) for r in batch["record"]]
+            bar.update(1)
+        bar.close()
+    finally:
+        if own_ray:
+            ray.shutdown()
+    if config.write_shards:
+        pack(config.output, config.storage, ShardConfig())
+        write_index(config.output, config.storage)
+        records = [video for stats in shard_stats(config.output, config.storage) for video in stats["videos"]]
+    rows = report_rows(records)
+    table = pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(join(config.output, REPORT_FILE), buffer.getvalue().to_pybytes(), config.storage)
+    return summarize(rows, len(units), len(units) - len(pending), time.perf_counter() - started, config)
+
+
+def report_rows(records: list[dict]) -> list[dict]:
+    """Report rows from this run's end and chunk records, or from the video entries of shard stats."""
+    rows = []
+    for record in records:
+        if "status" in record:  # a video in a shard's stats: failed there unless only its verdicts emptied it
+            error = record["reason"] if record["status"] != "ok" and record["reason"] != "out_of_sync" else ""
+        else:
+            error = record["error"] if record["end"] else ""
+        if error:
+            rows.append(failure_row({"key": record["key"], "uri": record["uri"], "error": error}))
+        rows += record.get("report", [])
+    return rows
+
+
+def summarize(rows: list[dict], units: int, skipped: int, wall_s: float, config: CurateConfig) -> dict:
+    segments = [r for r in rows if r["key"]]
+    offsets = [r["offset_frames"] for r in segments if r["offset_frames"] is not None]
+    return {"inputs": units, "inputs_already_done": skipped,
+            "failed": dict(Counter(r["error"] for r in rows if not r["key"])),
+            "segments": len(segments), "kept": sum(r["kept"] for r in segments),
+            "rejected": dict(Counter(r["reason"] for r in segments if not r["kept"])),
+            "offset_histogram": dict(sorted(Counter(offsets).items())),
+            "report": join(config.output, REPORT_FILE), "wall_s": round(wall_s, 2)}
+
+
+def format_summary(summary: dict) -> str:
+    rejected = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary["rejected"].items())) or "none"
+    failed = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary["failed"].items())) or "none"
+    histogram = " ".join(f"{k:+d}:{n}" for k, n in summary["offset_histogram"].items())
+    return "\n".join([
+        f"inputs: {summary['inputs']} ({summary['inputs_already_done']} done by an earlier run), failed: {failed}",
+        f"segments: {summary['segments']} scored, {summary['kept']} kept, rejected by reason: {rejected}",
+        f"offsets (frames:segments): {histogram}",
+        f"report: {summary['report']}   time: {summary['wall_s']:.1f} s",
+    ])

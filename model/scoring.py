@@ -1,0 +1,262 @@
+"""Score one video's lip-sync with a trained expert, through the very stages preprocessing runs.
+
+A video is decoded (`pipelines.decode`), its faces aligned (`pipelines.faces.stage.FaceStage`) and cut into face
+segments with the log-mel of their (separated) voice (`pipelines.samples.SampleStage`), in this process and in
+the same order as `python -m pipelines.preprocess`; the samples are then read back as the trainer reads shards.
+So the expert scores exactly the kind of input it was trained on, whatever the file's fps, rate or container.
+
+Every window of `window_frames` frames is compared with the audio shifted by -K..K frames (`model.offset`); the
+grids of all segments are pooled, and SyncNet's rules give the offset (positive = audio late), the confidence
+(median - min of the mean distance curve) and the sync over time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_expert
+from model.offset import OffsetResult, offset_from_grid, similarity_grid
+from model.shard_reader import Segment, segments_in_tar
+from pipelines.audio import AudioConfig
+from pipelines.decode import DecodeConfig, DecodeStage
+from pipelines.faces.base import ALIGNERS, DEVICES, FaceConfig
+from pipelines.faces.stage import FaceStage
+from pipelines.samples import SampleConfig, SampleStage
+from pipelines.sources import make_key
+from pipelines.storage import StorageConfig
+
+# Faces are counted (to warn about several people) on one frame in this many: detection on every frame is
+# what the aligner's tracking saves, and who is in the picture changes slowly.
+FACE_COUNT_EVERY = 25
+
+# Below this confidence (median - min of the mean cosine-distance curve) the curve has no clear dip and the
+# offset is a guess. With a trained expert, synthetic speech at any offset scores 0.3-0.6, a face without
+# speech or an untrained expert near 0. SyncNet's usual threshold (3) is on its own, other scale.
+DEFAULT_MIN_CONFIDENCE = 0.1
+
+FAILURE_MESSAGES = {
+    "no_audio": "has no audio stream: there is nothing to measure lip-sync against",
+    "no_video": "has no video stream",
+    "missing": "does not exist",
+    "unreadable": "cannot be read as a video (empty, not media, or no decodable stream)",
+    "truncated": "is cut off (incomplete download or copy?)",
+    "corrupt": "fails to decode midway",
+    "decode_error": "failed to decode",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    checkpoint: str = field(metadata={"help": "checkpoint file (expert.pt) or training run folder (its newest checkpoint)"})
+    max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames (40 ms) either way"})
+    step: int = field(default=1, metadata={"help": "score every step-th window (1 = every frame; larger is faster)"})
+    device: str = field(default="auto", metadata={"help": "where the expert and face-alignment run", "choices": DEVICES})
+    aligner: str = field(default="auto", metadata={"help": "face aligner (auto: face-alignment when its weights are present, else dlib)",
+                                                   "choices": ALIGNERS})
+    face_weights: Path | None = field(default=None, metadata={"help": "folder with face-alignment's weights"})
+    separate: bool = field(default=True, metadata={"help": "separate the voice from background first, as preprocessing did"})
+    chunk_seconds: float = field(default=10.0, metadata={"help": "the video is decoded in pieces of this length"})
+    max_side: int = field(default=640, metadata={"help": "frames are downscaled to this longer side before face detection"})
+    batch_size: int = field(default=128, metadata={"help": "windows per forward pass"})
+
+    def __post_init__(self):
+        if self.max_offset < 0 or self.step < 1 or self.batch_size < 1:
+            raise ValueError("--max-offset must be >= 0, --step and --batch-size >= 1")
+
+
+class ScoreError(Exception):
+    """A video that cannot be scored; the message names the file and what to do."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass
+class SegmentScore:
+    segment: Segment
+    start_frame: int  # in the video, on the 25 fps clock
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # `similarity_grid`'s; None: too short to search
+    result: OffsetResult | None
+
+    @property
+    def key(self) -> str:
+        return self.segment.key
+
+    @property
+    def num_frames(self) -> int:
+        return self.segment.num_frames
+
+    @property
+    def start_s(self) -> float:
+        return self.start_frame / 25
+
+    @property
+    def end_s(self) -> float:
+        return (self.start_frame + self.num_frames) / 25
+
+
+@dataclass
+class VideoScore:
+    video: str
+    fps: int
+    frames: int
+    frames_with_face: int
+    source_fps: float
+    source_sample_rate: int
+    segments: list[SegmentScore]
+    result: OffsetResult  # pooled over every scored window of the video
+    face_counts: Counter  # faces detected -> sampled frames
+    max_offset: int
+    window_frames: int
+
+    @property
+    def offset_ms(self) -> float:
+        return 1000.0 * self.result.offset_frames / self.fps
+
+    @property
+    def window_times(self) -> np.ndarray:
+        """Centre of each scored window, in seconds from the start of the video."""
+        return (self.result.window_starts + self.window_frames / 2) / self.fps
+
+    @property
+    def several_faces(self) -> float:
+        """Share of the sampled frames that show more than one face."""
+        sampled = sum(self.face_counts.values())
+        return sum(n for faces, n in self.face_counts.items() if faces > 1) / sampled if sampled else 0.0
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.several_faces > 0:
+            most = max(self.face_counts)
+            notes.append(f"up to {most} faces in view ({self.several_faces:.0%} of sampled frames): scored the "
+                         f"largest face's track, assumed to be the speaker")
+        short = [s for s in self.segments if s.result is None]
+        if short:
+            notes.append(f"{len(short)} face segment(s) too short for +-{self.max_offset} frames left out")
+        if self.frames_with_face < self.frames:
+            notes.append(f"a face on {self.frames_with_face} of {self.frames} frames")
+        if abs(self.result.offset_frames) == self.max_offset:
+            notes.append("the offset lies at the edge of the search range: the true one may be larger "
+                         "(raise --max-offset)")
+        return notes
+
+    def to_json(self) -> dict:
+        result = self.result
+        return {
+            "video": self.video,
+            "offset_frames": result.offset_frames,
+            "offset_ms": self.offset_ms,
+            "confidence": result.confidence,
+            "sync_probability": result.best_similarity,
+            "sync_probability_at_zero": result.similarity_at(0),
+            "lse_d": result.min_distance,
+            "lse_c": result.confidence,
+            "sign": "positive offset = audio late",
+            "fps": self.fps,
+            "frames": self.frames,
+            "frames_with_face": self.frames_with_face,
+            "duration_s": self.frames / self.fps,
+            "source_fps": self.source_fps,
+            "source_sample_rate": self.source_sample_rate,
+            "faces_in_view": {str(k): v for k, v in sorted(self.face_counts.items())},
+            "windows_scored": int(len(result.window_starts)),
+            "segments": [{"key": s.key, "start_s": s.start_s, "end_s": s.end_s, "frames": s.num_frames,
+                          "offset_frames": s.result.offset_frames if s.result else None,
+                          "confidence": s.result.confidence if s.result else None,
+                          "sync_probability": s.result.best_similarity if s.result else None}
+                         for s in self.segments],
+            "curve": {"shifts": result.shifts.tolist(), "mean_similarity": result.mean_similarity.round(5).tolist()},
+            "windows": {"time_s": self.window_times.round(3).tolist(),
+                        "sync_probability": result.window_similarity.round(4).tolist(),
+                        "confidence": result.window_confidence.round(4).tolist()},
+            "notes": self.notes(),
+        }
+
+
+class VideoScorer:
+    """Loads the expert and the preprocessing stages once; `score(path)` then measures one video."""
+
+    def __init__(self, config: ScoreConfig):
+        self.config = config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.expert = load_expert(config.checkpoint, device)
+        model = self.expert.config
+        self.fps = model.video_fps
+        audio = AudioConfig(video_fps=model.video_fps)
+        if audio.mel_fps != model.mel_fps or audio.n_mels != model.mel_bins:
+            raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins at {model.mel_fps}/s; preprocessing "
+                             f"makes {audio.n_mels} at {audio.mel_fps}/s")
+        faces = FaceConfig(aligner=config.aligner, face_weights=config.face_weights, device=config.device,
+                           crop_size=model.face_size)
+        self.decode = DecodeStage(DecodeConfig(fps=model.video_fps, chunk_seconds=config.chunk_seconds,
+                                               max_side=config.max_side), audio, StorageConfig())
+        self.faces = FaceStage(faces)
+        self.samples = SampleStage(audio, SampleConfig(separate=config.separate,
+                                                       min_segment_frames=model.window_frames),
+                                   faces.max_center_jump, model.video_fps)
+
+    def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
+        """The video's face segments as preprocessing would store them, and what was seen on the way:
+        frames, frames_with_face, face_counts, source_fps, source_sample_rate. Raises ScoreError."""
+        source = {"key": make_key(Path(video).name), "uri": str(video), "speaker": "", "split": "score"}
+        segments: list[Segment] = []
+        seen = {"frames": 0, "frames_with_face": 0, "face_counts": Counter(), "source_fps": 0.0,
+                "source_sample_rate": 0}
+        for row in self.decode.decode_source(source):
+            if row["end"][0]:
+                if row["error"][0]:
+                    reason = str(row["error"][0])
+                    raise ScoreError(reason, f"{video} {FAILURE_MESSAGES.get(reason, reason)} ({row['detail'][0]})")
+                break
+            seen["source_fps"], seen["source_sample_rate"] = float(row["source_fps"][0]), int(row["source_rate"][0])
+            frames = row["frames"][0]
+            seen["face_counts"].update(self.faces.aligner.count_faces(frames[::FACE_COUNT_EVERY]).tolist())
+            aligned = self.faces(row)
+            tar, record = self.samples.chunk_samples({name: column[0] for name, column in aligned.items()})
+            seen["frames"] += record["frames"]
+            seen["frames_with_face"] += record["frames_with_face"]
+            if tar:
+                segments.extend(segments_in_tar(tar, str(video)))
+        if not segments:
+            raise ScoreError("no_face", f"no face found in {video}: {seen['frames_with_face']} of {seen['frames']} "
+                                        f"frames show a face long enough to score; is the face small or turned away? "
+                                        f"(--max-side {self.config.max_side} is the frame size faces are sought at)")
+        return segments, seen
+
+    def score_segments(self, segments: list[Segment]) -> list[SegmentScore]:
+        scores = []
+        for segment in segments:
+            try:
+                grid = similarity_grid(self.expert, segment.faces, segment.mel, self.config.max_offset,
+                                       step=self.config.step, batch_size=self.config.batch_size)
+            except ValueError:  # shorter than the shifted windows need
+                grid = None
+            scores.append(SegmentScore(segment=segment, start_frame=int(segment.meta["start_frame"]), grid=grid,
+                                       result=offset_from_grid(*grid) if grid else None))
+        return scores
+
+    def score(self, video: str | Path) -> VideoScore:
+        segments, seen = self.segments(video)
+        scored = self.score_segments(segments)
+        usable = [s for s in scored if s.result is not None]
+        if not usable:
+            longest = max(s.num_frames for s in scored)
+            need = self.expert.config.window_frames + 2 * self.config.max_offset
+            raise ScoreError("too_short", f"{video}: the longest face segment has {longest} frames, searching "
+                                          f"+-{self.config.max_offset} frames needs {need}; lower --max-offset")
+        pooled = offset_from_grid(usable[0].grid[0],
+                                  np.concatenate([s.grid[1] + s.start_frame for s in usable]),
+                                  np.concatenate([s.grid[2] for s in usable], axis=1))
+        return VideoScore(video=str(video), fps=self.fps, frames=seen["frames"],
+                          frames_with_face=seen["frames_with_face"], source_fps=seen["source_fps"],
+                          source_sample_rate=seen["source_sample_rate"], segments=scored, result=pooled,
+                          face_counts=seen["face_counts"], max_offset=self.config.max_offset,
+                          window_frames=self.expert.config.window_frames)

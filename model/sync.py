@@ -1,0 +1,174 @@
+"""`python -m model.sync score|fix|curate`: measure and correct lip-sync with a trained expert.
+
+    score VIDEO --checkpoint RUN [--json] [--plot PNG]    offset, confidence, sync over time of one video
+    fix VIDEO --checkpoint RUN --out FIXED                 shift the audio by the measured offset (video copied)
+    curate --input SHARDS|VIDEOS --checkpoint RUN --output DST
+                                                           a corpus: Parquet report, and shards that keep only
+                                                           segments in sync, re-aligned to offset 0 (Ray Data)
+
+Sign convention everywhere: a positive offset means the audio is late (the sound of a mouth shape arrives
+`offset` frames of 40 ms after the lips make it). LSE-D and LSE-C are SyncNet's figures computed on this
+expert's cosine distances (1 - similarity); they rank videos the same way, but are not on the scale of
+numbers published with SyncNet's own network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScore, VideoScorer
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreCommand(ScoreConfig):
+    video: str = field(metadata={"help": "the video to score (any container, fps and sample rate)"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of the report"})
+    plot: Path | None = field(default=None, metadata={"help": "draw the offset curve and sync over time into this PNG"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FixCommand(ScoreConfig):
+    video: str = field(metadata={"help": "the video to correct"})
+    out: Path = field(metadata={"help": "where to write the corrected video (its extension picks the container)"})
+    min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE,
+                                  metadata={"help": "refuse to shift when the offset is less certain than this"})
+    verify: bool = field(default=True, metadata={"help": "score the corrected file and report its offset"})
+
+
+def describe(score: VideoScore) -> str:
+    result = score.result
+    late = "audio late" if result.offset_frames > 0 else "audio early" if result.offset_frames < 0 else "in sync"
+    lines = [
+        f"{score.video}",
+        f"  {score.frames / score.fps:.1f} s ({score.frames} frames at {score.fps} fps; source {score.source_fps:.3f} "
+        f"fps, {score.source_sample_rate} Hz), {sum(s.result is not None for s in score.segments)} face segment(s), "
+        f"{len(result.window_starts)} windows scored",
+        f"  offset      {result.offset_frames:+d} frames ({score.offset_ms:+.0f} ms): {late}   "
+        f"[positive = audio late]",
+        f"  confidence  {result.confidence:.3f} (LSE-C)   min distance {result.min_distance:.3f} (LSE-D)",
+        f"  P(in sync)  {result.best_similarity:.3f} at the offset, {result.similarity_at(0):.3f} as it plays",
+    ]
+    for segment in score.segments:
+        if segment.result is not None and len(score.segments) > 1:
+            lines.append(f"    {segment.start_s:6.2f}-{segment.end_s:6.2f} s  offset {segment.result.offset_frames:+d}  "
+                         f"confidence {segment.result.confidence:.3f}")
+    lines += [f"  note: {note}" for note in score.notes()]
+    return "\n".join(lines)
+
+
+def plot_score(score: VideoScore, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = score.result
+    figure, (curve, timeline) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    curve.plot(result.shifts, result.mean_similarity, marker=".")
+    curve.axvline(result.offset_frames, color="tab:red", linestyle="--",
+                  label=f"offset {result.offset_frames:+d} ({score.offset_ms:+.0f} ms)")
+    curve.axvline(0, color="grey", linewidth=0.8)
+    curve.set(xlabel="audio shift (frames; + = audio late)", ylabel="mean P(in sync)",
+              title=f"offset curve, confidence {result.confidence:.2f}")
+    curve.legend()
+    times = score.window_times
+    timeline.plot(times, result.window_similarity, ".", markersize=3, label=f"at the offset ({result.offset_frames:+d})")
+    zero = list(result.shifts).index(0)
+    if result.offset_frames != 0 and score.segments:
+        at_zero = _window_similarity_at(score, zero)
+        timeline.plot(times, at_zero, ".", markersize=3, alpha=0.6, label="as it plays (0)")
+    timeline.set(xlabel="time (s)", ylabel="P(in sync) per window", ylim=(0, 1), title="sync over time")
+    timeline.legend()
+    figure.suptitle(Path(score.video).name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _window_similarity_at(score: VideoScore, shift_index: int):
+    import numpy as np
+
+    return np.concatenate([s.grid[2][shift_index] for s in score.segments if s.grid is not None])
+
+
+def run_score(command: ScoreCommand) -> int:
+    score = VideoScorer(_score_config(command)).score(command.video)
+    if command.plot:
+        plot_score(score, command.plot)
+    if command.json:
+        print(json.dumps(score.to_json()))
+    else:
+        print(describe(score))
+        if command.plot:
+            print(f"  plot: {command.plot}")
+    return 0
+
+
+def run_fix(command: FixCommand) -> int:
+    from pipelines.remux import shift_audio
+
+    scorer = VideoScorer(_score_config(command))
+    score = scorer.score(command.video)
+    print(describe(score))
+    result = score.result
+    if result.confidence < command.min_confidence:
+        print(f"not fixed: confidence {result.confidence:.3f} is below --min-confidence {command.min_confidence}; "
+              f"the offset is not clear enough to act on (no speech, or a face the expert does not read)",
+              file=sys.stderr)
+        return 3
+    if Path(command.out).resolve() == Path(command.video).resolve():
+        raise ScoreError("same_file", f"--out {command.out} is the input itself; write the fixed copy elsewhere")
+    shift_audio(command.video, command.out, -score.offset_ms / 1000.0)
+    print(f"wrote {command.out}: audio moved {-score.offset_ms:+.0f} ms, video packets copied")
+    if command.verify:
+        after = scorer.score(command.out).result
+        print(f"  re-scored: offset {after.offset_frames:+d} frames, confidence {after.confidence:.3f}")
+    return 0
+
+
+def _score_config(command) -> ScoreConfig:
+    return ScoreConfig(**{f.name: getattr(command, f.name) for f in fields(ScoreConfig)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.curate import CurateConfig
+    from pipelines.cli import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m model.sync", description="measure and correct lip-sync with a trained expert",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, config_type, help_text in (("score", ScoreCommand, "measure one video's offset and sync"),
+                                         ("fix", FixCommand, "shift one video's audio by its measured offset"),
+                                         ("curate", CurateConfig, "score a corpus, keep what is in sync")):
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_config_arguments(sub, config_type, positional=("video",))
+        sub.set_defaults(config_type=config_type)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from model.curate import curate, format_summary
+    from pipelines.cli import config_from_args
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args.config_type, args)
+        if args.command == "score":
+            return run_score(config)
+        if args.command == "fix":
+            return run_fix(config)
+        summary = curate(config)
+        print(format_summary(summary))
+        return 0
+    except (ScoreError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Measuring and fixing lip-sync with a trained expert: offsets, score/fix/curate commands, SyncLoss."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from model.config import mel_columns
+from model.curate import CurateConfig, curate, realign
+from model.evaluate import EvaluateConfig, evaluate
+from model.expert import SyncExpert
+from model.loss import SyncLoss
+from model.offset import median_filter, offset_from_grid
+from model.scoring import ScoreConfig, ScoreError, VideoScorer
+from model.shard_reader import iter_segments, list_shards
+from model.sync import main as sync_main
+from pipelines.remux import shift_audio, shifted
+from pipelines.storage import StorageConfig
+
+
+def heldout(corpus) -> list[dict]:
+    return [row for row in corpus[1] if row["subset"] == "heldout" and not row["corrupt"]]
+
+
+def video_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+# --- pure parts -----------------------------------------------------------------------------------------------
+
+def test_offset_and_confidence_from_a_grid():
+    shifts = np.arange(-3, 4)
+    similarity = np.full((7, 20), 0.2, np.float32)
+    similarity[5] = 0.9  # every window agrees on +2
+    similarity[4, :5] = 0.95  # a few windows prefer +1, the mean still +2
+    result = offset_from_grid(shifts, np.arange(20), similarity)
+    assert result.offset_frames == 2
+    assert result.best_similarity == pytest.approx(0.9)
+    assert result.confidence == pytest.approx((1 - 0.2) - (1 - 0.9), abs=1e-6)  # median - min of distance
+    assert result.similarity_at(0) == pytest.approx(0.2)
+    assert result.window_similarity.shape == (20,) and result.window_confidence.shape == (20,)
+
+
+def test_median_filter_removes_a_spike_and_keeps_length():
+    values = np.array([1, 1, 1, 9, 1, 1, 1], np.float32)
+    assert median_filter(values, 3).tolist() == [1] * 7
+    assert median_filter(values, 1) is values
+
+
+@pytest.mark.parametrize("offset", [-7, -5, 0, 3, 5])
+def test_realign_pairs_each_face_with_the_audio_of_its_instant(offset):
+    frames, fps, mel_fps = 60, 25, 80.0
+    faces = np.arange(frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    mel = np.tile(np.arange(mel_columns(frames, fps, mel_fps), dtype=np.float32), (2, 1))  # value = column index
+    kept, kept_mel, first = realign(faces, mel, offset, fps, mel_fps)
+    assert kept_mel.shape[1] == mel_columns(len(kept), fps, mel_fps)
+    assert len(kept) >= frames - abs(offset) - 1
+    # Face frame t was heard at audio frame t + offset: the kept mel starts at that instant.
+    assert kept[0, 0, 0, 0] == first == max(0, -offset)
+    assert kept_mel[0, 0] == mel_columns(first + offset, fps, mel_fps)
+
+
+def test_shifted_moves_samples_and_keeps_length():
+    samples = np.arange(1, 11, dtype=np.float32)[None]
+    assert shifted(samples, 3).tolist() == [[0, 0, 0, 1, 2, 3, 4, 5, 6, 7]]
+    assert shifted(samples, -2).tolist() == [[3, 4, 5, 6, 7, 8, 9, 10, 0, 0]]
+    assert not shifted(samples, 20).any()
+
+
+def lag_in_samples(reference: np.ndarray, moved: np.ndarray) -> int:
+    """How many samples later `moved` plays `reference`, by the peak of their cross-correlation."""
+    size = 1 << int(np.ceil(np.log2(len(reference) + len(moved))))
+    spectrum = np.fft.rfft(moved, size) * np.conj(np.fft.rfft(reference, size))
+    correlation = np.fft.irfft(spectrum, size)
+    lag = int(np.argmax(correlation))
+    return lag if lag < size // 2 else lag - size
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv", "mov", "avi"])
+def test_shift_audio_moves_the_sound_and_copies_the_video(small_corpus, tmp_path, container):
+    from pipelines.media import probe, read_audio
+
+    out, rows = small_corpus
+    row = next(r for r in rows if r["container"] == container and not r["corrupt"])
+    source, target = out / row["path"], tmp_path / f"moved.{container}"
+    shift_audio(source, target, 0.2)  # 5 frames later
+    before, rate = read_audio(source)
+    after, after_rate = read_audio(target)
+    assert after_rate == rate and after.shape[0] == before.shape[0]
+    assert abs(after.shape[1] - before.shape[1]) <= 1152  # the length, up to the codec's last frame (MP3: 1152)
+    assert abs(lag_in_samples(before.mean(axis=0), after.mean(axis=0)) - 0.2 * rate) <= 2
+    assert video_packets(target) == video_packets(source)  # not one video byte re-encoded
+    assert probe(target).frame_count == probe(source).frame_count
+    assert probe(target).audio_codec == probe(source).audio_codec
+
+
+# --- with a trained expert ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scorer(trained_expert) -> VideoScorer:
+    return VideoScorer(ScoreConfig(checkpoint=str(trained_expert), aligner="dlib"))
+
+
+def test_score_recovers_the_heldout_offsets(small_corpus, trained_expert):
+    """Unseen speakers, offsets -15, -5, 5, 15, scored through the decode/face/voice stages (model.evaluate)."""
+    summary = evaluate(EvaluateConfig(checkpoint=str(trained_expert), manifest=small_corpus[0] / "manifest.jsonl",
+                                      aligner="dlib"))
+    assert summary["scored"] == summary["of"] == 4
+    assert summary["exact"] >= 0.75 and summary["within_1"] == 1.0, summary["rows"]
+    assert summary["video_seconds_per_second"] > 0
+
+
+def test_score_command_prints_json_and_draws_the_plot(small_corpus, trained_expert, tmp_path, capsys):
+    row = heldout(small_corpus)[0]
+    plot = tmp_path / "score.png"
+    assert sync_main(["score", str(small_corpus[0] / row["path"]), "--checkpoint", str(trained_expert),
+                      "--aligner", "dlib", "--json", "--plot", str(plot)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["offset_ms"] == pytest.approx(40 * report["offset_frames"])
+    assert 0 <= report["sync_probability"] <= 1 and report["confidence"] > 0
+    assert report["lse_c"] == report["confidence"] and report["lse_d"] == pytest.approx(1 - report["sync_probability"])
+    assert len(report["windows"]["time_s"]) == len(report["windows"]["sync_probability"]) == report["windows_scored"]
+    assert report["frames"] == pytest.approx(row["duration_s"] * 25, abs=2)
+    assert plot.stat().st_size > 10_000
+
+
+def test_fix_round_trip_rescores_at_zero(small_corpus, trained_expert, tmp_path, capsys):
+    row = next(r for r in heldout(small_corpus) if abs(r["offset_frames"]) < 15)
+    fixed = tmp_path / ("fixed" + Path(row["path"]).suffix)
+    assert sync_main(["fix", str(small_corpus[0] / row["path"]), "--checkpoint", str(trained_expert),
+                      "--aligner", "dlib", "--out", str(fixed), "--no-verify"]) == 0
+    assert "video packets copied" in capsys.readouterr().out
+    after = VideoScorer(ScoreConfig(checkpoint=str(trained_expert), aligner="dlib")).score(fixed)
+    assert after.result.offset_frames == 0
+    assert video_packets(fixed) == video_packets(small_corpus[0] / row["path"])
+
+
+def test_fix_refuses_an_uncertain_offset(small_corpus, trained_expert, tmp_path, capsys):
+    row = heldout(small_corpus)[0]
+    fixed = tmp_path / "fixed.mp4"
+    assert sync_main(["fix", str(small_corpus[0] / row["path"]), "--checkpoint", str(trained_expert),
+                      "--aligner", "dlib", "--out", str(fixed), "--min-confidence", "5"]) == 3
+    assert "below --min-confidence" in capsys.readouterr().err and not fixed.exists()
+
+
+@pytest.mark.parametrize("kind, reason", [("no_audio", "no_audio"), ("no_face", "no_face"),
+                                          ("not_video", "unreadable"), ("truncated", "truncated")])
+def test_score_says_why_a_video_cannot_be_scored(small_corpus, scorer, kind, reason, capsys):
+    out, rows = small_corpus
+    row = next(r for r in rows if r["corrupt"] == kind)
+    with pytest.raises(ScoreError) as failure:
+        scorer.score(out / row["path"])
+    assert failure.value.reason == reason and row["path"].split("/")[-1] in str(failure.value)
+
+
+def test_several_faces_score_the_largest_and_say_so(small_corpus, scorer, tmp_path):
+    """Two people side by side: the speaker at full size and a smaller copy of the same clip."""
+    from pipelines.media import iter_frames, read_audio
+    from pipelines.synthetic.container import CONTAINERS, write_clip
+
+    out, rows = small_corpus
+    row = next(r for r in heldout(small_corpus) if r["fps"] == 25.0 and abs(r["offset_frames"]) < 15)
+    times, frames = zip(*iter_frames(out / row["path"]))
+    import cv2
+
+    def two_people(frame):
+        small = cv2.resize(frame, (frame.shape[1] * 2 // 3, frame.shape[0] * 2 // 3))
+        canvas = np.zeros((frame.shape[0], frame.shape[1] + small.shape[1], 3), np.uint8)
+        canvas[:, :frame.shape[1]] = frame
+        canvas[:small.shape[0], frame.shape[1]:] = small
+        return canvas
+
+    audio, rate = read_audio(out / row["path"])
+    target = tmp_path / "two.mkv"
+    write_clip(target, (two_people(f) for f in frames), times, audio, rate, CONTAINERS["mkv"], Fraction(25))
+    score = scorer.score(target)
+    assert max(score.face_counts) == 2
+    assert any("faces in view" in note for note in score.notes())
+    assert score.result.offset_frames == pytest.approx(row["offset_frames"], abs=1)
+
+
+def test_curate_keeps_segments_in_sync_and_realigns_them(small_corpus, trained_expert, tmp_path):
+    from pipelines.preprocess import PreprocessConfig, run
+
+    out, rows = small_corpus
+    shards = tmp_path / "heldout_shards"
+    run(PreprocessConfig(input=str(out / "heldout"), output=str(shards), aligner="dlib", val_fraction=0,
+                         progress=False))
+    config = CurateConfig(input=str(shards), output=str(tmp_path / "curated"), checkpoint=str(trained_expert),
+                          aligner="dlib", max_abs_offset=6, min_confidence=0.05, num_workers=1, progress=False)
+    summary = curate(config)
+    truth = {Path(r["path"]).name: r["offset_frames"] for r in heldout(small_corpus)}
+    report = pq.read_table(tmp_path / "curated" / "report.parquet").to_pylist()
+    assert summary["segments"] == len(report) == len(truth)  # one segment per short held-out clip
+    for row in report:
+        assert row["kept"] == (abs(truth[Path(row["source"]).name]) <= 6), row
+    assert summary["kept"] == 2 and summary["rejected"] == {"offset": 2}
+
+    expert = SyncExpert.from_checkpoint(trained_expert)
+    from model.offset import offset_curve
+
+    curated = list(iter_segments(list_shards(str(tmp_path / "curated"), StorageConfig()), StorageConfig(), None))
+    assert len(curated) == 2
+    for segment in curated:
+        assert segment.meta["realigned"] and segment.meta["sync_offset_frames"] == truth[Path(segment.source).name]
+        assert offset_curve(expert, segment.faces, segment.mel, 15).offset_frames == 0
+
+    again = curate(config)  # a rerun finds everything done and duplicates nothing
+    assert again["inputs_already_done"] == 1 and again["segments"] == summary["segments"]
+    assert len(list((tmp_path / "curated").glob("shard-*.tar"))) == 1
+
+
+def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert, tmp_path):
+    out, rows = small_corpus
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    good = heldout(small_corpus)[:2]
+    broken = next(r for r in rows if r["corrupt"] == "no_audio")
+    for row in good + [broken]:
+        (inputs / Path(row["path"]).name).symlink_to(out / row["path"])
+    summary = curate(CurateConfig(input=str(inputs), output=str(tmp_path / "report"), checkpoint=str(trained_expert),
+                                  aligner="dlib", write_shards=False, num_workers=1, progress=False))
+    report = pq.read_table(tmp_path / "report" / "report.parquet").to_pylist()
+    assert summary["failed"] == {"no_audio": 1}
+    assert [r["error"] for r in report if not r["key"]] == ["no_audio"]
+    assert summary["segments"] == len([r for r in report if r["key"]]) == 2
+    assert not list((tmp_path / "report").glob("shard-*"))
+
+
+# --- the Python API for generator training ----------------------------------------------------------------------
+
+def test_expert_from_checkpoint_is_frozen_and_scores_raw_windows(trained_expert):
+    expert = SyncExpert.from_checkpoint(trained_expert)
+    assert not expert.training and not any(p.requires_grad for p in expert.parameters())
+    faces = torch.randint(0, 256, (3, 5, 96, 96, 3), dtype=torch.uint8)
+    mels = torch.randn(3, 80, 16)
+    similarity = expert.similarity(faces, mels)
+    assert similarity.shape == (3,) and bool(((similarity >= 0) & (similarity <= 1)).all())
+    as_float = faces.permute(0, 4, 1, 2, 3).float() / 255  # the generator layout [B, 3, T, H, W]
+    assert torch.allclose(expert.similarity(as_float, mels), similarity, atol=1e-5)
+
+
+def test_sync_loss_gradients_reach_the_faces_only(trained_expert, small_corpus):
+    loss_fn = SyncLoss.from_checkpoint(trained_expert).train()
+    assert not loss_fn.expert.training  # stays in eval even when the generator trains
+    faces = torch.rand(4, 3, 5, 128, 128, requires_grad=True)  # resized to the expert's 96 inside
+    loss = loss_fn(faces, torch.randn(4, 80, 16))
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert faces.grad is not None and faces.grad.abs().sum() > 0
+    assert faces.grad[:, :, :, :40].abs().sum() == 0  # the expert never looks at the upper half
+    assert all(p.grad is None for p in loss_fn.expert.parameters())
+    with pytest.raises(ValueError):
+        loss_fn(torch.rand(4, 3, 4, 96, 96), torch.randn(4, 80, 16))  # 4 frames, the expert takes 5
+
+
+def test_sync_loss_is_lower_for_lips_in_sync(trained_expert, small_corpus, tmp_path):
+    """Real windows from held-out clips: the loss of the true pairing beats the same faces with shifted audio."""
+    from pipelines.preprocess import PreprocessConfig, run
+
+    out, _ = small_corpus
+    shards = tmp_path / "shards"
+    run(PreprocessConfig(input=str(out / "videos"), output=str(shards), aligner="dlib", val_fraction=0,
+                         progress=False))
+    loss_fn = SyncLoss.from_checkpoint(trained_expert)
+    faces, in_sync, shifted_audio = [], [], []
+    for segment in iter_segments(list_shards(str(shards), StorageConfig()), StorageConfig(), None):
+        for start in range(10, segment.num_frames - 20, 7):
+            faces.append(segment.faces[start:start + 5])
+            column = mel_columns(start, 25, 80.0)
+            in_sync.append(segment.mel[:, column:column + 16])
+            later = mel_columns(start + 8, 25, 80.0)
+            shifted_audio.append(segment.mel[:, later:later + 16])
+    faces = torch.from_numpy(np.stack(faces)).permute(0, 4, 1, 2, 3).float() / 255
+    good = loss_fn(faces, torch.from_numpy(np.stack(in_sync)))
+    bad = loss_fn(faces, torch.from_numpy(np.stack(shifted_audio)))
+    assert good < 0.5 < bad, (float(good), float(bad))
