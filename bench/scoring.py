@@ -2,6 +2,7 @@
 
     python -m bench.scoring [--videos DIR] [--checkpoint RUN] [--preset cpu-small|full] [--size N]
                             [--device auto|cpu|cuda] [--out runs/bench/scoring.json]
+    python -m bench.scoring --shards DIR ...        the expert alone, on preprocessed segments (no media stack)
 
 Two rows per preset: `video` scores whole videos as the command does (decode to 25 fps / 16 kHz, face
 alignment, voice separation and mel, then the expert over -15..+15 frames), timed per stage; `expert only`
@@ -25,6 +26,7 @@ import torch
 @dataclass(frozen=True)
 class ScoringBenchConfig:
     videos: Path | None = field(default=None, metadata={"help": "folder of videos to score (default: a synthetic corpus of --size videos)"})
+    shards: str | None = field(default=None, metadata={"help": "time only the expert, on these shards' segments (runs without PyAV, librosa, dlib)"})
     checkpoint: str | None = field(default=None, metadata={"help": "expert to score with (default: random weights of --preset)"})
     preset: str = field(default="cpu-small", metadata={"help": "model size without --checkpoint", "choices": ["cpu-small", "full"]})
     size: int = field(default=3, metadata={"help": "synthetic videos to make when --videos is not given"})
@@ -52,7 +54,40 @@ def synthetic_videos(size: int, folder: Path) -> Path:
     return folder / "videos"
 
 
+def bench_expert_on_shards(config: ScoringBenchConfig) -> dict:
+    """The `expert only` row from preprocessed segments: what a GPU machine without the media stack measures."""
+    from model.checkpoint import load_expert
+    from model.shard_reader import iter_segments, list_shards
+    from pipelines.storage import StorageConfig
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    with tempfile.TemporaryDirectory() as scratch:
+        expert = load_expert(config.checkpoint or random_checkpoint(config.preset, Path(scratch)), device)
+    segments = list(iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None))
+    usable = [s for s in segments if s.num_frames >= expert.config.window_frames + 2 * config.max_offset]
+    video_s = sum(s.num_frames for s in usable) / expert.config.video_fps
+    _grids(expert, usable[:2], config.max_offset)  # warm-up: cuDNN autotuning, allocator
+    started = time.perf_counter()
+    _grids(expert, usable, config.max_offset)
+    wall = time.perf_counter() - started
+    device = next(expert.parameters()).device
+    rows = [{"mode": "expert only", "device": str(device), "video_s": round(video_s, 2), "wall_s": round(wall, 3),
+             "video_s_per_s": round(video_s / wall, 1), "share_decode_faces_mel": 0.0}]
+    return {"config": {k: str(v) for k, v in asdict(config).items()}, "model_width": expert.config.width,
+            "segments": len(usable), "machine": _machine(device), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+
+
+def _grids(expert, segments, max_offset: int) -> None:
+    from model.offset import similarity_grid
+
+    for segment in segments:
+        similarity_grid(expert, segment.faces, segment.mel, max_offset)
+    _sync(next(expert.parameters()).device)
+
+
 def bench_scoring(config: ScoringBenchConfig) -> dict:
+    if config.shards:
+        return bench_expert_on_shards(config)
     from model.offset import similarity_grid
     from model.scoring import ScoreConfig, ScoreError, VideoScorer
 
@@ -96,9 +131,13 @@ def bench_scoring(config: ScoringBenchConfig) -> dict:
          "video_s_per_s": round(video_s / expert_only, 1) if expert_only else 0.0, "share_decode_faces_mel": 0.0},
     ]
     return {"config": {k: str(v) for k, v in asdict(config).items()}, "model_width": scorer.expert.config.width,
-            "videos": len(paths), "machine": {"platform": platform.platform(), "cpus": _cpus(),
-                                               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None},
+            "videos": len(paths), "machine": _machine(device),
             "date": time.strftime("%Y-%m-%d"), "rows": rows}
+
+
+def _machine(device) -> dict:
+    return {"platform": platform.platform(), "cpus": _cpus(),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
 
 
 def _sync(device) -> None:

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         mark = "ok" if error == 0 else ("~1" if abs(error) <= 1 else "MISS")
         print(f"{row['source']:>16}  true {row['truth']:+3d}  estimated {row['estimate']:+3d}  "
               f"confidence {row['confidence']:.3f}  {mark}")
-    print(f"offset accuracy on {summary['scored']} of {summary['of']} {summary['mode']}: exact {summary['exact']:.1%}, "
+    scored = f"{summary['scored']} segments of {summary['of']} videos" if config.shards else \
+        f"{summary['scored']} of {summary['of']} videos"
+    print(f"offset accuracy on {scored}: exact {summary['exact']:.1%}, "
           f"within +-1 frame {summary['within_1']:.1%}; {summary['video_seconds_per_second']:.1f} video-seconds "
           f"per second ({summary['video_seconds']:.0f} s of video in {summary['wall_s']:.0f} s)")
     if config.json:

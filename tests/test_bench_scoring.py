@@ -42,3 +42,13 @@ def test_real_offsets_bench_scores_every_applied_shift(small_corpus, trained_exp
     base = result["rows"][0]["estimates"]["0"][0]
     assert abs(base - row["offset_frames"]) <= 1  # the clip's own offset, seen on the unshifted copy
     assert result["relative_within_1"] >= 2 / 3
+
+
+def test_scoring_bench_times_the_expert_alone_on_shards(trained_expert, tmp_path):
+    shards = trained_expert.parent / "shards"  # the fixture's training shards
+    assert main(["--shards", str(shards), "--checkpoint", str(trained_expert), "--device", "cpu",
+                 "--out", str(tmp_path / "scoring.json")]) == 0
+    result = json.loads((tmp_path / "scoring.json").read_text())
+    [row] = result["rows"]
+    assert row["mode"] == "expert only" and result["segments"] >= 4
+    assert row["video_s"] > 10 and math.isfinite(row["video_s_per_s"]) and row["video_s_per_s"] > 0
