@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import bench_main
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
@@ -87,14 +89,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
-
-    config = parse_config(ScalingConfig, "data-parallel scaling of training", argv)
-    result = bench_scaling(config)
-    print(format_table(result))
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    config.out.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(ScalingConfig, "data-parallel scaling of training", bench_scaling, format_table, argv)
 
 
 if __name__ == "__main__":

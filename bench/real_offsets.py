@@ -12,13 +12,14 @@ estimate as right when it moved by the applied offset from that baseline; `absol
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bench.report import bench_main
 
 REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -92,14 +93,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
-
-    config = parse_config(RealOffsetsConfig, "offsets recovered on real clips with audio moved by known amounts", argv)
-    result = bench_real_offsets(config)
-    print(format_table(result))
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    config.out.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(RealOffsetsConfig, "offsets recovered on real clips with audio moved by known amounts", bench_real_offsets, format_table, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ depend on the weights, so without `--checkpoint` a randomly initialised expert o
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
 import time
@@ -21,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from bench.report import bench_main
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
-
-    config = parse_config(ScoringBenchConfig, "score speed: whole videos and the expert alone", argv)
-    result = bench_scoring(config)
-    print(format_table(result))
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    config.out.write_text(json.dumps(result, indent=1))
-    return 0
+    return bench_main(ScoringBenchConfig, "score speed: whole videos and the expert alone", bench_scoring, format_table, argv)
 
 
 if __name__ == "__main__":
