@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, Video
 from model.shard_reader import Segment, iter_segments, list_shards
 from pipelines.columns import object_column
 from pipelines.face_codec import encode_faces
+from pipelines.ray_session import ray_for_job
 from pipelines.samples import npy_bytes, tar_bytes
 from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import list_sources
@@ -248,10 +248,6 @@ def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
 
 
 def curate(config: CurateConfig) -> dict:
-    import ray
-    import ray.data
-    from tqdm import tqdm
-
     started = time.perf_counter()
     if "://" not in config.checkpoint:  # actors may run in another working directory
         config = replace(config, checkpoint=str(Path(config.checkpoint).resolve()))
@@ -259,31 +255,7 @@ def curate(config: CurateConfig) -> dict:
     if not units:
         raise ValueError(f"no shards and no videos under {config.input}")
     pending = pending_units(units, config)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        if config.ray_address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=config.ray_address)  # None: Ray reads RAY_ADDRESS, which `ray job submit` sets
-        else:
-            ray.init(num_cpus=config.num_workers, include_dashboard=False, log_to_driver=False)
-    records = []
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        gpus = ray.cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
-        resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-        workers = min(config.num_workers, int(gpus)) if gpus else config.num_workers
-        scored = ray.data.from_items(pending, override_num_blocks=max(len(pending), 1)).map_batches(
-            CurateStage, fn_constructor_args=(config, resources["num_cpus"]), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=max(min(workers, len(pending)), 1)), **resources)
-        bar = tqdm(total=len(pending), unit=pending[0]["kind"] if pending else "input", desc="curate",
-                   disable=not config.progress)
-        for batch in scored.iter_batches(batch_size=None, batch_format="numpy") if pending else []:
-            records += [json.loads(str(r)) for r in batch["record"]]
-            bar.update(1)
-        bar.close()
-    finally:
-        if own_ray:
-            ray.shutdown()
+    records = score_units(pending, config) if pending else []
     if config.write_shards:
         pack(config.output, config.storage, ShardConfig())
         write_index(config.output, config.storage)
@@ -294,6 +266,30 @@ def curate(config: CurateConfig) -> dict:
     pq.write_table(table, buffer)
     write_bytes_atomic(join(config.output, REPORT_FILE), buffer.getvalue().to_pybytes(), config.storage)
     return summarize(rows, len(units), len(units) - len(pending), time.perf_counter() - started, config)
+
+
+def score_units(pending: list[dict], config: CurateConfig) -> list[dict]:
+    """Run the scoring actors over the pending inputs; their part-writer records, as they come."""
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    records = []
+    with ray_for_job(config.ray_address, config.num_workers):
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        gpus = ray.cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
+        resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+        workers = min(config.num_workers, int(gpus)) if gpus else config.num_workers
+        scored = ray.data.from_items(pending, override_num_blocks=max(len(pending), 1)).map_batches(
+            CurateStage, fn_constructor_args=(config, resources["num_cpus"]), batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(min(workers, len(pending)), 1)), **resources)
+        bar = tqdm(total=len(pending), unit=pending[0]["kind"], desc="curate",
+                   disable=not config.progress)
+        for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+            records += [json.loads(str(r)) for r in batch["record"]]
+            bar.update(1)
+        bar.close()
+    return records
 
 
 def report_rows(records: list[dict]) -> list[dict]:

@@ -2,12 +2,17 @@
 
 The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_seconds`):
 
-    list sources (driver: paths only)
-      -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono              CPU tasks
-      -> FaceStage     detect, 68 landmarks, align, crop                      actors (GPU when asked)
-      -> SampleStage   voice separation, face tracks -> segments, log-mel    CPU
+    list sources (driver: paths only, largest first)
+      -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
+      -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
+      -> SampleStage   voice separation, face tracks -> segments, log-mel
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.
+
+Where the stages run: with the face stage on CPUs, a worker is one actor of one CPU that takes a video and runs
+all four stages on one chunk at a time (`FusedStages`), so every worker is busy from start to end and no frames
+wait in Ray's object store. A GPU face stage gets actors of its own between a CPU pool of decoders and one of
+sample writers, with what queues between them capped (`build_dataset`).
 
 A rerun with the same output skips every video a finished shard accounts for, and resumes the rest.
 """
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -27,12 +31,30 @@ import numpy as np
 
 from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
-from pipelines.faces.base import FaceConfig
+from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
+from pipelines.ray_session import ray_for_job
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
 from pipelines.storage import StorageConfig
+
+
+# What the actors ask Ray for, in CPUs. Fused (the face stage on CPUs): a worker is one actor that runs every stage,
+# one CPU. Separate pools (a GPU face stage, or --no-fuse-stages): per worker a decoder and a sample writer, plus
+# the face actors; their shares follow where the CPU time goes (bench/README.md: decode ~0.04, faces on a CPU
+# ~0.12, samples ~0.12 CPU-s per video-s) and add up to at most one CPU per worker while face actors are no more
+# than workers, so that every pool fits in a local Ray instance of `num_workers` CPUs and streams.
+WORKER_CPUS = 1.0
+SEPARATE_CPUS = {"decode": 0.2, "faces": 0.4, "samples": 0.4}  # CPU face stage
+SEPARATE_CPUS_GPU = {"decode": 0.25, "faces": 0.25, "samples": 0.5}  # the GPU does the face stage's work
+# The smallest --max-cpus under which one actor of every stage still fits (min pool sizes are one).
+MIN_CPUS = WORKER_CPUS
+# When the stages run in separate pools, Ray Data's object store budget is this many decoded chunks per face actor,
+# each counted at its bound (square frames at max_side: 307 MB for 10 s at 640 px; 16:9 frames take 56 % of that,
+# so nearly two of those fit). Measured on CPUs (bench/README.md): 2 chunks let the queue grow with the corpus, 1
+# kept peak RSS near flat at the same throughput.
+QUEUED_CHUNKS_PER_FACE_ACTOR = 1
 
 
 @dataclass(frozen=True)
@@ -50,11 +72,22 @@ class PreprocessConfig:
     separate: bool = field(default=True, metadata={"help": "separate the voice from background music/noise (REPET-SIM)"})
     min_segment_frames: int = field(default=5, metadata={"help": "face segments shorter than this are dropped (counted)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of speakers (or videos, without speakers) held out for validation"})
-    num_workers: int = field(default=2, metadata={"help": "CPUs for a local Ray instance (ignored with --ray-address)"})
-    face_workers: int = field(default=0, metadata={"help": "face-stage actors; 0 = one per GPU with --device cuda, else num_workers"})
+    num_workers: int = field(default=2, metadata={"help": "workers of one CPU each: an actor running every stage on one chunk "
+                                                          "at a time, or a decoder and a sample writer in separate pools "
+                                                          "(on a cluster: about its CPUs); also the CPUs of a local Ray "
+                                                          "instance"})
+    fuse_stages: bool = field(default=True, metadata={"help": "with the face stage on CPUs, run all stages in one actor per worker "
+                                                               "(--no-fuse-stages: a pool of actors per stage, as a GPU "
+                                                               "face stage always gets)"})
+    max_cpus: float | None = field(default=None, metadata={"help": "most CPUs of the Ray cluster preprocessing may take "
+                                                                    "(Ray Data's resource limit), so that a training job "
+                                                                    "sharing the cluster keeps the rest"})
+    face_workers: int = field(default=0, metadata={"help": "face-stage actors when stages run in separate pools; 0 = one per GPU on a GPU, "
+                                                          "else num_workers"})
     shard_max_samples: int = field(default=2000, metadata={"help": "a shard is closed after this many samples"})
     shard_max_mb: float = field(default=512.0, metadata={"help": "... or after this many megabytes"})
-    ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to)"})
+    ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to; "
+                                                                      "under `ray job submit`, the job's cluster by default)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over videos"})
 
     def __post_init__(self):
@@ -63,6 +96,8 @@ class PreprocessConfig:
             problems.append("--val-fraction must lie in [0, 1)")
         if self.min_segment_frames < 1 or self.num_workers < 1 or self.crop_size < 16:
             problems.append("--min-segment-frames >= 1, --num-workers >= 1, --crop-size >= 16")
+        if self.max_cpus is not None and self.max_cpus < MIN_CPUS:
+            problems.append(f"--max-cpus must be at least {MIN_CPUS}: one actor of every stage runs whatever the cap")
         if self.chunk_seconds * 25 < self.min_segment_frames:
             problems.append("--chunk-seconds is shorter than --min-segment-frames")
         if self.face_weights is not None and not Path(self.face_weights).is_dir():
@@ -91,54 +126,114 @@ def source_rows(sources: list[Source], val_fraction: float) -> list[dict]:
              "split": s.split or assign_split(s.speaker or s.key, val_fraction)} for s in sources]
 
 
+class FusedStages:
+    """Several stages in one actor: a batch goes through each in turn in this process, so what passes between them
+    (a chunk's frames, its crops) never goes through Ray's object store, and one chunk at a time is in memory.
+
+    Ray Data fuses a chain of task-pool stages by itself, but never two actor pools (its operator fusion rule);
+    stateful stages that share a CPU are fused here instead. `stages` lists (class, constructor args); each is
+    built once, here. A stage returns a batch or yields several (DecodeStage yields a video's chunks), and each
+    goes on to the next stage before the following one is made.
+    """
+
+    def __init__(self, stages: list[tuple[type, tuple]]):
+        self.stages = [stage(*args) for stage, args in stages]
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        yield from self._from(0, batch)
+
+    def _from(self, index: int, batch: dict[str, np.ndarray]):
+        if index == len(self.stages):
+            yield batch
+            return
+        out = self.stages[index](batch)
+        for piece in (out,) if isinstance(out, dict) else out:
+            yield from self._from(index + 1, piece)
+
+
+def chunk_bytes_bound(decode: DecodeConfig) -> int:
+    """The most a decoded chunk's frames take: every frame square at the longest side kept, RGB."""
+    return int(decode.chunk_seconds * decode.fps) * decode.max_side ** 2 * 3
+
+
 def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
     import ray.data
 
     audio = AudioConfig()
     decode = DecodeConfig(chunk_seconds=config.chunk_seconds, max_side=config.max_side)
     faces = config.faces
-    face_workers = config.face_workers or (max(int(ray.cluster_resources().get("GPU", 0)), 1) if use_gpu
-                                           else config.num_workers)
-    # Actors hold their CPU for the whole run; the decode and sample tasks must still get a share, or the
-    # stream stalls. Half a CPU per face actor on CPU runs leaves room for both.
-    face_resources = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_cpus": 0.5}
-    return (
-        ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
-        .map_batches(DecodeStage, fn_constructor_args=(decode, audio, config.storage), batch_size=1,
-                     compute=ray.data.ActorPoolStrategy(size=config.num_workers), num_cpus=0.5)
-        .map_batches(FaceStage, fn_constructor_args=(faces,), batch_size=1,
-                     compute=ray.data.ActorPoolStrategy(size=face_workers), **face_resources)
-        .map_batches(SampleStage, fn_constructor_args=(audio, SampleConfig(config.separate, config.min_segment_frames),
-                                                        faces.max_center_jump, decode.fps),
-                     batch_size=1, compute=ray.data.ActorPoolStrategy(size=config.num_workers), num_cpus=0.5)
-        .map_batches(PartWriter, fn_constructor_args=(config.output, config.storage), batch_size=1,
-                     compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1)
-    )
+    stages = {
+        "decode": (DecodeStage, (decode, audio, config.storage)),
+        "faces": (FaceStage, (faces,)),
+        "samples": (SampleStage, (audio, SampleConfig(config.separate, config.min_segment_frames),
+                                  faces.max_center_jump, decode.fps)),
+        "write": (PartWriter, (config.output, config.storage)),
+    }
+
+    def pool(size: int, one_task_at_a_time: bool = False):
+        # A fixed pool holds its CPUs for the whole run whatever Ray Data's resource limit says (measured with
+        # Ray 2.60); under --max-cpus the pools grow from one actor only as far as the limit lets them.
+        if config.max_cpus is None:
+            # One task in flight per actor: a worker that finishes early takes the next input rather than one
+            # queued behind another worker's.
+            return ray.data.ActorPoolStrategy(size=size,
+                                              max_tasks_in_flight_per_actor=1 if one_task_at_a_time else None)
+        # Ray's default of two tasks in flight per actor here: its autoscaler adds an actor only when the tasks
+        # submitted per actor exceed `DataContext.autoscaling_config.actor_pool_util_upscaling_threshold` (1.75).
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
+
+    dataset = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
+    if config.fuse_stages and not use_gpu:
+        # A task is a whole video; only a few bytes per chunk leave an actor.
+        dataset = dataset.map_batches(FusedStages, fn_constructor_args=(list(stages.values()),), batch_size=1,
+                                      compute=pool(config.num_workers, one_task_at_a_time=True), num_cpus=WORKER_CPUS)
+        queued_bytes = None
+    else:
+        cpus = SEPARATE_CPUS_GPU if use_gpu else SEPARATE_CPUS
+        face_workers = config.face_workers or (max(int(ray.cluster_resources().get("GPU", 0)), 1) if use_gpu
+                                               else config.num_workers)
+        dataset = (
+            dataset
+            .map_batches(DecodeStage, fn_constructor_args=stages["decode"][1], batch_size=1,
+                         compute=pool(config.num_workers), num_cpus=cpus["decode"])
+            .map_batches(FaceStage, fn_constructor_args=stages["faces"][1], batch_size=1,
+                         compute=pool(face_workers), num_cpus=cpus["faces"], **({"num_gpus": 1} if use_gpu else {}))
+            .map_batches(FusedStages, fn_constructor_args=([stages["samples"], stages["write"]],), batch_size=1,
+                         compute=pool(config.num_workers), num_cpus=cpus["samples"])
+        )
+        # Decoding outruns the face stage; without a cap, decoded chunks pile up in the object store (and the
+        # actors' memory) as far as Ray Data's default budget, half the object store, lets them.
+        queued_bytes = QUEUED_CHUNKS_PER_FACE_ACTOR * face_workers * chunk_bytes_bound(decode)
+    if config.max_cpus is not None or queued_bytes is not None:
+        # Ray Data's documented limits on what a dataset takes: --max-cpus so that a training job sharing the
+        # cluster keeps the rest; object store memory to bound what waits between stages. Unset fields stay
+        # autodetected. Set on this dataset's own context (a copy), not on the process-wide one.
+        dataset.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+            cpu=config.max_cpus, object_store_memory=queued_bytes)
+    return dataset
+
+
+def face_stage_on_gpu(config: PreprocessConfig) -> bool:
+    """Whether face actors ask for a GPU. With --device auto, decided from the cluster's resources, not from torch
+    in this process: on a cluster the driver (the head node) often has no GPU while workers do. The dlib aligner
+    runs on CPUs only, so it never holds a GPU."""
+    import ray
+
+    if config.device == "cpu" or config.aligner == "dlib" or (
+            config.aligner == "auto" and not fan_weights_present(config.faces)):
+        return False
+    return config.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
 
 
 def run(config: PreprocessConfig) -> dict:
     """Process every video not yet in a shard, pack, index; returns the summary."""
-    import ray
-
     started = time.perf_counter()
     sources = list_sources(config.input, config.storage)
     done = packed_videos(config.output, config.storage)
     pending = [s for s in sources if s.key not in done]
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # A Ray instance this run starts is also stopped by it: its workers then always see this process's
-    # environment (object-storage credentials among it), not that of an earlier run.
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        if config.ray_address:
-            ray.init(address=config.ray_address)
-        else:
-            ray.init(num_cpus=config.num_workers, include_dashboard=False, log_to_driver=False)
-    try:
-        if pending:
+    if pending:
+        with ray_for_job(config.ray_address, config.num_workers):
             _process(pending, config)
-    finally:
-        if own_ray:
-            ray.shutdown()
     pack(config.output, config.storage, ShardConfig(config.shard_max_samples, config.shard_max_mb))
     write_index(config.output, config.storage)
     return summarize(config, len(sources), len(sources) - len(pending), time.perf_counter() - started)
@@ -150,8 +245,10 @@ def _process(pending: list[Source], config: PreprocessConfig) -> None:
     from tqdm import tqdm
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts videos, what a person waits for
-    use_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    dataset = build_dataset(source_rows(pending, config.val_fraction), config, use_gpu)
+    # Largest first: the last videos to start are short ones, so workers finish close together. (Shards do not
+    # depend on the order: packing sorts videos by key.)
+    pending = sorted(pending, key=lambda source: -source.size_bytes)
+    dataset = build_dataset(source_rows(pending, config.val_fraction), config, face_stage_on_gpu(config))
     bar = tqdm(total=len(pending), unit="video", desc="preprocess", disable=not config.progress)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         bar.update(int(np.sum(batch["end"])))

@@ -146,12 +146,76 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
     assert len(sources) == 2
 
 
-def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tmp_path):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def tiny_clean(tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny corpus in 1 s chunks (several per video), in one run with the default (fused) stages."""
+    output = tmp_path_factory.mktemp("tiny_clean")
+    run(PreprocessConfig(input=str(tiny_corpus), output=str(output), aligner="dlib", num_workers=2,
+                         chunk_seconds=1.0, progress=False))
+    return output
+
+
+def test_stages_in_separate_pools_give_the_same_shards(tiny_corpus, tiny_clean, tmp_path):
+    """The layout a GPU face stage gets (an actor pool per stage, a cap on the object store) against the fused one,
+    here with the face stage on CPUs: byte for byte the same shards."""
+    separate = tmp_path / "separate"
+    run(PreprocessConfig(input=str(tiny_corpus), output=str(separate), aligner="dlib", num_workers=2,
+                         chunk_seconds=1.0, fuse_stages=False, progress=False))
+    fused_files = {p.name: p.read_bytes() for p in tiny_clean.glob("shard-*")}
+    assert len(fused_files) >= 2 and {p.name: p.read_bytes() for p in separate.glob("shard-*")} == fused_files
+
+
+def map_operators(dataset) -> list:
+    """The dataset's map stages in order, from its logical plan (a private Ray Data API: `_logical_plan`)."""
+    operators, operator = [], dataset._logical_plan.dag
+    while operator.input_dependencies:
+        operators.append(operator)
+        operator = operator.input_dependencies[0]
+    return operators[::-1]
+
+
+def test_stage_layout_fits_the_cpus_ray_is_given():
+    """Every stage's actors fit at once in `num_workers` CPUs, so the chain streams rather than running stage after
+    stage: on CPUs one fused actor of one CPU per worker; with a GPU face stage (or --no-fuse-stages) a pool per
+    stage whose shares add up to at most `num_workers`, face actors on GPUs, and a cap on what waits between them."""
+    import ray
+
+    from pipelines.decode import DecodeConfig, DecodeStage
+    from pipelines.faces.stage import FaceStage
+    from pipelines.preprocess import QUEUED_CHUNKS_PER_FACE_ACTOR, FusedStages, build_dataset, chunk_bytes_bound
+
+    rows = [{"key": "a", "uri": "/in/a.mp4", "speaker": "", "split": "train"}]
+    workers = 3
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        fused = map_operators(build_dataset(rows, PreprocessConfig(input="in", num_workers=workers), use_gpu=False))
+        assert [op.fn for op in fused] == [FusedStages]
+        assert fused[0].ray_remote_args == {"num_cpus": 1.0}
+        assert fused[0].compute.min_size == fused[0].compute.max_size == workers
+        assert fused[0].compute.max_tasks_in_flight_per_actor == 1  # a task is a whole video: no queue per actor
+        assert [stage for stage, _ in fused[0].fn_constructor_args[0]][:2] == [DecodeStage, FaceStage]
+        for use_gpu, fuse in [(True, True), (False, False)]:
+            config = PreprocessConfig(input="in", num_workers=workers, face_workers=1 if use_gpu else 0,
+                                      fuse_stages=fuse)
+            dataset = build_dataset(rows, config, use_gpu=use_gpu)
+            stages = map_operators(dataset)
+            assert [op.fn for op in stages] == [DecodeStage, FaceStage, FusedStages]
+            assert stages[1].ray_remote_args.get("num_gpus", 0) == (1 if use_gpu else 0)
+            cpus = sum(op.ray_remote_args["num_cpus"] * op.compute.max_size for op in stages)
+            assert cpus <= workers + 1e-9, (use_gpu, cpus)
+            cap = dataset.context.execution_options.resource_limits.object_store_memory
+            assert cap == QUEUED_CHUNKS_PER_FACE_ACTOR * stages[1].compute.max_size * chunk_bytes_bound(DecodeConfig())
+        capped = build_dataset(rows, PreprocessConfig(input="in", num_workers=workers, max_cpus=2), use_gpu=False)
+        assert capped.context.execution_options.resource_limits.cpu == 2
+        assert map_operators(capped)[0].compute.min_size == 1
+    finally:
+        ray.shutdown()
+
+
+def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tiny_clean, tmp_path):
+    clean, killed = tiny_clean, tmp_path / "killed"
     args = ["--input", str(tiny_corpus), "--aligner", "dlib", "--num-workers", "2", "--chunk-seconds", "1.0",
             "--no-progress"]
-    run(PreprocessConfig(input=str(tiny_corpus), output=str(clean), aligner="dlib", num_workers=2,
-                         chunk_seconds=1.0, progress=False))
     process = subprocess.Popen([sys.executable, "-m", "pipelines.preprocess", *args, "--output", str(killed)],
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
