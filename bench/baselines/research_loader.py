@@ -260,10 +260,10 @@ def research_loader(dataset: ResearchDataset, batch_size: int, workers: int, pin
 
 
 def worker_init(_: int) -> None:
-    """One thread per loader process for OpenCV and numpy's BLAS (the mel's matrix product): by default each
-    of N processes would start a thread per CPU and they would fight over the cores. A fairer reference
-    than the research script, which sets neither."""
-    cv2.setNumThreads(1)
+    """One thread per loader process for numpy's BLAS (the mel's matrix product): by default each of N
+    processes would start a thread per CPU and they would fight over the cores. A fairer reference than the
+    research script, which sets nothing. OpenCV's pool is left alone: `imread` does not use it, and calling
+    `cv2.setNumThreads` in a forked worker deadlocked when the parent had used OpenCV's threads before."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
