@@ -94,11 +94,11 @@ class SegmentScore:
 
     @property
     def start_s(self) -> float:
-        return self.start_frame / 25
+        return self.start_frame / self.segment.meta["fps"]
 
     @property
     def end_s(self) -> float:
-        return (self.start_frame + self.num_frames) / 25
+        return (self.start_frame + self.num_frames) / self.segment.meta["fps"]
 
 
 @dataclass
