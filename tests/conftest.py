@@ -45,6 +45,18 @@ def aligned_clips(small_corpus) -> dict[str, dict[str, np.ndarray]]:
     return result
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test: nothing may download weights or data at run time."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 # Enough training for the small corpus's held-out offsets to come out right (checked in test_sync.py); the
 # local launcher (one process, no Ray start-up) keeps it to a minute or two of CPU.
 EXPERT_TRAINING = dict(preset="cpu-small", launcher="local", max_steps=500, batch_size=32, log_every=50,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -124,15 +123,6 @@ def test_preprocess_bench_on_a_folder_of_clips(tiny_clips, tmp_path):
     assert report["memory"][1]["video_seconds"] == pytest.approx(2 * ours["video_seconds"])
     assert all(len(row["load_average"]) == 3 for row in report["rows"] + report["memory"])
     assert main(["--clips", str(tmp_path / "missing"), "--out", str(out)]) == 2
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the aligner bench must not touch the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_aligner_bench_smoke(tmp_path, no_network):

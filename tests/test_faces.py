@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import socket
 
 import cv2
 import numpy as np
@@ -70,15 +69,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the face aligners must not touch the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # --- choosing an aligner ---------------------------------------------------------------------------------------
