@@ -261,12 +261,10 @@ def run_bench(config: AlignerBenchConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from bench.report import parse_bench_config
 
-    try:
-        config = parse_config(AlignerBenchConfig, __doc__.split("\n")[0], argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    config = parse_bench_config(AlignerBenchConfig, __doc__.split("\n")[0], argv)
+    if config is None:
         return 2
     report = run_bench(config)
     print(f"{report['frames']} frames of {config.width}x{config.height} on {report['device']} "

@@ -666,12 +666,10 @@ def run_bench(config: PreprocessBenchConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from bench.report import parse_bench_config
 
-    try:
-        config = parse_config(PreprocessBenchConfig, __doc__.split("\n")[0], argv)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    config = parse_bench_config(PreprocessBenchConfig, __doc__.split("\n")[0], argv)
+    if config is None:
         return 2
     try:
         report = run_bench(config)

@@ -111,6 +111,8 @@ def run_score(command: ScoreCommand) -> int:
 def run_fix(command: FixCommand) -> int:
     from pipelines.remux import shift_audio
 
+    if Path(command.out).resolve() == Path(command.video).resolve():
+        raise ScoreError("same_file", f"--out {command.out} is the input itself; write the fixed copy elsewhere")
     scorer = VideoScorer(_score_config(command))
     score = scorer.score(command.video)
     print(describe(score))
@@ -120,8 +122,6 @@ def run_fix(command: FixCommand) -> int:
               f"the offset is not clear enough to act on (no speech, or a face the expert does not read)",
               file=sys.stderr)
         return 3
-    if Path(command.out).resolve() == Path(command.video).resolve():
-        raise ScoreError("same_file", f"--out {command.out} is the input itself; write the fixed copy elsewhere")
     shift_audio(command.video, command.out, -score.offset_ms / 1000.0)
     print(f"wrote {command.out}: audio moved {-score.offset_ms:+.0f} ms, video packets copied")
     if command.verify:
