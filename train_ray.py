@@ -34,6 +34,7 @@ from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
 from model.pairs import PairBatches, PairConfig, PairStream
 from model.shard_reader import iter_segments, list_shards
+from pipelines.ray_session import quiet_placement_group_cleaner
 from pipelines.storage import StorageConfig
 
 
@@ -373,7 +374,8 @@ def train(config: TrainConfig):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     own_ray = not ray.is_initialized()
     if own_ray:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": quiet_placement_group_cleaner})
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 
@@ -26,3 +27,34 @@ def ray_for_job(address: str | None, num_cpus: int) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def size_thread_pools(cpus: float) -> int:
+    """Size this process's OpenCV and torch thread pools to the `cpus` Ray granted its actor (at least one
+    thread); returns the thread count. Call it in an actor's constructor.
+
+    Each library otherwise sizes its pool to the whole machine, and Ray's OMP_NUM_THREADS reaches neither
+    OpenCV's pool nor one already made. Measured on a 16-core machine: 16 one-CPU preprocessing actors, each
+    with machine-sized pools, spent 2.8x the CPU time of 4 actors on the same videos (waiting threads spin)
+    and were only 1.1x as fast.
+    """
+    import cv2
+    import torch
+
+    threads = max(1, math.floor(cpus))
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Mute Ray Train's placement-group cleaner, which warns every second when it cannot reach the State API.
+
+    The cleaner asks the State API, served by Ray's dashboard, whether the train controller still lives; a Ray
+    instance started without the dashboard (the minimal `ray` install has none) cannot answer. It only matters
+    when the controller dies uncleanly, and such a local instance is shut down with the run anyway; a
+    cluster's Ray (ray[default]) has the dashboard. A `worker_process_setup_hook`: it runs in every worker.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
