@@ -16,7 +16,6 @@ Output, under `output`:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,7 @@ from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, Video
 from model.shard_reader import Segment, iter_segments, list_shards
 from pipelines.columns import object_column
 from pipelines.face_codec import encode_faces
-from pipelines.ray_session import ray_for_job
+from pipelines.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import npy_bytes, tar_bytes
 from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import list_sources
@@ -124,9 +123,7 @@ class CurateStage:
     the part writer's format, each record also carrying the report rows of its segments."""
 
     def __init__(self, config: CurateConfig, cpus: float):
-        import torch
-
-        torch.set_num_threads(max(1, math.floor(cpus)))
+        size_thread_pools(cpus)
         self.config = config
         self.scorer = VideoScorer(config)
         self.expert = self.scorer.expert

@@ -33,7 +33,7 @@ from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
-from pipelines.ray_session import ray_for_job
+from pipelines.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
@@ -132,11 +132,13 @@ class FusedStages:
 
     Ray Data fuses a chain of task-pool stages by itself, but never two actor pools (its operator fusion rule);
     stateful stages that share a CPU are fused here instead. `stages` lists (class, constructor args); each is
-    built once, here. A stage returns a batch or yields several (DecodeStage yields a video's chunks), and each
+    built once, here, after the process's thread pools are sized to the actor's `cpus`. Every actor pool of
+    preprocessing is one of these, a single stage included. A stage returns a batch or yields several (DecodeStage yields a video's chunks), and each
     goes on to the next stage before the following one is made.
     """
 
-    def __init__(self, stages: list[tuple[type, tuple]]):
+    def __init__(self, stages: list[tuple[type, tuple]], cpus: float):
+        size_thread_pools(cpus)
         self.stages = [stage(*args) for stage, args in stages]
 
     def __call__(self, batch: dict[str, np.ndarray]):
@@ -185,8 +187,9 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
     dataset = ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
     if config.fuse_stages and not use_gpu:
         # A task is a whole video; only a few bytes per chunk leave an actor.
-        dataset = dataset.map_batches(FusedStages, fn_constructor_args=(list(stages.values()),), batch_size=1,
-                                      compute=pool(config.num_workers, one_task_at_a_time=True), num_cpus=WORKER_CPUS)
+        dataset = dataset.map_batches(FusedStages, fn_constructor_args=(list(stages.values()), WORKER_CPUS),
+                                      batch_size=1, compute=pool(config.num_workers, one_task_at_a_time=True),
+                                      num_cpus=WORKER_CPUS)
         queued_bytes = None
     else:
         cpus = SEPARATE_CPUS_GPU if use_gpu else SEPARATE_CPUS
@@ -194,12 +197,12 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
                                                else config.num_workers)
         dataset = (
             dataset
-            .map_batches(DecodeStage, fn_constructor_args=stages["decode"][1], batch_size=1,
+            .map_batches(FusedStages, fn_constructor_args=([stages["decode"]], cpus["decode"]), batch_size=1,
                          compute=pool(config.num_workers), num_cpus=cpus["decode"])
-            .map_batches(FaceStage, fn_constructor_args=stages["faces"][1], batch_size=1,
+            .map_batches(FusedStages, fn_constructor_args=([stages["faces"]], cpus["faces"]), batch_size=1,
                          compute=pool(face_workers), num_cpus=cpus["faces"], **({"num_gpus": 1} if use_gpu else {}))
-            .map_batches(FusedStages, fn_constructor_args=([stages["samples"], stages["write"]],), batch_size=1,
-                         compute=pool(config.num_workers), num_cpus=cpus["samples"])
+            .map_batches(FusedStages, fn_constructor_args=([stages["samples"], stages["write"]], cpus["samples"]),
+                         batch_size=1, compute=pool(config.num_workers), num_cpus=cpus["samples"])
         )
         # Decoding outruns the face stage; without a cap, decoded chunks pile up in the object store (and the
         # actors' memory) as far as Ray Data's default budget, half the object store, lets them.
