@@ -52,6 +52,8 @@ class TrainConfig:
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps (each rank)"})
     batch_size: int = field(default=64, metadata={"help": "pairs per step per worker"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    scale_lr: bool = field(default=False, metadata={"help": "multiply --lr by --num-workers (the linear scaling rule: "
+                                                    "about one worker's loss at equal samples seen)"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     log_every: int = field(default=20, metadata={"help": "steps between training metrics"})
     val_every: int = field(default=200, metadata={"help": "steps between validations"})
@@ -171,7 +173,8 @@ def run_loop(config: TrainConfig, session) -> None:
     expert = SyncExpert(PRESETS[config.preset]).to(device)
     if on_gpu:
         expert = expert.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(expert.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr = config.lr * world if config.scale_lr else config.lr
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay)
     step = restore(expert, optimizer, session)
     model = session.prepare_model(expert)
     if config.compile:
@@ -212,7 +215,7 @@ def run_loop(config: TrainConfig, session) -> None:
                (("log", config.log_every), ("val", config.val_every), ("checkpoint", config.checkpoint_every))}
         if not any(due.values()):
             continue
-        metrics = {"step": step, **_reduce(window, rank, world, step)}
+        metrics = {"step": step, **_reduce(window, rank, world, step, device)}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
         if due["val"]:
             metrics.update(validate(expert, config, rank))
@@ -241,12 +244,14 @@ def restore(expert: SyncExpert, optimizer, session) -> int:
     return int(state["step"])
 
 
-def _reduce(window: dict, rank: int, world: int, step: int) -> dict:
+def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device) -> dict:
     """Training metrics averaged over every rank's pairs since the last report, and each rank's step count
     (equal on every rank, or DDP would have hung: recorded so that a test can see it)."""
     elapsed = time.perf_counter() - window["started"]
-    totals = torch.tensor([window["loss"], window["correct"], window["pairs"], elapsed], dtype=torch.float64)
-    steps = torch.zeros(world, dtype=torch.float64)
+    # On the training device: NCCL, the GPU backend, reduces nothing else.
+    totals = torch.tensor([window["loss"], window["correct"], window["pairs"], elapsed], dtype=torch.float64,
+                          device=device)
+    steps = torch.zeros(world, dtype=torch.float64, device=device)
     steps[rank] = step
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)

@@ -32,6 +32,9 @@ class ScalingConfig:
     batch_size: int = field(default=32, metadata={"help": "pairs per step per worker"})
     steps: int = field(default=60, metadata={"help": "steps per run"})
     loader_workers: int = field(default=0, metadata={"help": "loader processes per worker"})
+    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
+    scale_lr: bool = field(default=True, metadata={"help": "learning rate times the workers (train_ray --scale-lr), "
+                                                   "so that equal samples seen should give equal loss"})
     out: Path = field(default=Path("runs/bench/ddp_scaling.json"), metadata={"help": "JSON results"})
 
 
@@ -42,7 +45,8 @@ def run_one(config: ScalingConfig, workers: int, folder: Path) -> list[dict]:
     train(TrainConfig(shards=config.shards, output=str(folder), preset=config.preset, num_workers=workers,
                       use_gpu=config.use_gpu, max_steps=config.steps, batch_size=config.batch_size,
                       log_every=log_every, val_every=config.steps, checkpoint_every=config.steps, val_batches=1,
-                      val_segments=1, loader_workers=config.loader_workers, progress=False))
+                      val_segments=1, loader_workers=config.loader_workers, progress=False,
+                      windows_per_segment=config.windows_per_segment, scale_lr=config.scale_lr))
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -32,6 +32,9 @@ WORKER_NODES, WORKER_CPUS = 3, 1
 MAX_CPUS = 2.0  # preprocessing's cap on the cluster: one CPU must stay free the whole run
 # Settings both preprocessing runs share, so that their results can be compared one to one.
 PREPROCESS = dict(aligner="dlib", num_workers=2, val_fraction=0.5, progress=False)
+TRAIN = ["--num-workers", "2", "--max-steps", "10", "--preset", "cpu-small", "--batch-size", "16", "--log-every", "5",
+         "--val-every", "10", "--checkpoint-every", "10", "--val-batches", "2", "--val-segments", "2",
+         "--loader-workers", "0", "--no-progress"]
 
 
 # --- cluster.yaml ----------------------------------------------------------------------------------------------
@@ -143,8 +146,19 @@ def single_node(corpus, tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def cluster(single_node, s3_server):
-    """A head with no CPUs and three 1-CPU worker nodes, this process connected as the driver.
+def single_node_training(single_node, tmp_path_factory) -> list[dict]:
+    """The reference for training: the same 2-worker run on one node's own Ray, from the single-node shards."""
+    from train_ray import main
+
+    run_folder = tmp_path_factory.mktemp("single_node_run") / "run"
+    assert main(["--shards", str(single_node[0]), "--output", str(run_folder), *TRAIN]) == 0
+    return [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cluster(single_node, single_node_training, s3_server):
+    """A head with no CPUs and three 1-CPU worker nodes, this process connected as the driver (the single-node
+    references run first, on a Ray of their own).
 
     The cluster gets its own Ray temp folder: `ray.init()` anywhere else on this machine looks for a running
     cluster's address in the default one and would join this cluster instead of starting its own.
@@ -180,6 +194,11 @@ def nodes_of(cluster, class_prefix: str) -> set[str]:
     this install lacks; the GCS actor table (through the cluster's GlobalState, a private API) has the same."""
     return {actor["Address"]["NodeID"] for actor in cluster.global_state.actor_table(None).values()
             if actor["ActorClassName"].startswith(class_prefix)}
+
+
+def training_counts(rows: list[dict]) -> list[tuple]:
+    """What a run on more nodes must repeat exactly: steps logged, steps per rank, validation pairs and segments."""
+    return [(r["step"], r["steps_per_rank"], r.get("val_pairs"), r.get("val_offset_segments")) for r in rows]
 
 
 def submit(cluster, command: list[str], log: Path) -> str:
@@ -249,17 +268,14 @@ def test_preprocessing_spreads_over_nodes_and_matches_one_node(cluster, cluster_
     assert len(free_cpus) > 10 and min(free_cpus) >= WORKER_NODES * WORKER_CPUS - MAX_CPUS - 1e-6
 
 
-def test_two_training_workers_on_two_nodes(cluster, cluster_run, s3_server, tmp_path):
+def test_two_training_workers_on_two_nodes(cluster, cluster_run, single_node_training, s3_server, tmp_path):
     run_folder = tmp_path / "run"
     output = submit(cluster, ["train_ray.py", "--shards", "s3://cluster/shards", "--endpoint", s3_server,
-                              "--output", str(run_folder), "--num-workers", "2", "--max-steps", "10",
-                              "--preset", "cpu-small", "--batch-size", "16", "--log-every", "5", "--val-every", "10",
-                              "--checkpoint-every", "10", "--val-batches", "2", "--val-segments", "2",
-                              "--loader-workers", "0", "--no-progress"],
-                    tmp_path / "output.log")
+                              "--output", str(run_folder), *TRAIN], tmp_path / "output.log")
     assert len(nodes_of(cluster, "RayTrainWorker")) == 2, "the two training workers shared a node"
     rows = [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10] and rows[-1]["steps_per_rank"] == [10, 10]
     assert rows[-1]["val_pairs"] > 0
+    assert training_counts(rows) == training_counts(single_node_training)
     checkpoint = re.search(r"^checkpoint: (.+)$", output, re.M).group(1)
     assert (Path(checkpoint) / "expert.pt").is_file()

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from model.checkpoint import find_checkpoint
 from train_ray import TrainConfig, train
 
 FAST = dict(preset="cpu-small", batch_size=16, log_every=5, val_every=10, checkpoint_every=10, val_batches=2,
@@ -36,7 +38,8 @@ def metrics(run: Path) -> list[dict]:
 
 def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     assert len(list(shards.glob("shard-*.tar"))) == 1  # fewer shards than workers: the classic hang
-    result = train(TrainConfig(shards=str(shards), output=str(tmp_path / "run"), num_workers=2, max_steps=20, **FAST))
+    result = train(TrainConfig(shards=str(shards), output=str(tmp_path / "run"), num_workers=2, max_steps=20,
+                               lr=1e-3, scale_lr=True, **FAST))
     # Without the dashboard, Ray Train's placement-group cleaner used to log this every second of the run.
     assert "Failed to query Ray Train Controller" not in "".join(capfd.readouterr())
     rows = metrics(tmp_path / "run")
@@ -45,6 +48,8 @@ def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     final = rows[-1]
     assert 0 <= final["val_loss"] < 5 and 0 <= final["val_accuracy"] <= 1 and final["val_pairs"] > 0
     assert result.checkpoint is not None and (Path(result.checkpoint.path) / "expert.pt").is_file()
+    state = torch.load(Path(result.checkpoint.path) / "expert.pt", map_location="cpu", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-3)  # --scale-lr: lr times 2 workers
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
 
 
@@ -53,6 +58,11 @@ def test_rerunning_the_command_resumes(shards, tmp_path):
     train(TrainConfig(shards=str(shards), output=output, num_workers=1, max_steps=10, **FAST))
     train(TrainConfig(shards=str(shards), output=output, num_workers=1, max_steps=20, **FAST))
     assert [r["step"] for r in metrics(tmp_path / "run")] == [5, 10, 15, 20]  # 15 and 20 only: it went on
+    # Scoring's --checkpoint: a run folder gives its newest checkpoint, a file gives itself.
+    newest = find_checkpoint(output)
+    assert torch.load(newest, map_location="cpu", weights_only=True)["step"] == 20
+    older = [path for path in Path(output).rglob("expert.pt") if path != newest]
+    assert older and all(find_checkpoint(path) == path for path in older)
 
 
 def _kill_a_train_worker_once(run: Path, after_step: int, stop: threading.Event, killed: list) -> None:

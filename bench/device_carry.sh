@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds .whl/ (git-ignored): what the lent GPU machine (Python 3.12, torch, no Ray) needs to run train_ray.py
+# and the benchmarks on Ray, within the device tool's 64 MiB transfer.
+#
+# Ray's wheel is 79 MB, 32 MB of it a Java jar; without the jar, the dashboard's web build, RLlib, Serve and
+# the LLM library (none of which Ray Train or Ray Data import) it is a 29 MB tar.xz. The other wheels are what
+# Ray, Ray Train and our shard reader need that the machine's image lacks.
+#
+#   bash bench/device_carry.sh
+#   # then, in the device call (carry: .whl and the shards folder):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#     tar xJf .whl/ray-*-trimmed.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RAY_VERSION=${RAY_VERSION:-2.60.0}
+PY=${DEVICE_PYTHON:-3.12}
+TAG=cp${PY/./}
+mkdir -p .whl
+fetch() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"
+}
+# pydantic 2.11 asks for typing-extensions >= 4.12, which the image has; newer ones ask for more.
+fetch .whl jsonschema==4.25.1 jsonschema-specifications referencing rpds-py pydantic==2.11.7 pydantic-core==2.33.2 \
+  annotated-types typing-inspection tensorboardX webdataset==1.0.2 braceexpand
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+fetch "$scratch" "ray==$RAY_VERSION"
+(cd "$scratch" && unzip -q ray-*.whl && rm -rf ray/jars ray/dashboard/client/build ray/rllib ray/serve ray/llm \
+  && find ray -name '*.js.map' -delete \
+  && tar cf - ray "ray-$RAY_VERSION.dist-info" | xz -T0 -6 > "$OLDPWD/.whl/ray-$RAY_VERSION-$TAG-trimmed.tar.xz")
+du -ch .whl/* | tail -1
