@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,6 +131,21 @@ def test_score_command_prints_json_and_draws_the_plot(small_corpus, trained_expe
     assert len(report["windows"]["time_s"]) == len(report["windows"]["sync_probability"]) == report["windows_scored"]
     assert report["frames"] == pytest.approx(row["duration_s"] * 25, abs=2)
     assert plot.stat().st_size > 10_000
+
+
+def test_score_command_reports_for_people_and_names_the_problem(small_corpus, trained_expert, capsys):
+    out, rows = small_corpus
+    row = next(r for r in heldout(small_corpus) if r["offset_frames"] != 0)
+    assert sync_main(["score", str(out / row["path"]), "--checkpoint", str(trained_expert), "--aligner", "dlib"]) == 0
+    report = capsys.readouterr().out
+    offset = int(re.search(r"offset\s+([+-]\d+) frames \(([+-]\d+) ms\)", report).group(1))
+    assert f"{offset:+d} frames ({40 * offset:+d} ms)" in report and "[positive = audio late]" in report
+    assert {1: "audio late", -1: "audio early", 0: "in sync"}[int(np.sign(offset))] in report and "confidence" in report
+    broken = next(r for r in rows if r["corrupt"] == "no_audio")
+    assert sync_main(["score", str(out / broken["path"]), "--checkpoint", str(trained_expert), "--aligner",
+                      "dlib"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and Path(broken["path"]).name in error and "audio" in error
 
 
 def test_fix_round_trip_rescores_at_zero(small_corpus, trained_expert, tmp_path, capsys):
