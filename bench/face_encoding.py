@@ -1,6 +1,6 @@
 """How should a segment's aligned face crops be stored in a shard? Bytes per video hour against decode cost.
 
-    python -m bench.face_encoding [--shards DIR] [--size N] [--out runs/bench/face_encoding.json]
+    python -m bench.face_encoding [--shards DIR] [--size 1] [--out runs/bench/face_encoding.json]
 
 Reads real crops from existing shards (or makes a small synthetic corpus and preprocesses it), re-encodes each
 segment every candidate way, and reports bytes per hour of 25 fps video, encode and decode time per segment,
@@ -10,26 +10,39 @@ against the crops as aligned.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from bench.report import bench_main
 
 FPS = 25
 WINDOWS_PER_SEGMENT = 16  # how many windows the loader draws from one decoded segment
 
 
 @dataclass(frozen=True)
+class FaceEncodingConfig:
+    shards: Path | None = field(default=None, metadata={"help": "shards to read crops from (default: build a few)"})
+    size: int = field(default=1, metadata={"help": "scale: segments measured = 8 * size (4 * size videos built)"})
+    out: Path = field(default=Path("runs/bench/face_encoding.json"), metadata={"help": "JSON results"})
+
+    def __post_init__(self):
+        if self.size < 1:
+            raise ValueError("--size must be at least 1")
+
+
+@dataclass(frozen=True)
 class Encoding:
     name: str
-    encode: callable
-    decode: callable
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes, int], np.ndarray]
 
 
 def _strip(faces: np.ndarray) -> np.ndarray:
@@ -123,7 +136,6 @@ def make_shards(scratch: Path, videos: int) -> Path:
 
     generate_corpus(SyntheticConfig(out=scratch / "corpus", num_videos=videos, seed=3, heldout_fraction=0,
                                     min_seconds=4, max_seconds=8, workers=2), progress=False)
-    # Lossless crops for a fair comparison: the shard's own JPEG would otherwise favour JPEG.
     run(PreprocessConfig(input=str(scratch / "corpus"), output=str(scratch / "shards"), aligner="dlib",
                          progress=False))
     return scratch / "shards"
@@ -154,30 +166,31 @@ def measure(encoding: Encoding, segments: list[np.ndarray]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shards", type=Path, help="existing shards to read crops from (default: build a few)")
-    parser.add_argument("--size", type=int, default=1, help="scale: segments measured = 8 * size")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/face_encoding.json"))
-    args = parser.parse_args(argv)
+def bench_face_encoding(config: FaceEncodingConfig) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        shards = args.shards or make_shards(Path(scratch), videos=4 * args.size)
-        segments = load_segments(shards, limit=8 * args.size)
+        shards = config.shards or make_shards(Path(scratch), videos=4 * config.size)
+        segments = load_segments(shards, limit=8 * config.size)
     if not segments:
-        raise SystemExit(f"no samples found in {shards}")
+        raise ValueError(f"no samples found in {shards}: point --shards at the output of pipelines.preprocess")
     encodings = [jpeg(95), jpeg(90), jpeg_per_frame(95), png(), raw_npy(), h264(18)]
-    rows = [measure(encoding, segments) for encoding in encodings]
-    print(f"{len(segments)} segments, {sum(len(s) for s in segments)} frames of {segments[0].shape[1]} px crops")
-    print(f"{'encoding':22} {'B/frame':>8} {'GB/video-h':>10} {'enc ms/seg':>10} {'dec ms/seg':>10} "
-          f"{'dec ms/window':>13} {'PSNR dB':>8}")
-    for row in rows:
-        print(f"{row['encoding']:22} {row['bytes_per_frame']:8.0f} {row['gb_per_video_hour']:10.3f} "
-              f"{row['encode_ms_per_segment']:10.2f} {row['decode_ms_per_segment']:10.2f} "
-              f"{row['decode_ms_per_window']:13.3f} {row['psnr_db']:8.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"segments": len(segments), "results": rows}, indent=1))
-    print(f"written {args.out}")
-    return 0
+    return {"segments": len(segments), "frames": sum(len(s) for s in segments), "crop_size": segments[0].shape[1],
+            "results": [measure(encoding, segments) for encoding in encodings]}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['segments']} segments, {result['frames']} frames of {result['crop_size']} px crops",
+             f"{'encoding':22} {'B/frame':>8} {'GB/video-h':>10} {'enc ms/seg':>10} {'dec ms/seg':>10} "
+             f"{'dec ms/window':>13} {'PSNR dB':>8}"]
+    for row in result["results"]:
+        lines.append(f"{row['encoding']:22} {row['bytes_per_frame']:8.0f} {row['gb_per_video_hour']:10.3f} "
+                     f"{row['encode_ms_per_segment']:10.2f} {row['decode_ms_per_segment']:10.2f} "
+                     f"{row['decode_ms_per_window']:13.3f} {row['psnr_db']:8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(FaceEncodingConfig, "face crops in shards: bytes against decode cost", bench_face_encoding,
+                      format_table, argv)
 
 
 if __name__ == "__main__":
