@@ -176,6 +176,8 @@ def run_loop(config: TrainConfig, session) -> None:
     lr = config.lr * world if config.scale_lr else config.lr
     optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay)
     step = restore(expert, optimizer, session)
+    for group in optimizer.param_groups:  # a resumed run may have other workers or --lr than the checkpoint's
+        group["lr"] = lr
     model = session.prepare_model(expert)
     if config.compile:
         model = torch.compile(model)

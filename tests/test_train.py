@@ -56,11 +56,12 @@ def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
 def test_rerunning_the_command_resumes(shards, tmp_path):
     output = str(tmp_path / "run")
     train(TrainConfig(shards=str(shards), output=output, num_workers=1, max_steps=10, **FAST))
-    train(TrainConfig(shards=str(shards), output=output, num_workers=1, max_steps=20, **FAST))
+    train(TrainConfig(shards=str(shards), output=output, num_workers=1, max_steps=20, lr=5e-4, **FAST))
     assert [r["step"] for r in metrics(tmp_path / "run")] == [5, 10, 15, 20]  # 15 and 20 only: it went on
     # Scoring's --checkpoint: a run folder gives its newest checkpoint, a file gives itself.
     newest = find_checkpoint(output)
-    assert torch.load(newest, map_location="cpu", weights_only=True)["step"] == 20
+    state = torch.load(newest, map_location="cpu", weights_only=True)
+    assert state["step"] == 20 and state["optimizer"]["param_groups"][0]["lr"] == 5e-4  # the resumed run's --lr
     older = [path for path in Path(output).rglob("expert.pt") if path != newest]
     assert older and all(find_checkpoint(path) == path for path in older)
 
