@@ -176,8 +176,6 @@ def run_loop(config: TrainConfig, session) -> None:
     lr = config.lr * world if config.scale_lr else config.lr
     optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay)
     step = restore(expert, optimizer, session)
-    for group in optimizer.param_groups:  # a resumed run may have other workers or --lr than the checkpoint's
-        group["lr"] = lr
     model = session.prepare_model(expert)
     if config.compile:
         model = torch.compile(model)
@@ -235,14 +233,18 @@ def run_loop(config: TrainConfig, session) -> None:
 
 
 def restore(expert: SyncExpert, optimizer, session) -> int:
-    """Load the newest checkpoint of this run, if any; returns the step to continue from."""
+    """Load the newest checkpoint of this run, if any; returns the step to continue from. The optimizer keeps
+    the learning rates it was built with: a resumed run may have another --lr, or other workers under --scale-lr."""
     checkpoint = session.latest_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint as folder:
         state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     expert.load_state_dict(state["model"])
+    rates = [group["lr"] for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
     return int(state["step"])
 
 

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RAY_VERSION=${RAY_VERSION:-2.60.0}
 PY=${DEVICE_PYTHON:-3.12}
 TAG=cp${PY/./}
-mkdir -p .whl
+rm -rf .whl && mkdir .whl  # one version of each package: two would stop the install there
 fetch() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"
