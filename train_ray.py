@@ -1,7 +1,7 @@
 """`python train_ray.py --shards DST --output RUN [options]`: train the sync expert on Ray Train.
 
 Each of `--num-workers` workers (DDP over gloo on CPU, NCCL on GPU) streams pairs from its own share of the
-shards (model/pairs.py): in-sync face/mel windows and shifted ones, balanced. Every rank runs exactly
+shards (model/loader/windows.py): in-sync face/mel windows and shifted ones, balanced. Every rank runs exactly
 `--max-steps` steps from an endless stream, so no rank ever waits at an epoch end for another.
 
 Rank 0 logs loss, accuracy and samples/s every `--log-every` steps, validates every `--val-every` steps
@@ -32,10 +32,11 @@ from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
-from model.pairs import PairBatches, PairConfig, PairStream
-from model.shard_reader import iter_segments, list_shards
-from pipelines.ray_session import quiet_placement_group_cleaner
-from pipelines.storage import StorageConfig
+from model.loader.stream import PairBatches, PairStream
+from model.loader.windows import PairConfig
+from pipelines.shards.reader import iter_segments, list_shards
+from pipelines.core.ray_session import quiet_placement_group_cleaner
+from pipelines.core.storage import StorageConfig
 
 
 
@@ -402,7 +403,7 @@ def train(config: TrainConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from pipelines.core.cli import parse_config
 
     try:
         config = parse_config(TrainConfig, __doc__.split("\n")[0].strip("`"), argv)

@@ -116,9 +116,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_segments(shards: Path, limit: int) -> list[np.ndarray]:
-    from pipelines.face_codec import decode_faces
-    from pipelines.shards import read_samples
-    from pipelines.storage import StorageConfig
+    from pipelines.shards.format import decode_faces
+    from pipelines.shards.writer import read_samples
+    from pipelines.core.storage import StorageConfig
 
     segments = []
     for shard in sorted(shards.glob("shard-*.tar")):

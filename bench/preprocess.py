@@ -467,7 +467,7 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
     from pipelines.faces.stage import FaceStage
     from pipelines.preprocess import PreprocessConfig, source_rows
     from pipelines.samples import SampleConfig, SampleStage
-    from pipelines.shards import PartWriter, ShardConfig, pack, write_index
+    from pipelines.shards.writer import PartWriter, ShardConfig, pack, write_index
     from pipelines.sources import list_sources
 
     pc = PreprocessConfig(input=str(manifest), output=str(output), aligner=config.aligner,

@@ -35,7 +35,7 @@ class RealOffsetsConfig:
 
 
 def bench_real_offsets(config: RealOffsetsConfig) -> dict:
-    from model.scoring import ScoreConfig, ScoreError, VideoScorer
+    from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
     from pipelines.remux import shift_audio
 
     if 0 not in config.offsets:

@@ -9,7 +9,7 @@ from typing import Callable
 
 def parse_bench_config(config_type: type, description: str, argv: list[str] | None):
     """The bench's config from the command line, or None after one line on stderr when a value is invalid."""
-    from pipelines.cli import parse_config
+    from pipelines.core.cli import parse_config
 
     try:
         return parse_config(config_type, description, argv)

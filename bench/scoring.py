@@ -58,8 +58,8 @@ def synthetic_videos(size: int, folder: Path) -> Path:
 def bench_expert_on_shards(config: ScoringBenchConfig) -> dict:
     """The `expert only` row from preprocessed segments: what a GPU machine without the media stack measures."""
     from model.checkpoint import load_expert
-    from model.shard_reader import iter_segments, list_shards
-    from pipelines.storage import StorageConfig
+    from pipelines.shards.reader import iter_segments, list_shards
+    from pipelines.core.storage import StorageConfig
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     with tempfile.TemporaryDirectory() as scratch:
@@ -90,7 +90,7 @@ def bench_scoring(config: ScoringBenchConfig) -> dict:
     if config.shards:
         return bench_expert_on_shards(config)
     from model.offset import similarity_grid
-    from model.scoring import ScoreConfig, ScoreError, VideoScorer
+    from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

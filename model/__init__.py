@@ -1,15 +1,9 @@
-"""The sync expert: a SyncNet / Wav2Lip-style model that scores whether a face window and a mel window are in sync.
+"""The sync expert and what uses it.
 
-Modules:
-
-- :mod:`model.config`: :class:`ModelConfig` (window, crop and mel sizes, width) and the named ``PRESETS``.
-- :mod:`model.encoders`: :class:`ConvBlock`, :class:`FaceEncoder` and :class:`AudioEncoder`.
-- :mod:`model.expert`: :class:`SyncExpert`, the two encoders joined by cosine similarity, and its input preparation.
-- :mod:`model.loss`: :func:`sync_loss` (clamped binary cross-entropy in fp32), :func:`accuracy`, and
-  :class:`SyncLoss`, the frozen expert as a loss for lip-sync generators.
-- :mod:`model.shard_reader`, :mod:`model.pairs`: segments out of WebDataset shards, and training pairs cut from them.
-- :mod:`model.checkpoint`, :mod:`model.offset`, :mod:`model.evaluate`: loading a trained expert, SyncNet's
-  offset and confidence, and offset accuracy on videos with known offsets.
-- :mod:`model.scoring`, :mod:`model.curate`, :mod:`model.sync`: scoring a video through the preprocessing stages,
-  the sync filter over a corpus on Ray Data, and the `score | fix | curate` command.
+- the network: :mod:`model.config` (sizes, presets), :mod:`model.encoders`, :mod:`model.expert` (cosine similarity
+  read as P(in sync)), :mod:`model.loss` (BCE, :class:`~model.loss.SyncLoss` for generators), :mod:`model.checkpoint`
+  (the one checkpoint format);
+- :mod:`model.offset`: SyncNet's offset and confidence from a similarity grid;
+- :mod:`model.loader`: training pairs drawn from shard segments and streamed into batches;
+- :mod:`model.sync`: `score | fix | curate` with a trained expert; :mod:`model.evaluate`: offset accuracy.
 """

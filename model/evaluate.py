@@ -20,8 +20,8 @@ import torch
 
 from model.checkpoint import load_expert
 from model.offset import offset_curve
-from model.shard_reader import iter_segments, list_shards
-from pipelines.storage import StorageConfig
+from pipelines.shards.reader import iter_segments, list_shards
+from pipelines.core.storage import StorageConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def truth_of(config: EvaluateConfig) -> dict[str, dict]:
 
 
 def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
-    from model.scoring import ScoreConfig, ScoreError, VideoScorer
+    from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
 
     scorer = VideoScorer(ScoreConfig(checkpoint=config.checkpoint, max_offset=config.max_offset,
                                      aligner=config.aligner, device=config.device))
@@ -100,7 +100,7 @@ def evaluate(config: EvaluateConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from pipelines.core.cli import parse_config
 
     config = parse_config(EvaluateConfig, __doc__.split("\n")[0].strip("`"), argv)
     summary = evaluate(config)

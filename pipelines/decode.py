@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from pipelines.audio import AudioConfig, prepare
-from pipelines.columns import object_column
+from pipelines.core.columns import object_column
 from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
-from pipelines.storage import StorageConfig, local_copy
+from pipelines.core.storage import StorageConfig, local_copy
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
 

@@ -33,11 +33,11 @@ from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
-from pipelines.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import SampleConfig, SampleStage
-from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
+from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
-from pipelines.storage import StorageConfig
+from pipelines.core.storage import StorageConfig
 
 
 # What the actors ask Ray for, in CPUs. Fused (the face stage on CPUs): a worker is one actor that runs every stage,
@@ -293,7 +293,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from pipelines.core.cli import parse_config
 
     try:
         config = parse_config(PreprocessConfig, __doc__.split("\n")[0].strip("`"), argv)

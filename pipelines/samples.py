@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.audio import AudioConfig, segment_mel, separate_voice
-from pipelines.columns import object_column
-from pipelines.face_codec import encode_faces
+from pipelines.core.columns import object_column
+from pipelines.shards.format import encode_faces
 from pipelines.decode import CONTEXT_FRAMES
 from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
 

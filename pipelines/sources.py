@@ -34,8 +34,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import storage
-from pipelines.storage import StorageConfig
+from pipelines.core import storage
+from pipelines.core.storage import StorageConfig
 
 __all__ = ["MANIFEST_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "list_sources", "make_key"]
 

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from pipelines.preprocess import PreprocessConfig, face_stage_on_gpu, run
-from pipelines.shards import read_samples
-from pipelines.storage import StorageConfig, list_files, write_bytes_atomic
+from pipelines.shards.writer import read_samples
+from pipelines.core.storage import StorageConfig, list_files, write_bytes_atomic
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

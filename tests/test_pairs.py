@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.pairs import OTHER_SEGMENT_SHIFT, PairBatches, PairConfig, PairStream, mel_start, sample_pairs, to_torch
-from model.shard_reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
+from model.loader.stream import PairBatches, PairStream, to_torch
+from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, mel_start, sample_pairs
+from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.samples import tar_bytes
-from pipelines.storage import StorageConfig, write_bytes_atomic
+from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from s3_server import make_bucket
 

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.face_codec import decode_faces
-from pipelines.shards import read_samples, shard_stats
-from pipelines.storage import StorageConfig, list_files
+from pipelines.shards.format import decode_faces
+from pipelines.shards.writer import read_samples, shard_stats
+from pipelines.core.storage import StorageConfig, list_files
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from pipelines.synthetic.envelope_check import agreement_curve, mel_loudness, mouth_opening_from_crops
 
@@ -184,7 +184,7 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
     from pipelines.faces.stage import FaceStage
     from pipelines.preprocess import QUEUED_CHUNKS_PER_FACE_ACTOR, FusedStages, build_dataset, chunk_bytes_bound
     from pipelines.samples import SampleStage
-    from pipelines.shards import PartWriter
+    from pipelines.shards.writer import PartWriter
 
     rows = [{"key": "a", "uri": "/in/a.mp4", "speaker": "", "split": "train"}]
     workers = 3
@@ -264,7 +264,7 @@ def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tiny_clean, tmp_pat
 
 
 def test_s3_to_s3(tiny_corpus, s3_server):
-    from pipelines.storage import write_bytes_atomic
+    from pipelines.core.storage import write_bytes_atomic
     from s3_server import make_bucket
 
     storage = StorageConfig(endpoint=s3_server)

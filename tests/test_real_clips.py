@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.shards import shard_stats
-from pipelines.storage import StorageConfig
+from pipelines.shards.writer import shard_stats
+from pipelines.core.storage import StorageConfig
 
 from conftest import REAL_CLIPS
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import storage
+from pipelines.core import storage
 from pipelines.sources import Source, list_sources, make_key
-from pipelines.storage import StorageConfig
+from pipelines.core.storage import StorageConfig
 from s3_server import make_bucket
 
 LOCAL = StorageConfig()

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from model.config import mel_columns
-from model.curate import CurateConfig, curate, realign
+from model.sync.curate import CurateConfig, curate, realign
 from model.evaluate import EvaluateConfig, evaluate
 from model.expert import SyncExpert
 from model.loss import SyncLoss
 from model.offset import median_filter, offset_from_grid
-from model.scoring import ScoreConfig, ScoreError, VideoScorer
-from model.shard_reader import iter_segments, list_shards
-from model.sync import main as sync_main
+from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
+from pipelines.shards.reader import iter_segments, list_shards
+from model.sync.cli import main as sync_main
 from pipelines.remux import shift_audio, shifted
-from pipelines.storage import StorageConfig
+from pipelines.core.storage import StorageConfig
 
 
 def heldout(corpus) -> list[dict]:

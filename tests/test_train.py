@@ -100,7 +100,7 @@ def test_killed_worker_restarts_from_checkpoint(shards, tmp_path):
 
 
 def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):
-    from pipelines.storage import StorageConfig, write_bytes_atomic
+    from pipelines.core.storage import StorageConfig, write_bytes_atomic
     from s3_server import make_bucket
 
     storage = StorageConfig(endpoint=s3_server)

@@ -56,7 +56,7 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
     Segments whose source video cannot be read are skipped and counted.
     """
     from pipelines.audio import AudioConfig, _mel_basis, prepare
-    from pipelines.face_codec import decode_faces
+    from pipelines.shards.format import decode_faces
     from pipelines.media import MediaError, read_audio
 
     out = Path(out)

@@ -202,7 +202,7 @@ def list_videos(spec: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import parse_config
+    from pipelines.core.cli import parse_config
 
     config = parse_config(Wav2LipPreprocessConfig, __doc__.split("\n")[0], argv)
     videos = list_videos(config.input)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.columns import object_column
+from pipelines.core.columns import object_column
 from pipelines.faces.align import crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig, make_aligner
 from pipelines.faces.tracks import face_tracks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.cli import parse_config
+from pipelines.core.cli import parse_config
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus, summarize
 
 

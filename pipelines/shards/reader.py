@@ -1,7 +1,7 @@
 """Segments out of WebDataset shards: read only what the pipeline writes, never unpickle, survive bad shards.
 
 A shard is streamed member by member with WebDataset's own tar iteration (`tar_file_expander`, then
-`group_by_keys`), over a stream we open through `pipelines.storage`, so local folders and s3:// read the same
+`group_by_keys`), over a stream we open through `pipelines.core.storage`, so local folders and s3:// read the same
 way and no shell command is ever built from a file name. Of each sample only three members are decoded:
 
     KEY.jpg       faces, decoded by `pipelines.samples.decode_faces`
@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from pipelines.face_codec import decode_faces
-from pipelines.storage import StorageConfig, list_files, read_bytes, resolve
+from pipelines.shards.format import decode_faces
+from pipelines.core.storage import StorageConfig, list_files, read_bytes, resolve
 
 __all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "segments_in_tar", "shards_holding",
            "split_shards"]

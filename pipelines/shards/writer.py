@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.storage import (StorageConfig, delete, join, list_files, read_bytes, resolve, upload_file_atomic,
+from pipelines.core.storage import (StorageConfig, delete, join, list_files, read_bytes, resolve, upload_file_atomic,
                                write_bytes_atomic)
 
 PARTS = "_parts"

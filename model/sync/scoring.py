@@ -21,14 +21,14 @@ import torch
 
 from model.checkpoint import load_expert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
-from model.shard_reader import Segment, segments_in_tar
+from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import ALIGNERS, DEVICES, FaceConfig
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.sources import make_key
-from pipelines.storage import StorageConfig
+from pipelines.core.storage import StorageConfig
 
 # Faces are counted (to warn about several people) on one frame in this many: detection on every frame is
 # what the aligner's tracking saves, and who is in the picture changes slowly.

@@ -27,15 +27,15 @@ import pyarrow.parquet as pq
 
 from model.config import mel_columns
 from model.offset import OffsetResult, offset_curve
-from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
-from model.shard_reader import Segment, iter_segments, list_shards
-from pipelines.columns import object_column
-from pipelines.face_codec import encode_faces
-from pipelines.ray_session import ray_for_job, size_thread_pools
+from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
+from pipelines.shards.reader import Segment, iter_segments, list_shards
+from pipelines.core.columns import object_column
+from pipelines.shards.format import encode_faces
+from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import npy_bytes, tar_bytes
-from pipelines.shards import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
+from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import list_sources
-from pipelines.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
+from pipelines.core.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
 
 REPORT_FILE = "report.parquet"
 JPEG_QUALITY = 95  # as preprocessing writes them

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from model.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScore, VideoScorer
+from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScore, VideoScorer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,8 +135,8 @@ def _score_config(command) -> ScoreConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.curate import CurateConfig
-    from pipelines.cli import add_config_arguments
+    from model.sync.curate import CurateConfig
+    from pipelines.core.cli import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="python -m model.sync", description="measure and correct lip-sync with a trained expert",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.curate import curate, format_summary
-    from pipelines.cli import config_from_args
+    from model.sync.curate import curate, format_summary
+    from pipelines.core.cli import config_from_args
 
     args = build_parser().parse_args(argv)
     try:
@@ -169,6 +169,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

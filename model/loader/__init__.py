@@ -1,0 +1,1 @@
+"""The training loader: windows drawn from decoded segments (`windows`), streamed into batches (`stream`)."""

@@ -1,0 +1,226 @@
+"""Training pairs for the sync expert: a window of faces and a window of mel, in sync (label 1) or not (0).
+
+Every pair is cut from one decoded segment (`pipelines.shards.reader.Segment`); many windows are drawn from each
+segment, so shard I/O and the JPEG decode are paid once per `windows_per_segment` pairs. Kinds of pair
+(shift: how many frames the audio window lies after the face window; negative: before):
+
+    positive  shift 0                                       label 1
+    hard      hard_shift_min..hard_shift_max, either sign    label 0   small offsets: what offset estimation needs
+    easy      hard_shift_max+1..easy_shift_max, either sign  label 0   far shifts within the segment
+    other     audio of a segment of another video           label 0   shift = OTHER_SEGMENT_SHIFT
+
+Both windows always lie entirely inside their segment: a shift is drawn among those that fit the segment
+and the face window's start among those that keep both windows inside. A segment too short for the kind
+drawn falls back to the nearest kind that fits:
+
+    hard  -> other          (a segment too short for a hard shift has no room for an easy one either)
+    easy  -> hard -> other
+    other -> easy -> hard   (no other video's audio seen yet, as for the first segment of a stream)
+
+and a negative for which nothing fits (a segment shorter than window + hard_shift_min frames, with no other
+audio) is not drawn. Segments shorter than one window give no pairs.
+
+All of a segment's pairs are drawn at once, as arrays (`draw_windows`), and cut out of it by `cut_windows`; no
+per-pair Python object is built on the way (`sample_pairs` builds them, for inspection and tests). Streaming
+them into batches is `model.loader.stream`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.config import mel_columns
+from pipelines.shards.reader import Segment
+
+__all__ = ["KINDS", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows", "draw_windows",
+           "mel_start", "sample_pairs"]
+
+OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
+POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
+KINDS = (POSITIVE, HARD, EASY, OTHER)  # a pair's kind as a code: its index here
+_POSITIVE, _HARD, _EASY, _OTHER, _NONE = 0, 1, 2, 3, -1
+FALLBACKS = {HARD: (HARD, OTHER), EASY: (EASY, HARD, OTHER), OTHER: (OTHER, EASY, HARD)}
+POSITIVE_CODE = _POSITIVE
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    window_frames: int = 5
+    video_fps: int = 25
+    mel_fps: float = 80.0
+    windows_per_segment: int = 16  # many windows per decoded segment: I/O and JPEG decode amortised
+    positive_fraction: float = 0.5
+    hard_shift_min: int = 2  # frames; hard negatives: audio shifted by a few frames
+    hard_shift_max: int = 6
+    easy_shift_max: int = 75  # frames (3 s); easy negatives: far shifts within the segment
+    hard_fraction: float = 0.5  # of the negatives
+    easy_fraction: float = 0.25  # of the negatives; the rest: audio from another segment
+    shuffle_buffer: int = 64  # pairs left waiting when a batch is drawn: a batch is random among B + this many
+
+    def __post_init__(self):
+        problems = []
+        if self.window_frames < 1 or self.video_fps <= 0 or self.mel_fps <= 0:
+            problems.append("window_frames >= 1, video_fps > 0 and mel_fps > 0")
+        elif abs(self.window_frames * self.mel_fps / self.video_fps - self.mel_window) > 1e-9:
+            problems.append(f"window_frames * mel_fps / video_fps = "
+                            f"{self.window_frames * self.mel_fps / self.video_fps:g} mel columns: choose a "
+                            f"window_frames that spans a whole number of them")
+        if self.windows_per_segment < 1 or self.shuffle_buffer < 0:
+            problems.append("windows_per_segment >= 1 and shuffle_buffer >= 0")
+        if not all(0 <= f <= 1 for f in (self.positive_fraction, self.hard_fraction, self.easy_fraction)):
+            problems.append("positive_fraction, hard_fraction and easy_fraction lie in [0, 1]")
+        if self.hard_fraction + self.easy_fraction > 1:
+            problems.append("hard_fraction + easy_fraction <= 1 (the rest are other-segment negatives)")
+        if not 1 <= self.hard_shift_min <= self.hard_shift_max < self.easy_shift_max:
+            problems.append("1 <= hard_shift_min <= hard_shift_max < easy_shift_max")
+        if problems:
+            raise ValueError("PairConfig: " + "; ".join(problems))
+
+    @property
+    def mel_window(self) -> int:
+        """Mel columns spanned by `window_frames` video frames (16 at 5 frames, 25 fps, 80 mel/s)."""
+        return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
+
+
+def mel_start(frame, config: PairConfig):
+    """The first mel column of video frame `frame` (an int or an array), counted from the segment's first frame."""
+    return mel_columns(frame, config.video_fps, config.mel_fps)
+
+
+# --- drawing a segment's windows ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """The pairs drawn from one segment, one entry per pair (N of them).
+
+    kinds    int8  [N]  index into KINDS
+    starts   int64 [N]  first frame of the face window
+    shifts   int64 [N]  frames from the face window to the audio window; OTHER_SEGMENT_SHIFT for other audio
+    columns  int64 [N]  first mel column of the audio window, in the segment's mel or, for kind other, the
+                        other segment's
+    """
+
+    kinds: np.ndarray
+    starts: np.ndarray
+    shifts: np.ndarray
+    columns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def other(self) -> np.ndarray:
+        return self.kinds == _OTHER
+
+
+def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
+                 other: Segment | None) -> Windows:
+    """Up to `windows_per_segment` pairs of `segment`, as arrays (see the module docstring for the kinds).
+
+    `other`: a segment of another video for other-audio negatives (only its key and mel are used), or None.
+    Each pair draws whether it is positive, its kind, then |shift| among the sizes that fit the segment, its
+    sign, and the start among those that keep both windows inside: the same as redrawing until they fit,
+    without the loop. Other-audio pairs draw a start and a column of the other segment's mel instead.
+    """
+    room = segment.num_frames - config.window_frames  # the largest |shift| and the last start
+    if room < 0:
+        return _empty_windows()
+    other_columns = _usable_columns(segment, other, config)
+    count = config.windows_per_segment
+    positive = rng.random(count) < config.positive_fraction
+    u = rng.random(count)
+    drawn = np.where(u < config.hard_fraction, _HARD,
+                     np.where(u < config.hard_fraction + config.easy_fraction, _EASY, _OTHER))
+    fitting = np.array([_NONE, *(_fitting_kind(kind, room, config, other_columns > 0) for kind in KINDS[1:])])
+    kinds = np.where(positive, _POSITIVE, fitting[drawn])
+    kinds = kinds[kinds != _NONE].astype(np.int8)
+
+    low, high = _shift_bounds(config, room)
+    size = rng.integers(low[kinds], high[kinds] + 1)  # 0 for positives and other-audio pairs
+    shifts = size * (2 * rng.integers(0, 2, len(kinds)) - 1)
+    starts = rng.integers(np.maximum(0, -shifts), room - np.maximum(0, shifts) + 1)
+    columns = mel_start(starts + shifts, config)
+    is_other = kinds == _OTHER
+    if is_other.any():
+        columns = np.where(is_other, rng.integers(0, max(other_columns, 1), len(kinds)), columns)
+        shifts = np.where(is_other, OTHER_SEGMENT_SHIFT, shifts)
+    return Windows(kinds, starts.astype(np.int64), shifts.astype(np.int64), columns.astype(np.int64))
+
+
+def sample_pairs(segment: Segment, config: PairConfig, rng: np.random.Generator,
+                 other: Segment | None) -> list[dict]:
+    """The pairs of `draw_windows` as one dict each, for inspection and tests (the stream never builds these).
+
+    Each pair: faces uint8 [T, S, S, 3], mel float32 [F, W], label, shift, key and start (the face window's
+    first frame), kind, and mel_key / mel_column (where its mel was cut from).
+    """
+    windows = draw_windows(segment, config, rng, other)
+    faces, mels = cut_windows(segment, other, windows, config)
+    return [{"faces": faces[i], "mel": mels[i], "label": 1.0 if kind == _POSITIVE else 0.0,
+             "shift": int(windows.shifts[i]), "key": segment.key, "start": int(windows.starts[i]),
+             "kind": KINDS[kind], "mel_key": other.key if kind == _OTHER else segment.key,
+             "mel_column": int(windows.columns[i])}
+            for i, kind in enumerate(windows.kinds.tolist())]
+
+
+def _empty_windows() -> Windows:
+    return Windows(np.empty(0, np.int8), *(np.empty(0, np.int64) for _ in range(3)))
+
+
+def _usable_columns(segment: Segment, other: Segment | None, config: PairConfig) -> int:
+    """How many audio windows `other` offers (0: it cannot serve: absent, the same segment, or too short)."""
+    if other is None or other.key == segment.key:
+        return 0
+    return max(other.mel.shape[1] - config.mel_window + 1, 0)
+
+
+def _fitting_kind(kind: str, room: int, config: PairConfig, has_other: bool) -> int:
+    for candidate in FALLBACKS[kind]:
+        if candidate == OTHER and has_other:
+            return _OTHER
+        if candidate != OTHER and room >= _shift_range(candidate, config)[0]:
+            return KINDS.index(candidate)
+    return _NONE
+
+
+def _shift_range(kind: str, config: PairConfig) -> tuple[int, int]:
+    """Smallest and largest |shift| of a kind, in frames."""
+    return (config.hard_shift_min, config.hard_shift_max) if kind == HARD else \
+        (config.hard_shift_max + 1, config.easy_shift_max)
+
+
+def _shift_bounds(config: PairConfig, room: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest |shift| per kind code that fit a segment with `room` frames to spare."""
+    low = np.array([0, config.hard_shift_min, config.hard_shift_max + 1, 0])
+    high = np.minimum(np.array([0, config.hard_shift_max, config.easy_shift_max, 0]), room)
+    return low, high
+
+
+def cut_windows(segment: Segment, other: Segment | None, windows: Windows, config: PairConfig,
+         faces_out: np.ndarray | None = None, mels_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The face and mel windows of `windows`, copied out of the segment (into `faces_out` / `mels_out` if given).
+
+    Copies, not views: a view would keep the whole decoded segment alive while its pairs wait to be batched.
+    """
+    frames = np.add.outer(windows.starts, np.arange(config.window_frames))  # [N, T]
+    _check_inside(frames, segment.num_frames, "face window", segment.key)
+    # mode="clip" lets numpy write straight into `out` (mode="raise" buffers it); the check above is the guard.
+    faces = np.take(segment.faces, frames, axis=0, out=faces_out, mode="clip")
+    mels = np.empty((len(windows), segment.mel.shape[0], config.mel_window), segment.mel.dtype) \
+        if mels_out is None else mels_out
+    for audio, rows in ((segment, ~windows.other), (other, windows.other)):
+        if rows.any():
+            columns = np.add.outer(windows.columns[rows], np.arange(config.mel_window))  # [n, W]
+            _check_inside(columns, audio.mel.shape[1], "mel window", audio.key)
+            mels[rows] = np.moveaxis(audio.mel[:, columns], 1, 0)  # [F, n, W] -> [n, F, W]
+    return faces, mels
+
+
+def _check_inside(index: np.ndarray, length: int, what: str, key: str) -> None:
+    # numpy would silently clip or wrap past the end; a short window is a bug, never a sample.
+    if index.size and (index.min() < 0 or index.max() >= length):
+        raise IndexError(f"{what} [{index.min()}, {index.max() + 1}) outside {key} of length {length}")
+
+

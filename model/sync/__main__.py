@@ -1,0 +1,5 @@
+import sys
+
+from model.sync.cli import main
+
+sys.exit(main())
