@@ -91,8 +91,7 @@ class TrainConfig:
 
     @property
     def pairs(self) -> PairConfig:
-        model = PRESETS[self.preset]
-        return PairConfig(window_frames=model.window_frames, windows_per_segment=self.windows_per_segment,
+        return PairConfig(windows_per_segment=self.windows_per_segment,
                           hard_shift_min=self.hard_shift_min, hard_shift_max=self.hard_shift_max,
                           easy_shift_max=self.easy_shift_max, hard_fraction=self.hard_fraction,
                           easy_fraction=self.easy_fraction)
@@ -182,9 +181,9 @@ def run_loop(config: TrainConfig, session) -> None:
         model = torch.compile(model)
 
     shard_uris = list_shards(config.shards, config.storage)
-    # Data position on resume: a new seed per restart point, so a resumed run does not replay the same pairs.
-    stream = PairBatches(shard_uris, config.storage, "train", config.pairs, config.batch_size,
-                         seed=config.seed * 1_000_003 + step, rank=rank, world_size=world, repeat=True)
+    # The step a run resumes from is part of the seed, so a resumed run does not replay the same pairs.
+    stream = PairBatches(shard_uris, config.storage, "train", config.pairs, expert.config.clock, config.batch_size,
+                         seed=(config.seed, step), rank=rank, world_size=world, repeat=True)
     batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.loader_workers,
                                                persistent_workers=config.loader_workers > 0))
     log = RunLog(Path(config.output)) if rank == 0 else None
@@ -276,7 +275,7 @@ def validate(expert: SyncExpert, config: TrainConfig, rank: int) -> dict:
     expert.eval()
     device = next(expert.parameters()).device
     shard_uris = list_shards(config.shards, config.storage)
-    stream = PairStream(shard_uris, config.storage, "val", config.pairs, config.batch_size, seed=12345,
+    stream = PairStream(shard_uris, config.storage, "val", config.pairs, expert.config.clock, config.batch_size, seed=12345,
                         repeat=False)
     losses, correct, pairs = 0.0, 0.0, 0
     for index, batch in enumerate(stream):

@@ -66,7 +66,7 @@ def bench_expert_on_shards(config: ScoringBenchConfig) -> dict:
         expert = load_expert(config.checkpoint or random_checkpoint(config.preset, Path(scratch)), device)
     segments = list(iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None))
     usable = [s for s in segments if s.num_frames >= expert.config.window_frames + 2 * config.max_offset]
-    video_s = sum(s.num_frames for s in usable) / expert.config.video_fps
+    video_s = expert.config.clock.seconds(sum(s.num_frames for s in usable))
     _grids(expert, usable[:2], config.max_offset)  # warm-up: cuDNN autotuning, allocator
     started = time.perf_counter()
     _grids(expert, usable, config.max_offset)

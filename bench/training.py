@@ -153,8 +153,8 @@ def _repeat(call, device: torch.device, seconds: float, at_least: int, chunk: in
 def our_loader(shard_uris: list[str], preset: str, batch: int, workers: int, pin: bool,
                windows_per_segment: int, seed: int = 0):
     """A DataLoader of our pairs (`model.loader.windows.PairBatches`, as training builds it)."""
-    pairs = PairConfig(window_frames=PRESETS[preset].window_frames, windows_per_segment=windows_per_segment)
-    dataset = PairBatches(shard_uris, StorageConfig(), "train", pairs, batch, seed=seed)
+    pairs = PairConfig(windows_per_segment=windows_per_segment)
+    dataset = PairBatches(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=seed)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin)
 
 
@@ -381,8 +381,8 @@ def profile_loader(shard_uris: list[str], preset: str, batch: int, windows_per_s
     import cProfile
     import pstats
 
-    pairs = PairConfig(window_frames=PRESETS[preset].window_frames, windows_per_segment=windows_per_segment)
-    stream = PairStream(shard_uris, StorageConfig(), "train", pairs, batch, seed=0).shared_batches()
+    pairs = PairConfig(windows_per_segment=windows_per_segment)
+    stream = PairStream(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=0).shared_batches()
     next(stream)  # start-up (imports, the shards' stats) is not the steady state
     profiler = cProfile.Profile()
     started = time.perf_counter()

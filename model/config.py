@@ -2,50 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-
-def mel_columns(frames, video_fps: int, mel_fps: float):
-    """Mel frames spanned by `frames` video frames, which is also the first mel column of frame `frames`
-    counted from frame 0: round(frames * mel_fps / video_fps), derived from the two rates (16 per 5 frames at
-    25 fps and 80 mel frames per second). Takes an int or an array."""
-    if isinstance(frames, (int, np.integer)):
-        return round(frames * mel_fps / video_fps)
-    return np.round(np.asarray(frames) * mel_fps / video_fps).astype(int)
+from pipelines.core.clock import EXPERT_CLOCK, Clock
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What the expert sees and how wide it is.
 
-    The face input is the lower half of ``window_frames`` aligned crops of side ``face_size``; the audio input is
-    the ``mel_window`` mel frames that cover the same time span, derived from the two rates.
+    The face input is the lower half of ``clock.window_frames`` aligned crops of side ``face_size``; the audio input
+    is the ``clock.mel_window`` mel columns that cover the same time span.
     """
 
-    window_frames: int = 5  # T consecutive video frames per window (0.2 s at 25 fps)
+    clock: Clock = field(default=EXPERT_CLOCK)  # frame rate, audio rates and the window, shared with the shards
     face_size: int = 96  # aligned crop side; the model sees the lower half, face_size // 2 x face_size
     mel_bins: int = 80
-    video_fps: int = 25
-    mel_fps: float = 80.0
     width: int = 32  # channels of the first conv; 32 is the full Wav2Lip-size expert, 8 or 16 for CPU demos
     embedding_dim: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("window_frames", "face_size", "mel_bins", "video_fps", "mel_fps", "width", "embedding_dim"):
+        for name in ("face_size", "mel_bins", "width", "embedding_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.face_size % 2:
             raise ValueError(f"ModelConfig.face_size must be even so the lower half is exact, got {self.face_size}")
-        if self.mel_window < 1:
-            raise ValueError(f"ModelConfig gives an empty mel window: {self.window_frames} frames at "
-                             f"{self.video_fps} fps is less than one mel frame at {self.mel_fps} per second")
+
+    @property
+    def window_frames(self) -> int:
+        """T: video frames per window (5 by default)."""
+        return self.clock.window_frames
 
     @property
     def mel_window(self) -> int:
-        """Mel frames that span the video window (16 for 5 frames at 25 fps and 80 mel frames per second)."""
-        return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
+        """W: mel columns per window, those spanned by the video window (16 by default)."""
+        return self.clock.mel_window
 
     @property
     def face_channels(self) -> int:
@@ -56,6 +47,22 @@ class ModelConfig:
     def face_height(self) -> int:
         """Rows of the face input: the lower half of the crop, where the mouth is."""
         return self.face_size // 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of `to_dict`; also reads the flat form of checkpoints written before the clock had a module
+        (`window_frames`, `video_fps`, `mel_fps` beside the sizes; their audio was always 16 kHz)."""
+        values = dict(values)
+        if "clock" in values:
+            clock = Clock(**values.pop("clock"))
+        else:
+            fps, mel_fps = values.pop("video_fps"), values.pop("mel_fps")
+            clock = Clock(fps=int(fps), window_frames=int(values.pop("window_frames")),
+                          hop_length=round(EXPERT_CLOCK.sample_rate / mel_fps))
+        return cls(clock=clock, **values)
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -76,7 +76,7 @@ def score_shards(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[d
             result = offset_curve(expert, segment.faces, segment.mel, config.max_offset)
         except ValueError:  # too short for the search range
             continue
-        seconds += segment.num_frames / expert.config.video_fps
+        seconds += expert.config.clock.seconds(segment.num_frames)
         rows.append(_row(name, truth[name]["offset_frames"], result))
     return rows, seconds
 

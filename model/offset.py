@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.config import mel_columns
-
 
 # SyncNet smooths its per-window confidence over this many windows (0.36 s at one window per frame).
 CONFIDENCE_SMOOTHING = 9
@@ -67,7 +65,7 @@ def similarity_grid(expert, faces: np.ndarray, mel: np.ndarray, max_shift: int =
     device = next(expert.parameters()).device
     margin = max_shift + abs(audio_delay)
     starts = np.arange(margin, frames - window - margin + 1, step)
-    starts = starts[mel_columns(starts + margin, config.video_fps, config.mel_fps) + mel_window <= columns]
+    starts = starts[config.clock.mel_column(starts + margin) + mel_window <= columns]
     if len(starts) == 0:
         raise ValueError(f"segment of {frames} frames is too short for windows of {window} shifted by "
                          f"+-{margin}; it needs at least {window + 2 * margin} frames")
@@ -116,7 +114,7 @@ def _embed_faces(expert, faces, starts, window, device, batch_size) -> np.ndarra
 
 def _embed_audio(expert, mel, frames, mel_window, device, batch_size) -> np.ndarray:
     config = expert.config
-    columns = mel_columns(frames, config.video_fps, config.mel_fps)
+    columns = config.clock.mel_column(frames)
     padded = np.pad(mel, ((0, 0), (0, max(0, columns.max() + mel_window - mel.shape[1]))), constant_values=mel.min())
     out = []
     for i in range(0, len(columns), batch_size):

@@ -1,9 +1,7 @@
 """Audio stages of preprocessing: mono 16 kHz audio, voice separation, and the expert's log-mel spectrogram.
 
-The lip-sync expert pairs a window of 5 video frames (25 fps) with 16 mel frames (80 per second). Every
-index here is derived from the two rates in :class:`AudioConfig`, never from a literal, because an index
-computed for the wrong rate (the classic ``80 * frame / fps`` on 48 kHz audio) silently pairs faces with
-audio from another time and leaves nothing to learn.
+Rates and the frame -> mel-column formula are the expert's clock (`pipelines.core.clock`), which
+:class:`AudioConfig` carries; nothing here computes an index from a literal rate.
 
 Dimension legend: ``C`` channels, ``N`` samples, ``M`` mel bins (``n_mels``), ``T`` mel frames.
 """
@@ -11,22 +9,22 @@ Dimension legend: ``C`` channels, ``N`` samples, ``M`` mel bins (``n_mels``), ``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import librosa
 import numpy as np
 import scipy.signal
 import soxr
 
+from pipelines.core.clock import EXPERT_CLOCK, Clock
+
 
 @dataclass(frozen=True)
 class AudioConfig:
     """The expert's audio settings (Wav2Lip / SyncNet recipe) and the voice-separation settings."""
 
-    sample_rate: int = 16000
-    video_fps: int = 25
+    clock: Clock = field(default=EXPERT_CLOCK)  # sample rate, mel hop and video frame rate
     n_fft: int = 800
-    hop_length: int = 200
     win_length: int = 800
     n_mels: int = 80
     fmin: float = 55.0
@@ -40,33 +38,18 @@ class AudioConfig:
     separation_power: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("sample_rate", "video_fps", "n_fft", "hop_length", "win_length", "n_mels"):
+        for name in ("n_fft", "win_length", "n_mels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AudioConfig.{name} must be positive, got {getattr(self, name)}")
         if self.win_length > self.n_fft:
             raise ValueError(f"AudioConfig.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
-        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+        if not 0 <= self.fmin < self.fmax <= self.clock.sample_rate / 2:
             raise ValueError(f"AudioConfig needs 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, "
-                             f"fmax={self.fmax}, sample_rate={self.sample_rate}")
+                             f"fmax={self.fmax}, sample_rate={self.clock.sample_rate}")
         if self.min_level_db >= 0 or self.max_abs_value <= 0:
             raise ValueError("AudioConfig needs min_level_db < 0 and max_abs_value > 0")
         if self.separation_width_s <= 0:
             raise ValueError(f"AudioConfig.separation_width_s must be positive, got {self.separation_width_s}")
-
-    @property
-    def mel_fps(self) -> float:
-        """Mel frames per second (80.0 by default)."""
-        return self.sample_rate / self.hop_length
-
-    @property
-    def samples_per_frame(self) -> float:
-        """Audio samples per video frame (640.0 by default)."""
-        return self.sample_rate / self.video_fps
-
-    @property
-    def mels_per_frame(self) -> float:
-        """Mel frames per video frame (3.2 by default: 16 mel frames per 5 video frames)."""
-        return self.mel_fps / self.video_fps
 
 
 # --- Format ----------------------------------------------------------------------------------------------
@@ -99,11 +82,11 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def prepare(audio: np.ndarray, rate: int, config: AudioConfig) -> np.ndarray:
-    """``[C, N]`` audio at ``rate`` -> mono float32 at ``config.sample_rate``, sample 0 still at time 0."""
+    """``[C, N]`` audio at ``rate`` -> mono float32 at the clock's sample rate, sample 0 still at time 0."""
     mono = to_mono(audio)
     if not np.all(np.isfinite(mono)):
         raise ValueError("prepare: audio contains NaN or infinite samples")
-    return resample(mono, rate, config.sample_rate)
+    return resample(mono, rate, config.clock.sample_rate)
 
 
 # --- Voice separation (REPET-SIM) --------------------------------------------------------------------------
@@ -122,7 +105,7 @@ def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     silence, is returned unchanged. Output: float32, same length as the input.
     """
     samples = np.asarray(samples, dtype=np.float32)
-    width = _separation_width(1 + len(samples) // config.hop_length, config)
+    width = _separation_width(1 + len(samples) // config.clock.hop_length, config)
     if width < _MIN_SEPARATION_WIDTH or not samples.any():
         return samples.copy()
     stft = _stft(samples, config)
@@ -131,20 +114,20 @@ def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     background = np.minimum(magnitude, background)
     mask = librosa.util.softmask(magnitude - background, config.separation_margin * background,
                                  power=config.separation_power)
-    voice = librosa.istft(mask * stft, hop_length=config.hop_length, win_length=config.win_length,
+    voice = librosa.istft(mask * stft, hop_length=config.clock.hop_length, win_length=config.win_length,
                           n_fft=config.n_fft, length=len(samples))
     return voice.astype(np.float32)
 
 
 def _separation_width(frames: int, config: AudioConfig) -> int:
     """STFT frames for ``separation_width_s``, shrunk to the largest width librosa accepts for this clip."""
-    wanted = round(config.separation_width_s * config.sample_rate / config.hop_length)
+    wanted = round(config.separation_width_s * config.clock.sample_rate / config.clock.hop_length)
     return min(wanted, (frames - 1) // 2 - 1)
 
 
 def _stft(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     # Explicit zero padding: segment_mel reproduces these frames by padding slices with zeros.
-    return librosa.stft(samples, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+    return librosa.stft(samples, n_fft=config.n_fft, hop_length=config.clock.hop_length, win_length=config.win_length,
                         center=True, pad_mode="constant")
 
 
@@ -154,40 +137,30 @@ def _stft(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
 def log_mel(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     """The expert's log-mel of 16 kHz mono audio: float32 ``[M, 1 + N // hop]`` in ``[-max_abs, max_abs]``.
 
-    Mel frame ``t`` is centred on sample ``t * hop_length`` (the signal is zero-padded at both ends).
+    Mel frame ``t`` is centred on sample ``t * clock.hop_length`` (the signal is zero-padded at both ends).
     """
     samples = np.asarray(samples, dtype=np.float32)
     return _normalise(_mel_magnitude(np.abs(_stft(_preemphasise(samples, config), config)), config), config)
 
 
-def mel_index(frame: int | np.ndarray, config: AudioConfig) -> int | np.ndarray:
-    """First mel frame of video frame ``frame``: ``round(frame * mel_fps / video_fps)``, halves rounded up.
-
-    Computed in integers (``frame * sample_rate / (hop_length * video_fps)``) so it is exact for any frame.
-    """
-    numerator = np.asarray(frame, dtype=np.int64) * config.sample_rate
-    denominator = config.hop_length * config.video_fps
-    index = (2 * numerator + denominator) // (2 * denominator)
-    return int(index) if np.ndim(frame) == 0 else index
-
-
 def segment_mel(samples: np.ndarray, start_frame: int, end_frame: int, config: AudioConfig) -> np.ndarray:
     """Log-mel of video frames ``[start_frame, end_frame)`` of a clip whose 16 kHz mono audio is ``samples``.
 
-    Returns ``[M, mel_index(end) - mel_index(start)]``; column ``j`` equals column ``mel_index(start) + j``
-    of ``log_mel(samples)``. Only the samples those frames see are processed, with the whole clip's
+    Returns ``[M, mel_column(end) - mel_column(start)]`` (the clock's formula); column ``j`` equals column
+    ``mel_column(start) + j`` of ``log_mel(samples)``. Only the samples those frames see are processed, with the whole clip's
     zero padding reproduced, so frames before 0 or past the end read silence.
     """
     if end_frame < start_frame:
         raise ValueError(f"segment_mel: end_frame {end_frame} is before start_frame {start_frame}")
-    first, stop = mel_index(start_frame, config), mel_index(end_frame, config)
+    first, stop = config.clock.mel_column(start_frame), config.clock.mel_column(end_frame)
     if stop == first:
         return np.zeros((config.n_mels, 0), np.float32)
     # Mel frame t reads samples [t * hop - n_fft // 2, t * hop - n_fft // 2 + n_fft), as librosa's centring does.
-    begin = first * config.hop_length - config.n_fft // 2
-    end = (stop - 1) * config.hop_length - config.n_fft // 2 + config.n_fft
+    hop = config.clock.hop_length
+    begin = first * hop - config.n_fft // 2
+    end = (stop - 1) * hop - config.n_fft // 2 + config.n_fft
     emphasised = _emphasised_span(np.asarray(samples, dtype=np.float32), begin, end, config)
-    spectrum = librosa.stft(emphasised, n_fft=config.n_fft, hop_length=config.hop_length,
+    spectrum = librosa.stft(emphasised, n_fft=config.n_fft, hop_length=hop,
                             win_length=config.win_length, center=False)
     return _normalise(_mel_magnitude(np.abs(spectrum), config), config)
 
@@ -223,7 +196,7 @@ def _normalise(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(config: AudioConfig) -> np.ndarray:
-    basis = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+    basis = librosa.filters.mel(sr=config.clock.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
                                 fmin=config.fmin, fmax=config.fmax)
     basis.setflags(write=False)  # shared between calls and threads
     return basis

@@ -28,14 +28,13 @@ CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    fps: int = field(default=25, metadata={"help": "video frame rate of the expert's clock"})
     chunk_seconds: float = field(default=10.0, metadata={"help": "longest piece a video is cut into (and the longest sample)"})
     max_side: int = field(default=640, metadata={"help": "frames are downscaled so their longer side is at most this before face detection"})
 
 
 @dataclass
 class Chunk:
-    """A piece of one video on the 25 fps clock.
+    """A piece of one video on the expert's clock (25 fps).
 
     frames: uint8 [T, H, W, 3] RGB, upright, frame t at time (start_frame + t) / fps.
     audio:  float32 mono at 16 kHz covering frames [start_frame - CONTEXT_FRAMES, start_frame + T + CONTEXT_FRAMES),
@@ -86,13 +85,14 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
     audio = prepare(samples, rate, audio_config)
     del samples  # the native-rate audio can be ten times the size of the 16 kHz mono we keep
     source_times = frame_times(path)
-    duration = min(info.duration_s, len(audio) / audio_config.sample_rate)
-    picks = resample_indices(source_times, config.fps, duration)
+    duration = min(info.duration_s, len(audio) / audio_config.clock.sample_rate)
+    clock = audio_config.clock
+    picks = resample_indices(source_times, clock.fps, duration)
     if len(picks) == 0:
         raise MediaError("truncated", path, "no decodable frames")
 
-    chunk_frames = max(int(config.chunk_seconds * config.fps), 1)
-    samples_per_frame = audio_config.sample_rate // config.fps
+    chunk_frames = max(int(config.chunk_seconds * clock.fps), 1)
+    samples_per_frame = clock.samples_per_frame
     frames: list[np.ndarray] = []
     chunk_index = produced = 0
     pending = iter(picks.tolist())

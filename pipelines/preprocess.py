@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.audio import AudioConfig
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
@@ -98,7 +99,7 @@ class PreprocessConfig:
             problems.append("--min-segment-frames >= 1, --num-workers >= 1, --crop-size >= 16")
         if self.max_cpus is not None and self.max_cpus < MIN_CPUS:
             problems.append(f"--max-cpus must be at least {MIN_CPUS}: one actor of every stage runs whatever the cap")
-        if self.chunk_seconds * 25 < self.min_segment_frames:
+        if self.chunk_seconds * EXPERT_CLOCK.fps < self.min_segment_frames:
             problems.append("--chunk-seconds is shorter than --min-segment-frames")
         if self.face_weights is not None and not Path(self.face_weights).is_dir():
             problems.append(f"--face-weights {self.face_weights} is not a folder")
@@ -155,7 +156,7 @@ class FusedStages:
 
 def chunk_bytes_bound(decode: DecodeConfig) -> int:
     """The most a decoded chunk's frames take: every frame square at the longest side kept, RGB."""
-    return int(decode.chunk_seconds * decode.fps) * decode.max_side ** 2 * 3
+    return int(decode.chunk_seconds * EXPERT_CLOCK.fps) * decode.max_side ** 2 * 3
 
 
 def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
@@ -168,7 +169,7 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
         "decode": (DecodeStage, (decode, audio, config.storage)),
         "faces": (FaceStage, (faces,)),
         "samples": (SampleStage, (audio, SampleConfig(config.separate, config.min_segment_frames),
-                                  faces.max_center_jump, decode.fps)),
+                                  faces.max_center_jump)),
         "write": (PartWriter, (config.output, config.storage)),
     }
 
@@ -263,7 +264,7 @@ def summarize(config: PreprocessConfig, listed: int, skipped: int, wall_s: float
     videos = [v for s in stats for v in s["videos"]]
     samples = [x for v in videos for x in v["samples"]]
     speech_s = sum(x["end_s"] - x["start_s"] for x in samples)
-    video_s = sum(v["frames"] for v in videos) / 25
+    video_s = EXPERT_CLOCK.seconds(sum(v["frames"] for v in videos))
     return {
         "videos_listed": listed,
         "videos_skipped_already_done": skipped,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipelines.audio import AudioConfig, segment_mel, separate_voice
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.columns import object_column
 from pipelines.shards.format import encode_faces
 from pipelines.decode import CONTEXT_FRAMES
@@ -28,7 +28,7 @@ from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filt
 @dataclass(frozen=True)
 class SampleConfig:
     separate: bool = field(default=True, metadata={"help": "separate the voice from background (REPET-SIM) before the mel"})
-    min_segment_frames: int = field(default=5, metadata={"help": "face segments shorter than this (one expert window) are dropped"})
+    min_segment_frames: int = field(default=EXPERT_CLOCK.window_frames, metadata={"help": "face segments shorter than this (one expert window) are dropped"})
     jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of the stored face crops"})
 
 
@@ -50,11 +50,10 @@ def tar_bytes(members: dict[str, bytes]) -> bytes:
 
 
 class SampleStage:
-    def __init__(self, audio_config: AudioConfig, sample_config: SampleConfig, max_center_jump: float, fps: int):
+    def __init__(self, audio_config: AudioConfig, sample_config: SampleConfig, max_center_jump: float):
         self.audio_config = audio_config
         self.config = sample_config
         self.max_center_jump = max_center_jump
-        self.fps = fps
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self.chunk_samples({name: batch[name][i] for name in batch}) for i in range(len(batch["key"]))]
@@ -86,6 +85,7 @@ class SampleStage:
         voice = separate_voice(row["audio"], self.audio_config) if self.config.separate else row["audio"]
         members: dict[str, bytes] = {}
         start_frame = int(row["start_frame"])
+        clock = self.audio_config.clock
         for begin, end in segments:
             key = f"{row['key']}_f{start_frame + begin:07d}"
             mel = self.segment_mel(voice, begin + CONTEXT_FRAMES, end + CONTEXT_FRAMES)
@@ -95,10 +95,10 @@ class SampleStage:
                 "source_key": str(row["key"]),
                 "start_frame": start_frame + begin,
                 "num_frames": end - begin,
-                "start_s": (start_frame + begin) / self.fps,
-                "end_s": (start_frame + end) / self.fps,
-                "fps": self.fps,
-                "mel_fps": self.audio_config.mel_fps,
+                "start_s": clock.seconds(start_frame + begin),
+                "end_s": clock.seconds(start_frame + end),
+                "fps": clock.fps,
+                "mel_fps": clock.mel_fps,
                 "crop_size": int(row["faces"].shape[1]),
                 "source_fps": float(row["source_fps"]),
                 "source_sample_rate": int(row["source_rate"]),
@@ -119,12 +119,10 @@ class SampleStage:
     def segment_mel(self, audio: np.ndarray, begin: int, end: int) -> np.ndarray:
         """The mel of frames [begin, end) of `audio` (frame 0 at sample 0), column 0 at frame `begin`.
 
-        Mel frames fall on video frames exactly only every `group` frames (5 at 25 fps and 80 mel/s), so the
-        STFT grid is anchored at the last such frame before `begin`: then every segment gets exactly
-        round(T * 16 / 5) columns and its column 0 lies at its first frame, wherever the segment starts.
+        Mel frames fall on video frames exactly only every `clock.aligned_frames` frames (5 at 25 fps and 80
+        mel/s), so the STFT grid is anchored at the last such frame before `begin`: then every segment gets
+        exactly clock.mel_column(T) columns and its column 0 lies at its first frame, wherever it starts.
         """
-        config = self.audio_config
-        group = config.video_fps // math.gcd(config.video_fps, int(config.mel_fps))
-        origin = begin % group
-        samples_per_frame = config.sample_rate // config.video_fps
-        return segment_mel(audio[origin * samples_per_frame:], begin - origin, end - origin, config)
+        clock = self.audio_config.clock
+        origin = begin % clock.aligned_frames
+        return segment_mel(audio[origin * clock.samples_per_frame:], begin - origin, end - origin, self.audio_config)

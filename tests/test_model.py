@@ -13,6 +13,7 @@ from model.config import PRESETS, ModelConfig
 from model.encoders import ConvBlock
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
+from pipelines.core.clock import Clock
 
 
 def _inputs(config: ModelConfig, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +35,8 @@ def _model(config: ModelConfig, seed: int = 0) -> SyncExpert:
 def test_mel_window_is_derived_from_the_rates() -> None:
     assert ModelConfig().mel_window == 16
     assert all(config.mel_window == 16 for config in PRESETS.values())
-    assert ModelConfig(window_frames=6, video_fps=30).mel_window == 16
-    assert ModelConfig(window_frames=10).mel_window == 32
+    assert ModelConfig(clock=Clock(window_frames=6, fps=30, sample_rate=24000, hop_length=300)).mel_window == 16
+    assert ModelConfig(clock=Clock(window_frames=10)).mel_window == 32
 
 
 def test_config_rejects_bad_values() -> None:
@@ -114,7 +115,7 @@ def test_encoders_reject_wrong_shapes_and_pool_larger_inputs() -> None:
         model.embed_faces(faces[:, :, :, :64])
     with pytest.raises(ValueError, match="expected input"):
         model.embed_audio(mels[:, :, :, :12])
-    larger = dataclasses.replace(PRESETS["cpu-small"], face_size=128, window_frames=7)  # lands above 1x1
+    larger = dataclasses.replace(PRESETS["cpu-small"], face_size=128, clock=Clock(window_frames=7))  # lands above 1x1
     faces, mels = _inputs(larger)
     assert _model(larger).eval()(faces, mels).shape == (2,)
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from model.loader.stream import PairBatches, PairStream, to_torch
-from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, mel_start, sample_pairs
+from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
+from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.samples import tar_bytes
@@ -22,6 +23,7 @@ from s3_server import make_bucket
 
 LOCAL = StorageConfig()
 CONFIG = PairConfig()
+CLOCK = EXPERT_CLOCK
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,10 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
 
 
-def check_pair(pair: dict, segment: Segment, other: Segment | None, config: PairConfig = CONFIG) -> None:
+def check_pair(pair: dict, segment: Segment, other: Segment | None, config: PairConfig = CONFIG,
+               clock: Clock = CLOCK) -> None:
     """Recompute a pair from its key, start and shift; every window inside its segment."""
-    W, Wm = config.window_frames, config.mel_window
+    W, Wm = clock.window_frames, clock.mel_window
     start, shift = pair["start"], pair["shift"]
     assert pair["key"] == segment.key and 0 <= start and start + W <= segment.num_frames
     assert np.array_equal(pair["faces"], segment.faces[start:start + W])
@@ -78,20 +81,15 @@ def check_pair(pair: dict, segment: Segment, other: Segment | None, config: Pair
         low, high = {"positive": (0, 0), "hard": (config.hard_shift_min, config.hard_shift_max),
                      "easy": (config.hard_shift_max + 1, config.easy_shift_max)}[pair["kind"]]
         assert low <= abs(shift) <= high
-        audio, column = segment, mel_start(start + shift, config)
+        audio, column = segment, clock.mel_column(start + shift)
         assert pair["mel_column"] == column
     assert 0 <= column and column + Wm <= audio.mel.shape[1]
     assert np.array_equal(pair["mel"], audio.mel[:, column:column + Wm])
 
 
-# --- mel index -------------------------------------------------------------------------------------------
+# --- drawing pairs ---------------------------------------------------------------------------------------
 
-def test_mel_start_is_derived_from_the_rates():
-    assert (mel_start(0, CONFIG), mel_start(5, CONFIG), mel_start(10, CONFIG)) == (0, 16, 32)
-    assert CONFIG.mel_window == 16
-    assert mel_start(5, PairConfig(mel_fps=100.0)) == 20 and PairConfig(mel_fps=100.0).mel_window == 20
-    with pytest.raises(ValueError, match="whole number"):
-        PairConfig(window_frames=3)  # 9.6 mel columns
+def test_pair_config_is_validated():
     with pytest.raises(ValueError, match="hard_fraction"):
         PairConfig(hard_fraction=0.8, easy_fraction=0.5)
 
@@ -102,7 +100,7 @@ def test_pairs_are_exact_windows_of_their_segment(segments):
     for i, segment in enumerate(segments):
         other = segments[(i + 1) % len(segments)]
         for _ in range(40):
-            for pair in sample_pairs(segment, CONFIG, rng, other):
+            for pair in sample_pairs(segment, CONFIG, CLOCK, rng, other):
                 check_pair(pair, segment, other)
                 kinds.add(pair["kind"])
     assert kinds == {"positive", "hard", "easy", "other"}
@@ -113,16 +111,16 @@ def test_short_segments_fall_back_and_stay_inside(segments):
     rng = np.random.default_rng(1)
 
     def cut(frames: int) -> Segment:
-        columns = round(frames * CONFIG.mel_fps / CONFIG.video_fps)
+        columns = CLOCK.mel_column(frames)
         return Segment(long.key, long.source_key, long.speaker, long.split, long.faces[:frames],
                        long.mel[:, :columns])
 
-    assert sample_pairs(cut(4), CONFIG, rng, other) == []  # shorter than one window
+    assert sample_pairs(cut(4), CONFIG, CLOCK, rng, other) == []  # shorter than one window
     for frames, partner, kinds in ((5, other, {"positive", "other"}),  # no shift fits in 5 frames
                                    (5, None, {"positive"}),  # nothing fits a negative: it is not drawn
                                    (8, None, {"positive", "hard"})):  # easy and other fall back to hard
         short = cut(frames)
-        pairs = [p for _ in range(40) for p in sample_pairs(short, CONFIG, rng, partner)]
+        pairs = [p for _ in range(40) for p in sample_pairs(short, CONFIG, CLOCK, rng, partner)]
         assert {p["kind"] for p in pairs} == kinds
         for pair in pairs:
             check_pair(pair, short, partner)
@@ -131,7 +129,7 @@ def test_short_segments_fall_back_and_stay_inside(segments):
 # --- the stream ----------------------------------------------------------------------------------------
 
 def test_batches_shapes_balance_and_kinds(uris):
-    stream = PairStream(uris, LOCAL, "train", CONFIG, batch_size=64, seed=0)
+    stream = PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=64, seed=0)
     batches = take(stream, 32)  # 2048 pairs
     first = batches[0]
     assert first["faces"].shape == (64, 5, 96, 96, 3) and first["faces"].dtype == np.uint8
@@ -152,7 +150,7 @@ def test_batches_shapes_balance_and_kinds(uris):
 
 def test_streams_are_deterministic_and_differ_by_rank(uris):
     def stream(**kw) -> PairStream:
-        return PairStream(uris, LOCAL, "train", CONFIG, batch_size=32, **kw)
+        return PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=32, **kw)
 
     assert same_batches(take(stream(seed=3), 4), take(stream(seed=3), 4))
     assert not same_batches(take(stream(seed=3), 4), take(stream(seed=4), 4))
@@ -160,7 +158,7 @@ def test_streams_are_deterministic_and_differ_by_rank(uris):
     rank1 = take(stream(seed=3, rank=1, world_size=2), 4)
     assert not same_batches(rank0, rank1)
 
-    validation = PairStream(uris, LOCAL, "val", CONFIG, batch_size=32, seed=0, repeat=False)
+    validation = PairStream(uris, LOCAL, "val", CONFIG, CLOCK, batch_size=32, seed=0, repeat=False)
     first, second = list(validation), list(validation)
     assert first and same_batches(first, second)
     assert sum(len(b["labels"]) for b in first) == validation.counters["segments"] * CONFIG.windows_per_segment
@@ -169,16 +167,16 @@ def test_streams_are_deterministic_and_differ_by_rank(uris):
 def test_loader_processes_read_disjoint_shares_in_shared_memory(uris):
     """PairBatches in a DataLoader: loader process i of 2 gives reader i's batches, as tensors (DataLoader takes
     batches from its processes in turn)."""
-    dataset = PairBatches(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5)
+    dataset = PairBatches(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5)
     loaded = take(iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)), 4)
-    readers = [take(PairStream(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5, rank=r, world_size=2), 2)
+    readers = [take(PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5, rank=r, world_size=2), 2)
                for r in (0, 1)]
     for index, batch in enumerate(loaded):
         assert batch["faces"].dtype == torch.uint8 and batch["mels"].dtype == torch.float32
         expected = readers[index % 2][index // 2]
         assert all(np.array_equal(batch[k].numpy(), expected[k]) for k in expected)
     in_process = next(iter(dataset))  # no loader processes: the reader alone, the same batches as PairStream
-    first = take(PairStream(uris, LOCAL, "train", CONFIG, batch_size=16, seed=5), 1)[0]
+    first = take(PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5), 1)[0]
     assert all(np.array_equal(in_process[k].numpy(), first[k]) for k in first)
 
 
@@ -187,16 +185,16 @@ def test_ranks_split_the_shards_of_their_split_only(uris):
     # only the val shard and nothing to train on.
     for seed in range(3):
         for rank in range(3):
-            stream = PairStream(uris, LOCAL, "train", CONFIG, batch_size=8, seed=seed, rank=rank, world_size=3)
+            stream = PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=8, seed=seed, rank=rank, world_size=3)
             take(stream, 10)
             assert stream.counters["segments"] == stream.counters["shards"]  # never opened the val shard
 
 
 def test_a_rank_with_nothing_to_read_fails_instead_of_spinning(uris):
-    stream = PairStream(uris, LOCAL, "no-such-split", CONFIG, batch_size=8, seed=0)
+    stream = PairStream(uris, LOCAL, "no-such-split", CONFIG, CLOCK, batch_size=8, seed=0)
     with pytest.raises(RuntimeError, match="drew no pairs"):
         next(iter(stream))
-    assert list(PairStream(uris, LOCAL, "no-such-split", CONFIG, batch_size=8, seed=0, repeat=False)) == []
+    assert list(PairStream(uris, LOCAL, "no-such-split", CONFIG, CLOCK, batch_size=8, seed=0, repeat=False)) == []
 
 
 # --- ranks ---------------------------------------------------------------------------------------------
@@ -304,6 +302,6 @@ def test_s3_reads_the_same_segments_and_pairs(s3_server, shards, uris, segments)
     for a, b in zip(read, segments):
         assert (a.source_key, a.speaker, a.split) == (b.source_key, b.speaker, b.split)
         assert np.array_equal(a.faces, b.faces) and np.array_equal(a.mel, b.mel)
-    pairs = dict(config=CONFIG, batch_size=16, seed=7)
+    pairs = dict(config=CONFIG, clock=CLOCK, batch_size=16, seed=7)
     assert same_batches(take(PairStream(remote, storage, "train", **pairs), 3),
                         take(PairStream(uris, LOCAL, "train", **pairs), 3))

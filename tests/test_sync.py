@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.config import mel_columns
 from model.sync.curate import CurateConfig, curate, realign
 from model.evaluate import EvaluateConfig, evaluate
 from model.expert import SyncExpert
 from model.loss import SyncLoss
 from model.offset import median_filter, offset_from_grid
 from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.shards.reader import iter_segments, list_shards
 from model.sync.cli import main as sync_main
 from pipelines.remux import shift_audio, shifted
@@ -58,15 +58,15 @@ def test_median_filter_removes_a_spike_and_keeps_length():
 
 @pytest.mark.parametrize("offset", [-7, -5, 0, 3, 5])
 def test_realign_pairs_each_face_with_the_audio_of_its_instant(offset):
-    frames, fps, mel_fps = 60, 25, 80.0
+    frames, clock = 60, EXPERT_CLOCK
     faces = np.arange(frames, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
-    mel = np.tile(np.arange(mel_columns(frames, fps, mel_fps), dtype=np.float32), (2, 1))  # value = column index
-    kept, kept_mel, first = realign(faces, mel, offset, fps, mel_fps)
-    assert kept_mel.shape[1] == mel_columns(len(kept), fps, mel_fps)
+    mel = np.tile(np.arange(clock.mel_column(frames), dtype=np.float32), (2, 1))  # value = column index
+    kept, kept_mel, first = realign(faces, mel, offset, clock)
+    assert kept_mel.shape[1] == clock.mel_column(len(kept))
     assert len(kept) >= frames - abs(offset) - 1
     # Face frame t was heard at audio frame t + offset: the kept mel starts at that instant.
     assert kept[0, 0, 0, 0] == first == max(0, -offset)
-    assert kept_mel[0, 0] == mel_columns(first + offset, fps, mel_fps)
+    assert kept_mel[0, 0] == clock.mel_column(first + offset)
 
 
 def test_shifted_moves_samples_and_keeps_length():
@@ -291,9 +291,9 @@ def test_sync_loss_is_lower_for_lips_in_sync(trained_expert, small_corpus, tmp_p
     for segment in iter_segments(list_shards(str(shards), StorageConfig()), StorageConfig(), None):
         for start in range(10, segment.num_frames - 20, 7):
             faces.append(segment.faces[start:start + 5])
-            column = mel_columns(start, 25, 80.0)
+            column = EXPERT_CLOCK.mel_column(start)
             in_sync.append(segment.mel[:, column:column + 16])
-            later = mel_columns(start + 8, 25, 80.0)
+            later = EXPERT_CLOCK.mel_column(start + 8)
             shifted_audio.append(segment.mel[:, later:later + 16])
     faces = torch.from_numpy(np.stack(faces)).permute(0, 4, 1, 2, 3).float() / 255
     good = loss_fn(faces, torch.from_numpy(np.stack(in_sync)))

@@ -62,7 +62,8 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     audio_config = AudioConfig()
-    samples_per_frame = audio_config.sample_rate // audio_config.video_fps
+    clock = audio_config.clock
+    samples_per_frame = clock.samples_per_frame
     audio_cache: dict[str, np.ndarray | None] = {}
     written, skipped = [], 0
     for members in _tar_samples(sorted(Path(shards).glob("shard-*.tar"))):
@@ -85,17 +86,18 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
         faces = decode_faces(members["jpg"], meta["crop_size"])
         for index, face in enumerate(faces):
             cv2.imwrite(str(folder / f"{index}.jpg"), face[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        begin = round(meta["start_s"] * audio_config.sample_rate)
+        begin = round(meta["start_s"] * clock.sample_rate)
         span = np.zeros(len(faces) * samples_per_frame, np.float32)
         piece = audio[begin:begin + len(span)]
         span[:len(piece)] = piece
-        write_wav(folder / WAV_FILE, span, audio_config.sample_rate)
+        write_wav(folder / WAV_FILE, span, clock.sample_rate)
         written.append({"key": members["__key__"], "frames": len(faces)})
         if max_segments is not None and len(written) == max_segments:
             break
     np.save(out / BASIS_FILE, np.asarray(_mel_basis(audio_config), np.float32), allow_pickle=False)
     layout = {"segments": written, "skipped_no_source": skipped, "crop_size": int(meta["crop_size"]) if written else 0,
-              "audio": {k: v for k, v in asdict(audio_config).items() if not k.startswith("separation")},
+              "audio": asdict(clock) | {k: v for k, v in asdict(audio_config).items()
+                                       if k != "clock" and not k.startswith("separation")},
               "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
     (out / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
     return layout

@@ -28,7 +28,7 @@ import sys
 import time
 import wave
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -134,10 +134,11 @@ def write_wav(video: Path, wav_path: Path, rate: int = WAV_RATE) -> int:
     """The video's audio as 16-bit mono PCM at `rate`; decoded in-process (no shell command built from a
     file name). Returns the bytes written."""
     from pipelines.audio import AudioConfig, prepare
+    from pipelines.core.clock import EXPERT_CLOCK
     from pipelines.media import read_audio
 
     samples, source_rate = read_audio(video)
-    mono = prepare(samples, source_rate, AudioConfig(sample_rate=rate))
+    mono = prepare(samples, source_rate, AudioConfig(clock=replace(EXPERT_CLOCK, sample_rate=rate)))
     pcm = (np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
     with wave.open(str(wav_path), "wb") as out:
         out.setnchannels(1)

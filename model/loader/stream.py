@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from model.loader.windows import KINDS, POSITIVE_CODE, PairConfig, Windows, cut_windows, draw_windows
+from pipelines.core.clock import Clock
 from pipelines.shards.reader import Segment, iter_segments, shards_holding
 from pipelines.core.storage import StorageConfig
 
@@ -67,14 +68,14 @@ class PairPool:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, segment: Segment, other: Segment | None, windows: Windows, config: PairConfig) -> None:
+    def add(self, segment: Segment, other: Segment | None, windows: Windows, clock: Clock) -> None:
         count = len(windows)
         if self.size + count > self.capacity:
             raise ValueError(f"PairPool: {count} more pairs overflow a pool of {self.capacity} holding {self.size}")
         if self.arrays is None:
-            self.arrays = {"faces": np.empty((self.capacity, config.window_frames, *segment.faces.shape[1:]),
+            self.arrays = {"faces": np.empty((self.capacity, clock.window_frames, *segment.faces.shape[1:]),
                                              segment.faces.dtype),
-                           "mels": np.empty((self.capacity, segment.mel.shape[0], config.mel_window), np.float32),
+                           "mels": np.empty((self.capacity, segment.mel.shape[0], clock.mel_window), np.float32),
                            "labels": np.empty(self.capacity, np.float32),
                            "shifts": np.empty(self.capacity, np.int64)}
         elif self.arrays["faces"].shape[2:] != segment.faces.shape[1:] or \
@@ -83,7 +84,7 @@ class PairPool:
                              f"mel bins, unlike the stream's first segment ({self.arrays['faces'].shape[2:]}, "
                              f"{self.arrays['mels'].shape[1]})")
         window = slice(self.size, self.size + count)
-        cut_windows(segment, other, windows, config, self.arrays["faces"][window], self.arrays["mels"][window])
+        cut_windows(segment, other, windows, clock, self.arrays["faces"][window], self.arrays["mels"][window])
         self.arrays["labels"][window] = windows.kinds == POSITIVE_CODE
         self.arrays["shifts"][window] = windows.shifts
         self.size += count
@@ -132,20 +133,24 @@ class PairStream:
     repeat=False: one pass, the last batch possibly short; with a fixed seed the same batches on every
     call (validation). Ranks may then get different numbers of batches: sum metrics across ranks after the
     loop, with no per-batch collectives.
+    `clock`: the expert's (its window and rates); every segment must be on it. `seed`: an int or a tuple of them
+    (a run's seed and the step it resumes from), the entropy of every random stream here.
     `counters`: the reader's counts (shards, bad_shards, bad_samples, ignored_members, ...) and pairs by
     kind (pairs_positive, pairs_hard, pairs_easy, pairs_other), reset at each iter(); inside DataLoader
     workers they stay in the workers.
     """
 
     def __init__(self, shard_uris: list[str], storage: StorageConfig, split: str | None, config: PairConfig,
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, repeat: bool = True):
+                 clock: Clock, batch_size: int, seed: int | tuple[int, ...], rank: int = 0, world_size: int = 1,
+                 repeat: bool = True):
         if not shard_uris:
             raise ValueError("PairStream: no shards given (list them with pipelines.shards.reader.list_shards)")
-        if batch_size < 1 or seed < 0 or world_size < 1 or not 0 <= rank < world_size:
+        seed = (seed,) if isinstance(seed, int) else tuple(seed)
+        if batch_size < 1 or min(seed) < 0 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"PairStream: need batch_size >= 1, seed >= 0 and 0 <= rank < world_size; got "
                              f"batch_size={batch_size}, seed={seed}, rank={rank}, world_size={world_size}")
         self.shard_uris = list(shard_uris)
-        self.storage, self.split, self.config = storage, split, config
+        self.storage, self.split, self.config, self.clock = storage, split, config, clock
         self.batch_size, self.seed, self.rank, self.world_size, self.repeat = batch_size, seed, rank, world_size, repeat
         self.counters: dict = {}
         self._split_shards: list[str] | None = None  # the shards holding `split`, found at the first iter()
@@ -164,7 +169,7 @@ class PairStream:
         pool = PairPool(ready + self.config.windows_per_segment)
         rng = _rng(self.seed, _SHUFFLE, self.rank)
         for segment, other, windows in self._windows():
-            pool.add(segment, other, windows, self.config)
+            pool.add(segment, other, windows, self.clock)
             while len(pool) >= ready:  # more than once only when a segment gives more pairs than a batch holds
                 yield pool.take(self.batch_size, rng, shared)
         while len(pool):
@@ -182,8 +187,9 @@ class PairStream:
             drawn = 0
             for segment in iter_segments(shards, self.storage, self.split, self.rank, self.world_size,
                                          self.counters):
+                _check_clock(segment, self.clock)
                 other = bank.pick(rng, segment)
-                windows = draw_windows(segment, self.config, rng, other)
+                windows = draw_windows(segment, self.config, self.clock, rng, other)
                 bank.add(segment)
                 for code, count in enumerate(np.bincount(windows.kinds, minlength=len(KINDS)).tolist()):
                     if count:
@@ -210,16 +216,18 @@ class PairBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, shard_uris: list[str], storage: StorageConfig, split: str | None, config: PairConfig,
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, repeat: bool = True):
-        PairStream(shard_uris, storage, split, config, batch_size, seed, rank, world_size, repeat)  # validates
-        self.arguments = (list(shard_uris), storage, split, config, batch_size, seed, rank, world_size, repeat)
+                 clock: Clock, batch_size: int, seed: int | tuple[int, ...], rank: int = 0, world_size: int = 1,
+                 repeat: bool = True):
+        self.stream = PairStream(shard_uris, storage, split, config, clock, batch_size, seed, rank, world_size,
+                                 repeat)  # validates the arguments here, in the trainer, not in a loader process
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        shard_uris, storage, split, config, batch_size, seed, rank, world_size, repeat = self.arguments
+        mine = self.stream
         info = torch.utils.data.get_worker_info()
         processes, index = (info.num_workers, info.id) if info else (1, 0)
-        stream = PairStream(shard_uris, storage, split, config, batch_size, seed, rank=rank * processes + index,
-                            world_size=world_size * processes, repeat=repeat)
+        stream = PairStream(mine.shard_uris, mine.storage, mine.split, mine.config, mine.clock, mine.batch_size,
+                            mine.seed, rank=mine.rank * processes + index, world_size=mine.world_size * processes,
+                            repeat=mine.repeat)
         return stream.shared_batches() if info else map(to_torch, iter(stream))
 
 
@@ -228,5 +236,12 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
-def _rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:
-    return np.random.default_rng([seed, purpose, *ids])
+def _check_clock(segment: Segment, clock: Clock) -> None:
+    fps, mel_fps = segment.meta["fps"], segment.meta["mel_fps"]
+    if (fps, mel_fps) != (clock.fps, clock.mel_fps):
+        raise ValueError(f"segment {segment.key} is at {fps} fps and {mel_fps} mel columns/s; the expert's clock is "
+                         f"{clock.fps} fps and {clock.mel_fps}: preprocess with the expert's clock")
+
+
+def _rng(seed: tuple[int, ...], purpose: int, *ids: int) -> np.random.Generator:
+    return np.random.default_rng([*seed, purpose, *ids])

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.config import mel_columns
+from pipelines.core.clock import Clock
 from pipelines.shards.reader import Segment
 
 __all__ = ["KINDS", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows", "draw_windows",
-           "mel_start", "sample_pairs"]
+           "sample_pairs"]
 
 OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
 POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
@@ -47,9 +47,6 @@ POSITIVE_CODE = _POSITIVE
 
 @dataclass(frozen=True)
 class PairConfig:
-    window_frames: int = 5
-    video_fps: int = 25
-    mel_fps: float = 80.0
     windows_per_segment: int = 16  # many windows per decoded segment: I/O and JPEG decode amortised
     positive_fraction: float = 0.5
     hard_shift_min: int = 2  # frames; hard negatives: audio shifted by a few frames
@@ -61,12 +58,6 @@ class PairConfig:
 
     def __post_init__(self):
         problems = []
-        if self.window_frames < 1 or self.video_fps <= 0 or self.mel_fps <= 0:
-            problems.append("window_frames >= 1, video_fps > 0 and mel_fps > 0")
-        elif abs(self.window_frames * self.mel_fps / self.video_fps - self.mel_window) > 1e-9:
-            problems.append(f"window_frames * mel_fps / video_fps = "
-                            f"{self.window_frames * self.mel_fps / self.video_fps:g} mel columns: choose a "
-                            f"window_frames that spans a whole number of them")
         if self.windows_per_segment < 1 or self.shuffle_buffer < 0:
             problems.append("windows_per_segment >= 1 and shuffle_buffer >= 0")
         if not all(0 <= f <= 1 for f in (self.positive_fraction, self.hard_fraction, self.easy_fraction)):
@@ -77,16 +68,6 @@ class PairConfig:
             problems.append("1 <= hard_shift_min <= hard_shift_max < easy_shift_max")
         if problems:
             raise ValueError("PairConfig: " + "; ".join(problems))
-
-    @property
-    def mel_window(self) -> int:
-        """Mel columns spanned by `window_frames` video frames (16 at 5 frames, 25 fps, 80 mel/s)."""
-        return mel_columns(self.window_frames, self.video_fps, self.mel_fps)
-
-
-def mel_start(frame, config: PairConfig):
-    """The first mel column of video frame `frame` (an int or an array), counted from the segment's first frame."""
-    return mel_columns(frame, config.video_fps, config.mel_fps)
 
 
 # --- drawing a segment's windows ---------------------------------------------------------------------------
@@ -115,7 +96,7 @@ class Windows:
         return self.kinds == _OTHER
 
 
-def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
+def draw_windows(segment: Segment, config: PairConfig, clock: Clock, rng: np.random.Generator,
                  other: Segment | None) -> Windows:
     """Up to `windows_per_segment` pairs of `segment`, as arrays (see the module docstring for the kinds).
 
@@ -124,10 +105,10 @@ def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
     sign, and the start among those that keep both windows inside: the same as redrawing until they fit,
     without the loop. Other-audio pairs draw a start and a column of the other segment's mel instead.
     """
-    room = segment.num_frames - config.window_frames  # the largest |shift| and the last start
+    room = segment.num_frames - clock.window_frames  # the largest |shift| and the last start
     if room < 0:
         return _empty_windows()
-    other_columns = _usable_columns(segment, other, config)
+    other_columns = _usable_columns(segment, other, clock)
     count = config.windows_per_segment
     positive = rng.random(count) < config.positive_fraction
     u = rng.random(count)
@@ -141,7 +122,7 @@ def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
     size = rng.integers(low[kinds], high[kinds] + 1)  # 0 for positives and other-audio pairs
     shifts = size * (2 * rng.integers(0, 2, len(kinds)) - 1)
     starts = rng.integers(np.maximum(0, -shifts), room - np.maximum(0, shifts) + 1)
-    columns = mel_start(starts + shifts, config)
+    columns = clock.mel_column(starts + shifts)
     is_other = kinds == _OTHER
     if is_other.any():
         columns = np.where(is_other, rng.integers(0, max(other_columns, 1), len(kinds)), columns)
@@ -149,15 +130,15 @@ def draw_windows(segment: Segment, config: PairConfig, rng: np.random.Generator,
     return Windows(kinds, starts.astype(np.int64), shifts.astype(np.int64), columns.astype(np.int64))
 
 
-def sample_pairs(segment: Segment, config: PairConfig, rng: np.random.Generator,
+def sample_pairs(segment: Segment, config: PairConfig, clock: Clock, rng: np.random.Generator,
                  other: Segment | None) -> list[dict]:
     """The pairs of `draw_windows` as one dict each, for inspection and tests (the stream never builds these).
 
     Each pair: faces uint8 [T, S, S, 3], mel float32 [F, W], label, shift, key and start (the face window's
     first frame), kind, and mel_key / mel_column (where its mel was cut from).
     """
-    windows = draw_windows(segment, config, rng, other)
-    faces, mels = cut_windows(segment, other, windows, config)
+    windows = draw_windows(segment, config, clock, rng, other)
+    faces, mels = cut_windows(segment, other, windows, clock)
     return [{"faces": faces[i], "mel": mels[i], "label": 1.0 if kind == _POSITIVE else 0.0,
              "shift": int(windows.shifts[i]), "key": segment.key, "start": int(windows.starts[i]),
              "kind": KINDS[kind], "mel_key": other.key if kind == _OTHER else segment.key,
@@ -169,11 +150,11 @@ def _empty_windows() -> Windows:
     return Windows(np.empty(0, np.int8), *(np.empty(0, np.int64) for _ in range(3)))
 
 
-def _usable_columns(segment: Segment, other: Segment | None, config: PairConfig) -> int:
+def _usable_columns(segment: Segment, other: Segment | None, clock: Clock) -> int:
     """How many audio windows `other` offers (0: it cannot serve: absent, the same segment, or too short)."""
     if other is None or other.key == segment.key:
         return 0
-    return max(other.mel.shape[1] - config.mel_window + 1, 0)
+    return max(other.mel.shape[1] - clock.mel_window + 1, 0)
 
 
 def _fitting_kind(kind: str, room: int, config: PairConfig, has_other: bool) -> int:
@@ -198,21 +179,21 @@ def _shift_bounds(config: PairConfig, room: int) -> tuple[np.ndarray, np.ndarray
     return low, high
 
 
-def cut_windows(segment: Segment, other: Segment | None, windows: Windows, config: PairConfig,
+def cut_windows(segment: Segment, other: Segment | None, windows: Windows, clock: Clock,
          faces_out: np.ndarray | None = None, mels_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The face and mel windows of `windows`, copied out of the segment (into `faces_out` / `mels_out` if given).
 
     Copies, not views: a view would keep the whole decoded segment alive while its pairs wait to be batched.
     """
-    frames = np.add.outer(windows.starts, np.arange(config.window_frames))  # [N, T]
+    frames = np.add.outer(windows.starts, np.arange(clock.window_frames))  # [N, T]
     _check_inside(frames, segment.num_frames, "face window", segment.key)
     # mode="clip" lets numpy write straight into `out` (mode="raise" buffers it); the check above is the guard.
     faces = np.take(segment.faces, frames, axis=0, out=faces_out, mode="clip")
-    mels = np.empty((len(windows), segment.mel.shape[0], config.mel_window), segment.mel.dtype) \
+    mels = np.empty((len(windows), segment.mel.shape[0], clock.mel_window), segment.mel.dtype) \
         if mels_out is None else mels_out
     for audio, rows in ((segment, ~windows.other), (other, windows.other)):
         if rows.any():
-            columns = np.add.outer(windows.columns[rows], np.arange(config.mel_window))  # [n, W]
+            columns = np.add.outer(windows.columns[rows], np.arange(clock.mel_window))  # [n, W]
             _check_inside(columns, audio.mel.shape[1], "mel window", audio.key)
             mels[rows] = np.moveaxis(audio.mel[:, columns], 1, 0)  # [F, n, W] -> [n, F, W]
     return faces, mels

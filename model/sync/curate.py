@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.config import mel_columns
 from model.offset import OffsetResult, offset_curve
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
 from pipelines.shards.reader import Segment, iter_segments, list_shards
+from pipelines.core.clock import Clock
 from pipelines.core.columns import object_column
 from pipelines.shards.format import encode_faces
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
@@ -77,10 +77,9 @@ def verdict(result: OffsetResult | None, config: CurateConfig) -> str:
     return ""
 
 
-def realign(faces: np.ndarray, mel: np.ndarray, offset: int, video_fps: int,
-            mel_fps: float) -> tuple[np.ndarray, np.ndarray, int]:
+def realign(faces: np.ndarray, mel: np.ndarray, offset: int, clock: Clock) -> tuple[np.ndarray, np.ndarray, int]:
     """Trim a segment whose audio is `offset` frames late so that face frame t and mel frame t are the same
-    instant: (faces [T', S, S, 3], mel [M, round(T' * mel_fps / fps)], index of the first face kept).
+    instant: (faces [T', S, S, 3], mel [M, clock.mel_column(T')], index of the first face kept).
 
     Audio late by k: the sound of face frame t is at audio frame t + k, so faces [0, T-k) go with audio
     [k, T); audio early by k: faces [k, T) with audio [0, T-k). A frame more is dropped where rounding the
@@ -90,25 +89,24 @@ def realign(faces: np.ndarray, mel: np.ndarray, offset: int, video_fps: int,
     first_face = max(0, -offset)
     first_audio = first_face + offset
     length = total - abs(offset)
-    column = mel_columns(first_audio, video_fps, mel_fps)
-    while length > 0 and column + mel_columns(length, video_fps, mel_fps) > mel.shape[1]:
+    column = clock.mel_column(first_audio)
+    while length > 0 and column + clock.mel_column(length) > mel.shape[1]:
         length -= 1
     if length <= 0:
         return faces[:0], mel[:, :0], first_face
     return (faces[first_face:first_face + length],
-            mel[:, column:column + mel_columns(length, video_fps, mel_fps)], first_face)
+            mel[:, column:column + clock.mel_column(length)], first_face)
 
 
-def curated_members(segment: Segment, result: OffsetResult, video_fps: int, mel_fps: float,
-                    min_frames: int) -> tuple[dict[str, bytes], dict] | None:
+def curated_members(segment: Segment, result: OffsetResult, clock: Clock) -> tuple[dict[str, bytes], dict] | None:
     """The tar members and sample summary of one kept segment, re-aligned; None if too little remains."""
-    faces, mel, first = realign(segment.faces, segment.mel, result.offset_frames, video_fps, mel_fps)
-    if len(faces) < min_frames:
+    faces, mel, first = realign(segment.faces, segment.mel, result.offset_frames, clock)
+    if len(faces) < clock.window_frames:
         return None
     meta = dict(segment.meta or {})
     start = int(meta.get("start_frame", 0)) + first
-    meta.update(start_frame=start, num_frames=len(faces), start_s=start / video_fps,
-                end_s=(start + len(faces)) / video_fps, sync_offset_frames=result.offset_frames,
+    meta.update(start_frame=start, num_frames=len(faces), start_s=clock.seconds(start),
+                end_s=clock.seconds(start + len(faces)), sync_offset_frames=result.offset_frames,
                 sync_confidence=round(result.confidence, 4), realigned=True)
     key = segment.key
     members = {f"{key}.jpg": encode_faces(faces, JPEG_QUALITY), f"{key}.mel.npy": npy_bytes(mel.astype(np.float32)),
@@ -172,7 +170,7 @@ class CurateStage:
             reason = verdict(result, self.config)
             kept = None
             if not reason and self.config.write_shards:
-                kept = curated_members(segment, result, model.video_fps, model.mel_fps, model.window_frames)
+                kept = curated_members(segment, result, model.clock)
                 reason = "" if kept else "too_short"
             if kept:
                 members.update(kept[0])

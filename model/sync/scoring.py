@@ -189,19 +189,18 @@ class VideoScorer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.expert = load_expert(config.checkpoint, device)
         model = self.expert.config
-        self.fps = model.video_fps
-        audio = AudioConfig(video_fps=model.video_fps)
-        if audio.mel_fps != model.mel_fps or audio.n_mels != model.mel_bins:
-            raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins at {model.mel_fps}/s; preprocessing "
-                             f"makes {audio.n_mels} at {audio.mel_fps}/s")
+        self.fps = model.clock.fps
+        audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel
+        if audio.n_mels != model.mel_bins:
+            raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins; preprocessing makes {audio.n_mels}")
         faces = FaceConfig(aligner=config.aligner, face_weights=config.face_weights, device=config.device,
                            crop_size=model.face_size)
-        self.decode = DecodeStage(DecodeConfig(fps=model.video_fps, chunk_seconds=config.chunk_seconds,
-                                               max_side=config.max_side), audio, StorageConfig())
+        self.decode = DecodeStage(DecodeConfig(chunk_seconds=config.chunk_seconds, max_side=config.max_side), audio,
+                                  StorageConfig())
         self.faces = FaceStage(faces)
         self.samples = SampleStage(audio, SampleConfig(separate=config.separate,
                                                        min_segment_frames=model.window_frames),
-                                   faces.max_center_jump, model.video_fps)
+                                   faces.max_center_jump)
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
         """The video's face segments as preprocessing would store them, and what was seen on the way:

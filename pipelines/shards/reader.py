@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
+from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.shards.format import decode_faces
 from pipelines.core.storage import StorageConfig, list_files, read_bytes, resolve
 
@@ -249,7 +250,9 @@ def _check_shapes(faces: np.ndarray, mel: np.ndarray, meta: dict) -> None:
         raise ValueError(f"{faces.shape[0]} face crops, json says {frames} frames")
     if not isinstance(mel, np.ndarray) or mel.dtype != np.float32 or mel.ndim != 2:
         raise ValueError(f"mel is not a 2-D float32 array ({getattr(mel, 'dtype', type(mel))})")
-    columns = round(frames * meta["mel_fps"] / meta["fps"])
+    # Shards record their rates; every shard so far was written at 16 kHz, so the rates give the clock.
+    clock = Clock(fps=int(meta["fps"]), hop_length=round(EXPERT_CLOCK.sample_rate / meta["mel_fps"]))
+    columns = clock.mel_column(frames)
     if mel.shape[1] != columns:
         raise ValueError(f"mel has {mel.shape[1]} columns, {frames} frames need {columns}")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.synthetic import background, corrupt
 from pipelines.synthetic.container import CONTAINERS, write_clip
 from pipelines.synthetic.face import FaceRenderer, HeadPose, Identity, random_identity
@@ -33,7 +34,6 @@ from pipelines.synthetic.speech import Speech, Voice, synthesize, voice_variants
 from pipelines.synthetic.text import random_sentences
 from pipelines.synthetic.visemes import mouth_track
 
-EXPERT_FPS = 25  # the unit of offsets: the sync expert's video clock
 SPEECH_RATE = 22050  # espeak-ng's native rate; everything is mixed here, then resampled to the clip's rate
 
 # Cycles of coprime lengths: any run of a few dozen consecutive videos covers every rate, container and
@@ -85,7 +85,7 @@ class SyntheticConfig:
     @property
     def margin_s(self) -> float:
         """Silence before and after the speech, long enough that no offset pushes speech out of the clip."""
-        return self.max_offset_frames / EXPERT_FPS + 0.1
+        return self.max_offset_frames / EXPERT_CLOCK.fps + 0.1
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def soundtrack(speech: Speech, plan: VideoPlan, speech_start_s: float, seconds: 
     import soxr
 
     track = np.zeros(int(round(seconds * SPEECH_RATE)), np.float32)
-    start = int(round((speech_start_s + plan.offset_frames / EXPERT_FPS) * SPEECH_RATE))
+    start = int(round((speech_start_s + plan.offset_frames / EXPERT_CLOCK.fps) * SPEECH_RATE))
     samples = speech.samples[: max(len(track) - start, 0)]
     track[start:start + len(samples)] = samples
     if plan.background != "none":
@@ -280,7 +280,7 @@ def manifest_entry(plan: VideoPlan, speaker: Speaker, speech: Speech, speech_sta
         "subset": plan.subset,
         "speaker": f"spk{plan.speaker:04d}",
         "offset_frames": plan.offset_frames,
-        "offset_s": plan.offset_frames / EXPERT_FPS,
+        "offset_s": plan.offset_frames / EXPERT_CLOCK.fps,
         "fps": round(len(times) / seconds, 4) if plan.fps is None else float(plan.fps),
         "fps_exact": None if plan.fps is None else f"{plan.fps.numerator}/{plan.fps.denominator}",
         "variable_frame_rate": plan.fps is None,

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.core.clock import EXPERT_CLOCK
+
 if TYPE_CHECKING:  # only for annotations: importing corpus here would be circular
     from pipelines.synthetic.corpus import HeadMotion, VideoPlan
     from pipelines.synthetic.face import FaceRenderer
@@ -34,7 +36,7 @@ def write_broken(path: Path, kind: str, renderer: FaceRenderer, motion: HeadMoti
     from pipelines.synthetic.container import CONTAINERS, write_clip
 
     spec = CONTAINERS[plan.container]
-    fps = plan.fps or 25
+    fps = plan.fps or EXPERT_CLOCK.fps  # a variable-rate plan is written at the expert's nominal rate
 
     def faces():
         return (renderer.render(motion.at(t), track.at(t)) for t in times)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-EXPERT_FPS = 25
+from pipelines.core.clock import EXPERT_CLOCK
+
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ def agreement_curve(opening: np.ndarray, envelope_at, frame_times: np.ndarray, m
     """The raw + detrended correlation of `lag_correlations`, for any envelope source `envelope_at(times)`."""
     result = {}
     for lag in range(-max_lag, max_lag + 1):
-        envelope = envelope_at(frame_times + lag / EXPERT_FPS)
+        envelope = envelope_at(frame_times + lag / EXPERT_CLOCK.fps)
         known = np.isfinite(envelope)  # only where both signals exist
         mouth, sound, times = opening[known], envelope[known], frame_times[known]
         raw = np.corrcoef(mouth, sound)[0, 1]
