@@ -30,22 +30,19 @@ import torch
 from model.checkpoint import CHECKPOINT_FILE, find_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
-from model.loss import accuracy, sync_loss
-from model.offset import offset_curve
 from model.loader.stream import PairBatches, PairStream
 from model.loader.windows import PairConfig
-from pipelines.shards.reader import iter_segments, list_shards
+from model.loss import accuracy, sync_loss
+from model.offset import offset_curve
 from pipelines.core.ray_session import quiet_placement_group_cleaner
 from pipelines.core.storage import StorageConfig
-
-
+from pipelines.shards.reader import iter_segments, list_shards
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     shards: str = field(metadata={"help": "folder or s3://bucket/prefix holding shard-*.tar from pipelines.preprocess"})
     output: str = field(default="runs/expert", metadata={"help": "run folder: checkpoints, metrics.jsonl, curves.png"})
-    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL for s3:// shards"})
     preset: str = field(default="cpu-small", metadata={"help": "model size", "choices": sorted(PRESETS)})
     num_workers: int = field(default=2, metadata={"help": "data-parallel workers (one per GPU with --use-gpu)"})
     use_gpu: bool = field(default=False, metadata={"help": "train on GPUs (bf16 autocast, channels_last)"})
@@ -62,18 +59,14 @@ class TrainConfig:
     val_batches: int = field(default=8, metadata={"help": "validation batches for BCE and accuracy"})
     val_segments: int = field(default=32, metadata={"help": "validation segments for offset accuracy"})
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
-    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
-    hard_shift_min: int = field(default=2, metadata={"help": "hard negatives: audio shifted by at least this many frames"})
-    hard_shift_max: int = field(default=6, metadata={"help": "... and at most this many"})
-    easy_shift_max: int = field(default=75, metadata={"help": "easy negatives: shifts up to this many frames"})
-    hard_fraction: float = field(default=0.5, metadata={"help": "share of negatives that are hard shifts"})
-    easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
     loader_workers: int = field(default=1, metadata={"help": "DataLoader processes per training worker decoding shards"})
     max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
     launcher: str = field(default="ray", metadata={"help": "ray: Ray Train workers; local: this process alone (one device, no Ray)",
                                                    "choices": ["ray", "local"]})
     seed: int = field(default=0, metadata={"help": "seed for initialisation and pair sampling"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
+    pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "training pairs"})
+    storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage for s3:// shards"})
 
     def __post_init__(self):
         problems = []
@@ -85,23 +78,12 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
-    @property
-    def storage(self) -> StorageConfig:
-        return StorageConfig(endpoint=self.endpoint)
-
-    @property
-    def pairs(self) -> PairConfig:
-        return PairConfig(windows_per_segment=self.windows_per_segment,
-                          hard_shift_min=self.hard_shift_min, hard_shift_max=self.hard_shift_max,
-                          easy_shift_max=self.easy_shift_max, hard_fraction=self.hard_fraction,
-                          easy_fraction=self.easy_fraction)
-
 
 # --- the loop each worker runs -------------------------------------------------------------------------------
 
-def train_loop_per_worker(raw_config: dict) -> None:
+def train_loop_per_worker(loop_config: dict) -> None:
     """What every Ray Train worker runs."""
-    config = TrainConfig(**raw_config)
+    config = loop_config["config"]
     run_loop(config, RaySession(config.output))
 
 
@@ -388,7 +370,7 @@ def train(config: TrainConfig):
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(config),
+        train_loop_config={"config": config},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(name=output.name, storage_path=str(output.parent),
                              failure_config=FailureConfig(max_failures=config.max_failures),

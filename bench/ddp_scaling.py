@@ -39,6 +39,7 @@ class ScalingConfig:
 
 
 def run_one(config: ScalingConfig, workers: int, folder: Path) -> list[dict]:
+    from model.loader.windows import PairConfig
     from train_ray import TrainConfig, train
 
     log_every = max(config.steps // 6, 1)
@@ -46,7 +47,7 @@ def run_one(config: ScalingConfig, workers: int, folder: Path) -> list[dict]:
                       use_gpu=config.use_gpu, max_steps=config.steps, batch_size=config.batch_size,
                       log_every=log_every, val_every=config.steps, checkpoint_every=config.steps, val_batches=1,
                       val_segments=1, loader_workers=config.loader_workers, progress=False,
-                      windows_per_segment=config.windows_per_segment, scale_lr=config.scale_lr))
+                      pairs=PairConfig(windows_per_segment=config.windows_per_segment), scale_lr=config.scale_lr))
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from bench.report import bench_main
+from pipelines.faces.base import FaceConfig
 
 FPS = 25
 WINDOWS_PER_SEGMENT = 16  # how many windows the loader draws from one decoded segment
@@ -116,9 +117,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def load_segments(shards: Path, limit: int) -> list[np.ndarray]:
+    from pipelines.core.storage import StorageConfig
     from pipelines.shards.format import decode_faces
     from pipelines.shards.writer import read_samples
-    from pipelines.core.storage import StorageConfig
 
     segments = []
     for shard in sorted(shards.glob("shard-*.tar")):
@@ -136,8 +137,8 @@ def make_shards(scratch: Path, videos: int) -> Path:
 
     generate_corpus(SyntheticConfig(out=scratch / "corpus", num_videos=videos, seed=3, heldout_fraction=0,
                                     min_seconds=4, max_seconds=8, workers=2), progress=False)
-    run(PreprocessConfig(input=str(scratch / "corpus"), output=str(scratch / "shards"), aligner="dlib",
-                         progress=False))
+    run(PreprocessConfig(input=str(scratch / "corpus"), output=str(scratch / "shards"), progress=False,
+                         faces=FaceConfig(aligner="dlib")))
     return scratch / "shards"
 
 

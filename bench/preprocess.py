@@ -409,12 +409,13 @@ def cpu_seconds() -> float:
 def run_ours(spec: dict) -> dict:
     import ray
 
+    from pipelines.faces.base import FaceConfig
     from pipelines.preprocess import PreprocessConfig, run
 
-    config = PreprocessConfig(input=spec["input"], output=spec["output"], aligner=spec["aligner"],
-                              face_weights=Path(spec["face_weights"]) if spec["face_weights"] else None,
-                              device=spec["device"], num_workers=spec["workers"], fuse_stages=spec["fuse_stages"],
-                              progress=False)
+    faces = FaceConfig(aligner=spec["aligner"], face_weights=Path(spec["face_weights"]) if spec["face_weights"] else None,
+                       device=spec["device"])
+    config = PreprocessConfig(input=spec["input"], output=spec["output"], faces=faces, num_workers=spec["workers"],
+                              fuse_stages=spec["fuse_stages"], progress=False)
     if not spec["ray_cpus"]:
         return {"summary": run(config)}
     # `run` uses a Ray instance that is already up, and leaves it to whoever started it.
@@ -440,8 +441,9 @@ def child_main() -> None:
     # Each system's imports before the clock starts (and only its own, which its peak RSS then includes):
     # both are timed on their work, not on loading Python modules.
     if spec["system"] == "ours":
-        import pipelines.preprocess  # noqa: F401
         import ray  # noqa: F401
+
+        import pipelines.preprocess  # noqa: F401
         work = run_ours
     else:
         import bench.baselines.wav2lip_preprocess  # noqa: F401
@@ -463,20 +465,20 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
     row of one stage handed to the next as Ray Data would. What the measured run spends beyond their sum is
     Ray: start-up, scheduling, moving rows between processes. Model loading is left out of every stage."""
     from pipelines.audio import AudioConfig
-    from pipelines.decode import DecodeConfig, DecodeStage
+    from pipelines.decode import DecodeStage
+    from pipelines.faces.base import FaceConfig
     from pipelines.faces.stage import FaceStage
     from pipelines.preprocess import PreprocessConfig, source_rows
-    from pipelines.samples import SampleConfig, SampleStage
-    from pipelines.shards.writer import PartWriter, ShardConfig, pack, write_index
+    from pipelines.samples import SampleStage
+    from pipelines.shards.writer import PartWriter, pack, write_index
     from pipelines.sources import list_sources
 
-    pc = PreprocessConfig(input=str(manifest), output=str(output), aligner=config.aligner,
-                          face_weights=config.face_weights, device=config.device, progress=False)
-    audio, decode_config = AudioConfig(), DecodeConfig(chunk_seconds=pc.chunk_seconds, max_side=pc.max_side)
-    decode = DecodeStage(decode_config, audio, pc.storage)
+    pc = PreprocessConfig(input=str(manifest), output=str(output), progress=False,
+                          faces=FaceConfig(aligner=config.aligner, face_weights=config.face_weights, device=config.device))
+    audio = AudioConfig()
+    decode = DecodeStage(pc.decode, audio, pc.storage)
     stages = [("faces", FaceStage(pc.faces)),
-              ("samples", SampleStage(audio, SampleConfig(pc.separate, pc.min_segment_frames),
-                                      pc.faces.max_center_jump)),
+              ("samples", SampleStage(audio, pc.samples, pc.faces.max_center_jump)),
               ("write parts", PartWriter(pc.output, pc.storage))]
     cpu = dict.fromkeys(["decode", *(name for name, _ in stages), "pack + index"], 0.0)
     for source in source_rows(list_sources(pc.input, pc.storage), pc.val_fraction):
@@ -492,7 +494,7 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
                 row = stage(row)
                 cpu[name] += time.process_time() - start
     start = time.process_time()
-    pack(pc.output, pc.storage, ShardConfig(pc.shard_max_samples, pc.shard_max_mb))
+    pack(pc.output, pc.storage, pc.shards)
     write_index(pc.output, pc.storage)
     cpu["pack + index"] = time.process_time() - start
     return cpu

@@ -32,7 +32,7 @@ def _step(path: Path) -> int:
 def load_expert(path: str | Path, device: str | torch.device = "cpu") -> SyncExpert:
     """The expert of a checkpoint, frozen, in eval mode, on `device`."""
     state = torch.load(find_checkpoint(path), map_location="cpu", weights_only=True)
-    expert = SyncExpert(ModelConfig(**state["model_config"]))
+    expert = SyncExpert(ModelConfig.from_dict(state["model_config"]))
     expert.load_state_dict(state["model"])
     expert.eval().requires_grad_(False)
     return expert.to(device)

@@ -20,8 +20,9 @@ import torch
 
 from model.checkpoint import load_expert
 from model.offset import offset_curve
-from pipelines.shards.reader import iter_segments, list_shards
 from pipelines.core.storage import StorageConfig
+from pipelines.faces.base import ALIGNERS, DEVICES, FaceConfig
+from pipelines.shards.reader import iter_segments, list_shards
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class EvaluateConfig:
     subset: str = field(default="heldout", metadata={"help": "manifest rows of this subset ('' for all)"})
     shards: str | None = field(default=None, metadata={"help": "score these shards' segments instead of decoding the videos"})
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
-    aligner: str = field(default="auto", metadata={"help": "face aligner when scoring videos", "choices": ["auto", "face-alignment", "dlib"]})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda", "choices": ["auto", "cpu", "cuda"]})
+    aligner: str = field(default="auto", metadata={"help": "face aligner when scoring videos", "choices": ALIGNERS})
+    device: str = field(default="auto", metadata={"help": "where the expert (and face-alignment) run", "choices": DEVICES})
     json: Path | None = field(default=None, metadata={"help": "write the results here"})
 
 
@@ -50,8 +51,8 @@ def truth_of(config: EvaluateConfig) -> dict[str, dict]:
 def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
     from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
 
-    scorer = VideoScorer(ScoreConfig(checkpoint=config.checkpoint, max_offset=config.max_offset,
-                                     aligner=config.aligner, device=config.device))
+    scorer = VideoScorer(ScoreConfig(checkpoint=config.checkpoint, max_offset=config.max_offset, device=config.device,
+                                     faces=FaceConfig(aligner=config.aligner)))
     rows, seconds = [], 0.0
     for name, row in sorted(truth.items()):
         try:

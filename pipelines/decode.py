@@ -20,16 +20,23 @@ import numpy as np
 
 from pipelines.audio import AudioConfig, prepare
 from pipelines.core.columns import object_column
-from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
 from pipelines.core.storage import StorageConfig, local_copy
+from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    """Decoding: how long a chunk is, how large a frame."""
+
     chunk_seconds: float = field(default=10.0, metadata={"help": "longest piece a video is cut into (and the longest sample)"})
     max_side: int = field(default=640, metadata={"help": "frames are downscaled so their longer side is at most this before face detection"})
+
+    def __post_init__(self):
+        if self.chunk_seconds <= 0 or self.max_side < 32:
+            raise ValueError(f"--chunk-seconds must be positive and --max-side at least 32, got {self.chunk_seconds} "
+                             f"and {self.max_side}")
 
 
 @dataclass

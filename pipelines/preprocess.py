@@ -31,15 +31,14 @@ import numpy as np
 
 from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
+from pipelines.core.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
-from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
-from pipelines.core.storage import StorageConfig
-
 
 # What the actors ask Ray for, in CPUs. Fused (the face stage on CPUs): a worker is one actor that runs every stage,
 # one CPU. Separate pools (a GPU face stage, or --no-fuse-stages): per worker a decoder and a sample writer, plus
@@ -62,16 +61,6 @@ QUEUED_CHUNKS_PER_FACE_ACTOR = 1
 class PreprocessConfig:
     input: str = field(metadata={"help": "folder, glob, manifest (.csv/.jsonl/.parquet with a path column) or s3://bucket/prefix"})
     output: str = field(default="shards", metadata={"help": "folder or s3://bucket/prefix for shards and index.parquet"})
-    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL, e.g. http://127.0.0.1:9000"})
-    aligner: str = field(default="auto", metadata={"help": "auto | face-alignment | dlib (auto: face-alignment when its weights are present)",
-                                                    "choices": ["auto", "face-alignment", "dlib"]})
-    face_weights: Path | None = field(default=None, metadata={"help": "folder with face-alignment's weight files (default: the torch hub cache)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda, for the face stage", "choices": ["auto", "cpu", "cuda"]})
-    crop_size: int = field(default=96, metadata={"help": "side of the aligned face crops"})
-    chunk_seconds: float = field(default=10.0, metadata={"help": "videos are cut into pieces of at most this length (the longest sample)"})
-    max_side: int = field(default=640, metadata={"help": "frames are downscaled to this longer side before face detection"})
-    separate: bool = field(default=True, metadata={"help": "separate the voice from background music/noise (REPET-SIM)"})
-    min_segment_frames: int = field(default=5, metadata={"help": "face segments shorter than this are dropped (counted)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of speakers (or videos, without speakers) held out for validation"})
     num_workers: int = field(default=2, metadata={"help": "workers of one CPU each: an actor running every stage on one chunk "
                                                           "at a time, or a decoder and a sample writer in separate pools "
@@ -85,35 +74,29 @@ class PreprocessConfig:
                                                                     "sharing the cluster keeps the rest"})
     face_workers: int = field(default=0, metadata={"help": "face-stage actors when stages run in separate pools; 0 = one per GPU on a GPU, "
                                                           "else num_workers"})
-    shard_max_samples: int = field(default=2000, metadata={"help": "a shard is closed after this many samples"})
-    shard_max_mb: float = field(default=512.0, metadata={"help": "... or after this many megabytes"})
     ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to; "
                                                                       "under `ray job submit`, the job's cluster by default)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over videos"})
+    storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
+    faces: FaceConfig = field(default_factory=FaceConfig, metadata={"help": "faces: detection, landmarks, alignment"})
+    samples: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "samples: voice, segments, crops"})
+    shards: ShardConfig = field(default_factory=ShardConfig, metadata={"help": "shards"})
 
     def __post_init__(self):
         problems = []
         if not 0 <= self.val_fraction < 1:
             problems.append("--val-fraction must lie in [0, 1)")
-        if self.min_segment_frames < 1 or self.num_workers < 1 or self.crop_size < 16:
-            problems.append("--min-segment-frames >= 1, --num-workers >= 1, --crop-size >= 16")
+        if self.num_workers < 1:
+            problems.append("--num-workers must be at least 1")
         if self.max_cpus is not None and self.max_cpus < MIN_CPUS:
             problems.append(f"--max-cpus must be at least {MIN_CPUS}: one actor of every stage runs whatever the cap")
-        if self.chunk_seconds * EXPERT_CLOCK.fps < self.min_segment_frames:
+        if self.decode.chunk_seconds * EXPERT_CLOCK.fps < self.samples.min_segment_frames:
             problems.append("--chunk-seconds is shorter than --min-segment-frames")
-        if self.face_weights is not None and not Path(self.face_weights).is_dir():
-            problems.append(f"--face-weights {self.face_weights} is not a folder")
+        if self.faces.face_weights is not None and not Path(self.faces.face_weights).is_dir():
+            problems.append(f"--face-weights {self.faces.face_weights} is not a folder")
         if problems:
             raise ValueError("invalid preprocess config: " + "; ".join(problems))
-
-    @property
-    def storage(self) -> StorageConfig:
-        return StorageConfig(endpoint=self.endpoint)
-
-    @property
-    def faces(self) -> FaceConfig:
-        return FaceConfig(aligner=self.aligner, face_weights=self.face_weights, device=self.device,
-                          crop_size=self.crop_size)
 
 
 def assign_split(group: str, val_fraction: float) -> str:
@@ -163,13 +146,10 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
     import ray.data
 
     audio = AudioConfig()
-    decode = DecodeConfig(chunk_seconds=config.chunk_seconds, max_side=config.max_side)
-    faces = config.faces
     stages = {
-        "decode": (DecodeStage, (decode, audio, config.storage)),
-        "faces": (FaceStage, (faces,)),
-        "samples": (SampleStage, (audio, SampleConfig(config.separate, config.min_segment_frames),
-                                  faces.max_center_jump)),
+        "decode": (DecodeStage, (config.decode, audio, config.storage)),
+        "faces": (FaceStage, (config.faces,)),
+        "samples": (SampleStage, (audio, config.samples, config.faces.max_center_jump)),
         "write": (PartWriter, (config.output, config.storage)),
     }
 
@@ -207,7 +187,7 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
         )
         # Decoding outruns the face stage; without a cap, decoded chunks pile up in the object store (and the
         # actors' memory) as far as Ray Data's default budget, half the object store, lets them.
-        queued_bytes = QUEUED_CHUNKS_PER_FACE_ACTOR * face_workers * chunk_bytes_bound(decode)
+        queued_bytes = QUEUED_CHUNKS_PER_FACE_ACTOR * face_workers * chunk_bytes_bound(config.decode)
     if config.max_cpus is not None or queued_bytes is not None:
         # Ray Data's documented limits on what a dataset takes: --max-cpus so that a training job sharing the
         # cluster keeps the rest; object store memory to bound what waits between stages. Unset fields stay
@@ -223,10 +203,10 @@ def face_stage_on_gpu(config: PreprocessConfig) -> bool:
     runs on CPUs only, so it never holds a GPU."""
     import ray
 
-    if config.device == "cpu" or config.aligner == "dlib" or (
-            config.aligner == "auto" and not fan_weights_present(config.faces)):
+    faces = config.faces
+    if faces.device == "cpu" or faces.aligner == "dlib" or (faces.aligner == "auto" and not fan_weights_present(faces)):
         return False
-    return config.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
+    return faces.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
 
 
 def run(config: PreprocessConfig) -> dict:
@@ -238,7 +218,7 @@ def run(config: PreprocessConfig) -> dict:
     if pending:
         with ray_for_job(config.ray_address, config.num_workers):
             _process(pending, config)
-    pack(config.output, config.storage, ShardConfig(config.shard_max_samples, config.shard_max_mb))
+    pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)
     return summarize(config, len(sources), len(sources) - len(pending), time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.faces.base import FaceConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
 REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -72,8 +73,8 @@ def trained_expert(small_corpus, tmp_path_factory) -> Path:
 
     out, _ = small_corpus
     root = tmp_path_factory.mktemp("expert")
-    run(PreprocessConfig(input=str(out / "videos"), output=str(root / "shards"), aligner="dlib", val_fraction=0,
-                         progress=False))
+    run(PreprocessConfig(input=str(out / "videos"), output=str(root / "shards"), val_fraction=0, progress=False,
+                         faces=FaceConfig(aligner="dlib")))
     train(TrainConfig(shards=str(root / "shards"), output=str(root / "run"), **EXPERT_TRAINING))
     return root / "run"
 

@@ -12,6 +12,7 @@ import pytest
 from bench.baselines.research_loader import BASIS_FILE, LAYOUT_FILE, build_layout, log_mel_numpy, read_wav
 from bench.training import main
 from pipelines.audio import AudioConfig, _mel_basis, log_mel, prepare
+from pipelines.faces.base import FaceConfig
 from pipelines.media import read_audio
 
 
@@ -24,7 +25,8 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench_training")
     generate_corpus(SyntheticConfig(out=root / "corpus", num_videos=4, seed=1, min_seconds=3, max_seconds=4,
                                     workers=2, heldout_fraction=0), progress=False)
-    run(PreprocessConfig(input=str(root / "corpus"), output=str(root / "shards"), aligner="dlib", progress=False))
+    run(PreprocessConfig(input=str(root / "corpus"), output=str(root / "shards"), progress=False,
+                         faces=FaceConfig(aligner="dlib")))
     return root / "shards"
 
 

@@ -22,16 +22,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.core.storage import StorageConfig, list_files, write_bytes_atomic
+from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, face_stage_on_gpu, run
 from pipelines.shards.writer import read_samples
-from pipelines.core.storage import StorageConfig, list_files, write_bytes_atomic
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_NODES, WORKER_CPUS = 3, 1
 MAX_CPUS = 2.0  # preprocessing's cap on the cluster: one CPU must stay free the whole run
 # Settings both preprocessing runs share, so that their results can be compared one to one.
-PREPROCESS = dict(aligner="dlib", num_workers=2, val_fraction=0.5, progress=False)
+PREPROCESS = dict(faces=FaceConfig(aligner="dlib"), num_workers=2, val_fraction=0.5, progress=False)
 TRAIN = ["--num-workers", "2", "--max-steps", "10", "--preset", "cpu-small", "--batch-size", "16", "--log-every", "5",
          "--val-every", "10", "--checkpoint-every", "10", "--val-batches", "2", "--val-segments", "2",
          "--loader-workers", "0", "--no-progress"]
@@ -114,7 +115,7 @@ def test_face_stage_asks_for_gpus_only_where_the_cluster_has_them(monkeypatch, t
     empty.mkdir()
     for name in WEIGHT_URLS:  # face-alignment counts as available when its weight files are there
         (weights / name).write_bytes(b"")
-    fan = dict(input="in", aligner="auto", face_weights=weights)
+    fan = dict(aligner="auto", face_weights=weights)
     for cluster_gpus, changes, expected in [
         (0, {}, False),  # no GPU in the cluster: this process's torch is not asked (it has no CUDA here anyway)
         (4, {}, True),  # GPUs in the cluster, though none on this (driver) machine
@@ -124,7 +125,8 @@ def test_face_stage_asks_for_gpus_only_where_the_cluster_has_them(monkeypatch, t
         (4, {"face_weights": empty}, False),  # auto without face-alignment's weights is dlib
     ]:
         monkeypatch.setattr(ray, "cluster_resources", lambda gpus=cluster_gpus: {"CPU": 8.0, "GPU": float(gpus)})
-        assert face_stage_on_gpu(PreprocessConfig(**{**fan, **changes})) is expected, (cluster_gpus, changes)
+        config = PreprocessConfig(input="in", faces=FaceConfig(**{**fan, **changes}))
+        assert face_stage_on_gpu(config) is expected, (cluster_gpus, changes)
 
 
 # --- both jobs on a local multi-node cluster -------------------------------------------------------------------

@@ -12,12 +12,18 @@ import pytest
 import torch
 
 from model.loader.stream import PairBatches, PairStream, to_torch
+from model.config import ModelConfig
+from model.expert import SyncExpert
 from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
+from model.loss import sync_loss
+from model.offset import offset_curve
 from pipelines.core.clock import EXPERT_CLOCK, Clock
-from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
+from pipelines.core.storage import StorageConfig, write_bytes_atomic
+from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.samples import tar_bytes
-from pipelines.core.storage import StorageConfig, write_bytes_atomic
+from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
+from pipelines.shards.writer import ShardConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from s3_server import make_bucket
 
@@ -32,8 +38,8 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
     generate_corpus(SyntheticConfig(out=root / "corpus", num_videos=4, seed=1, min_seconds=3, max_seconds=4,
                                     workers=2, heldout_fraction=0), progress=False)
-    run(PreprocessConfig(input=str(root / "corpus"), output=str(root / "shards"), aligner="dlib", progress=False,
-                         shard_max_samples=1))
+    run(PreprocessConfig(input=str(root / "corpus"), output=str(root / "shards"), progress=False,
+                         faces=FaceConfig(aligner="dlib"), shards=ShardConfig(shard_max_samples=1)))
     return root / "shards"
 
 
@@ -146,6 +152,27 @@ def test_batches_shapes_balance_and_kinds(uris):
     assert abs(counts["pairs_other"] / negatives - 0.25) < 0.08
     tensors = to_torch(first)
     assert tensors["faces"].dtype == torch.uint8 and tensors["mels"].dtype == torch.float32
+
+
+def test_a_seven_frame_expert_trains_on_the_same_shards(uris, segments):
+    """The window is the clock's: a 7-frame expert reads the shards the 5-frame one does, and every shape from the
+    shard to the loss (and the offset search) follows from the clock alone."""
+    clock = Clock(window_frames=7)
+    assert clock.mel_window == 22  # 7 frames at 25 fps are 22.4 mel columns at 80 per second
+    batch = next(iter(PairStream(uris, LOCAL, "train", CONFIG, clock, batch_size=32, seed=0)))
+    assert batch["faces"].shape == (32, 7, 96, 96, 3) and batch["mels"].shape == (32, 80, 22)
+    for pair in sample_pairs(segments[0], CONFIG, clock, np.random.default_rng(0), segments[1]):
+        check_pair(pair, segments[0], segments[1], clock=clock)
+    expert = SyncExpert(ModelConfig(clock=clock, width=8))
+    tensors = to_torch(batch)
+    faces, mels = expert.prepare_faces(tensors["faces"]), expert.prepare_mels(tensors["mels"])
+    assert faces.shape == (32, 21, 48, 96) and mels.shape == (32, 1, 80, 22)
+    loss = sync_loss(expert(faces, mels), tensors["labels"])
+    loss.backward()
+    assert loss.shape == () and torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in expert.parameters())
+    result = offset_curve(expert.eval(), segments[0].faces, segments[0].mel, max_shift=4)
+    assert result.mean_similarity.shape == (9,) and len(result.window_starts) > 0
 
 
 def test_streams_are_deterministic_and_differ_by_rank(uris):

@@ -16,10 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.core.storage import StorageConfig, list_files
+from pipelines.decode import DecodeConfig, DecodeStage
+from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.shards.format import decode_faces
 from pipelines.shards.writer import read_samples, shard_stats
-from pipelines.core.storage import StorageConfig, list_files
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from pipelines.synthetic.envelope_check import agreement_curve, mel_loudness, mouth_opening_from_crops
 
@@ -41,8 +43,8 @@ def all_samples(output: str, storage: StorageConfig = LOCAL) -> dict[str, dict[s
 def preprocessed(small_corpus, tmp_path_factory):
     corpus, rows = small_corpus
     output = tmp_path_factory.mktemp("shards")
-    summary = run(PreprocessConfig(input=str(corpus), output=str(output), aligner="dlib", num_workers=2,
-                                   progress=False))
+    summary = run(PreprocessConfig(input=str(corpus), output=str(output), num_workers=2, progress=False,
+                                   faces=FaceConfig(aligner="dlib")))
     return output, summary, rows, corpus
 
 
@@ -120,8 +122,8 @@ def test_known_offsets_survive_preprocessing(preprocessed):
 def test_rerun_changes_nothing(preprocessed):
     output, first, _, corpus = preprocessed
     before = {p: p.read_bytes() for p in output.glob("shard-*")}
-    again = run(PreprocessConfig(input=str(corpus), output=str(output), aligner="dlib", num_workers=2,
-                                 progress=False))
+    again = run(PreprocessConfig(input=str(corpus), output=str(output), num_workers=2, progress=False,
+                                 faces=FaceConfig(aligner="dlib")))
     assert again["videos_skipped_already_done"] == again["videos_listed"] == 17
     assert {p: p.read_bytes() for p in output.glob("shard-*")} == before
     assert again["segments"] == first["segments"]
@@ -140,8 +142,8 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / "in" / folder).mkdir(parents=True)
         shutil.copy(source, tmp_path / "in" / folder / "clip.mp4")
-    run(PreprocessConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), aligner="dlib", num_workers=2,
-                         progress=False, chunk_seconds=2.0))
+    run(PreprocessConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), num_workers=2, progress=False,
+                         faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=2.0)))
     sources = {json.loads(s["json"])["source_key"] for s in all_samples(str(tmp_path / "out")).values()}
     assert len(sources) == 2
 
@@ -150,8 +152,8 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
 def tiny_clean(tiny_corpus, tmp_path_factory) -> Path:
     """The tiny corpus in 1 s chunks (several per video), in one run with the default (fused) stages."""
     output = tmp_path_factory.mktemp("tiny_clean")
-    run(PreprocessConfig(input=str(tiny_corpus), output=str(output), aligner="dlib", num_workers=2,
-                         chunk_seconds=1.0, progress=False))
+    run(PreprocessConfig(input=str(tiny_corpus), output=str(output), num_workers=2, progress=False,
+                         faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=1.0)))
     return output
 
 
@@ -159,8 +161,8 @@ def test_stages_in_separate_pools_give_the_same_shards(tiny_corpus, tiny_clean, 
     """The layout a GPU face stage gets (an actor pool per stage, a cap on the object store) against the fused one,
     here with the face stage on CPUs: byte for byte the same shards."""
     separate = tmp_path / "separate"
-    run(PreprocessConfig(input=str(tiny_corpus), output=str(separate), aligner="dlib", num_workers=2,
-                         chunk_seconds=1.0, fuse_stages=False, progress=False))
+    run(PreprocessConfig(input=str(tiny_corpus), output=str(separate), num_workers=2, fuse_stages=False,
+                         progress=False, faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=1.0)))
     fused_files = {p.name: p.read_bytes() for p in tiny_clean.glob("shard-*")}
     assert len(fused_files) >= 2 and {p.name: p.read_bytes() for p in separate.glob("shard-*")} == fused_files
 
@@ -180,7 +182,6 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
     stage whose shares add up to at most `num_workers`, face actors on GPUs, and a cap on what waits between them."""
     import ray
 
-    from pipelines.decode import DecodeConfig, DecodeStage
     from pipelines.faces.stage import FaceStage
     from pipelines.preprocess import QUEUED_CHUNKS_PER_FACE_ACTOR, FusedStages, build_dataset, chunk_bytes_bound
     from pipelines.samples import SampleStage
@@ -252,8 +253,8 @@ def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tiny_clean, tmp_pat
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray worker it started
     process.wait()
     assert not list(killed.glob("shard-*.json")), "killed too late to test resuming"
-    resumed = run(PreprocessConfig(input=str(tiny_corpus), output=str(killed), aligner="dlib", num_workers=2,
-                                   chunk_seconds=1.0, progress=False))
+    resumed = run(PreprocessConfig(input=str(tiny_corpus), output=str(killed), num_workers=2, progress=False,
+                                   faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=1.0)))
     assert resumed["videos_ok"] == 4
     clean_samples, resumed_samples = all_samples(str(clean)), all_samples(str(killed))
     assert clean_samples.keys() == resumed_samples.keys()
@@ -271,8 +272,9 @@ def test_s3_to_s3(tiny_corpus, s3_server):
     make_bucket(s3_server, "corpus")
     for path in sorted(tiny_corpus.glob("*"))[:2]:
         write_bytes_atomic(f"s3://corpus/videos/{path.name}", path.read_bytes(), storage)
-    summary = run(PreprocessConfig(input="s3://corpus/videos", output="s3://corpus/shards", endpoint=s3_server,
-                                   aligner="dlib", num_workers=2, progress=False))
+    summary = run(PreprocessConfig(input="s3://corpus/videos", output="s3://corpus/shards", num_workers=2,
+                                   progress=False, storage=StorageConfig(endpoint=s3_server),
+                                   faces=FaceConfig(aligner="dlib")))
     assert summary["videos_ok"] == 2
     samples = all_samples("s3://corpus/shards", storage)
     assert len(samples) == summary["segments"] > 0

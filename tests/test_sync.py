@@ -13,17 +13,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.sync.curate import CurateConfig, curate, realign
 from model.evaluate import EvaluateConfig, evaluate
 from model.expert import SyncExpert
 from model.loss import SyncLoss
 from model.offset import median_filter, offset_from_grid
+from model.sync.cli import main as sync_main
+from model.sync.curate import CurateConfig, curate, realign
 from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
 from pipelines.core.clock import EXPERT_CLOCK
-from pipelines.shards.reader import iter_segments, list_shards
-from model.sync.cli import main as sync_main
-from pipelines.remux import shift_audio, shifted
 from pipelines.core.storage import StorageConfig
+from pipelines.faces.base import FaceConfig
+from pipelines.remux import shift_audio, shifted
+from pipelines.shards.reader import iter_segments, list_shards
+
+
+def dlib_scoring(trained_expert: Path) -> ScoreConfig:
+    return ScoreConfig(checkpoint=str(trained_expert), faces=FaceConfig(aligner="dlib"))
 
 
 def heldout(corpus) -> list[dict]:
@@ -107,7 +112,7 @@ def test_shift_audio_moves_the_sound_and_copies_the_video(small_corpus, tmp_path
 
 @pytest.fixture(scope="module")
 def scorer(trained_expert) -> VideoScorer:
-    return VideoScorer(ScoreConfig(checkpoint=str(trained_expert), aligner="dlib"))
+    return VideoScorer(dlib_scoring(trained_expert))
 
 
 def test_score_recovers_the_heldout_offsets(small_corpus, trained_expert):
@@ -154,7 +159,7 @@ def test_fix_round_trip_rescores_at_zero(small_corpus, trained_expert, tmp_path,
     assert sync_main(["fix", str(small_corpus[0] / row["path"]), "--checkpoint", str(trained_expert),
                       "--aligner", "dlib", "--out", str(fixed), "--no-verify"]) == 0
     assert "video packets copied" in capsys.readouterr().out
-    after = VideoScorer(ScoreConfig(checkpoint=str(trained_expert), aligner="dlib")).score(fixed)
+    after = VideoScorer(dlib_scoring(trained_expert)).score(fixed)
     assert after.result.offset_frames == 0
     assert video_packets(fixed) == video_packets(small_corpus[0] / row["path"])
 
@@ -208,10 +213,10 @@ def test_curate_keeps_segments_in_sync_and_realigns_them(small_corpus, trained_e
 
     out, rows = small_corpus
     shards = tmp_path / "heldout_shards"
-    run(PreprocessConfig(input=str(out / "heldout"), output=str(shards), aligner="dlib", val_fraction=0,
-                         progress=False))
-    config = CurateConfig(input=str(shards), output=str(tmp_path / "curated"), checkpoint=str(trained_expert),
-                          aligner="dlib", max_abs_offset=6, min_confidence=0.05, num_workers=1, progress=False)
+    run(PreprocessConfig(input=str(out / "heldout"), output=str(shards), val_fraction=0, progress=False,
+                         faces=FaceConfig(aligner="dlib")))
+    config = CurateConfig(input=str(shards), output=str(tmp_path / "curated"), score=dlib_scoring(trained_expert),
+                          max_abs_offset=6, min_confidence=0.05, num_workers=1, progress=False)
     summary = curate(config)
     truth = {Path(r["path"]).name: r["offset_frames"] for r in heldout(small_corpus)}
     report = pq.read_table(tmp_path / "curated" / "report.parquet").to_pylist()
@@ -242,8 +247,8 @@ def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert
     broken = next(r for r in rows if r["corrupt"] == "no_audio")
     for row in good + [broken]:
         (inputs / Path(row["path"]).name).symlink_to(out / row["path"])
-    summary = curate(CurateConfig(input=str(inputs), output=str(tmp_path / "report"), checkpoint=str(trained_expert),
-                                  aligner="dlib", write_shards=False, num_workers=1, progress=False))
+    summary = curate(CurateConfig(input=str(inputs), output=str(tmp_path / "report"),
+                                  score=dlib_scoring(trained_expert), write_shards=False, num_workers=1, progress=False))
     report = pq.read_table(tmp_path / "report" / "report.parquet").to_pylist()
     assert summary["failed"] == {"no_audio": 1}
     assert [r["error"] for r in report if not r["key"]] == ["no_audio"]
@@ -284,8 +289,8 @@ def test_sync_loss_is_lower_for_lips_in_sync(trained_expert, small_corpus, tmp_p
 
     out, _ = small_corpus
     shards = tmp_path / "shards"
-    run(PreprocessConfig(input=str(out / "videos"), output=str(shards), aligner="dlib", val_fraction=0,
-                         progress=False))
+    run(PreprocessConfig(input=str(out / "videos"), output=str(shards), val_fraction=0, progress=False,
+                         faces=FaceConfig(aligner="dlib")))
     loss_fn = SyncLoss.from_checkpoint(trained_expert)
     faces, in_sync, shifted_audio = [], [], []
     for segment in iter_segments(list_shards(str(shards), StorageConfig()), StorageConfig(), None):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model.checkpoint import find_checkpoint
+from pipelines.faces.base import FaceConfig
 from train_ray import TrainConfig, train
 
 FAST = dict(preset="cpu-small", batch_size=16, log_every=5, val_every=10, checkpoint_every=10, val_batches=2,
@@ -27,8 +28,8 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
     generate_corpus(SyntheticConfig(out=root / "corpus", num_videos=6, seed=5, heldout_fraction=0, min_seconds=4,
                                     max_seconds=5, workers=2), progress=False)
-    run(PreprocessConfig(input=str(root / "corpus" / "videos"), output=str(root / "shards"), aligner="dlib",
-                         val_fraction=0.34, progress=False))
+    run(PreprocessConfig(input=str(root / "corpus" / "videos"), output=str(root / "shards"), val_fraction=0.34,
+                         progress=False, faces=FaceConfig(aligner="dlib")))
     return root / "shards"
 
 
@@ -107,7 +108,7 @@ def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):
     make_bucket(s3_server, "training")
     for path in shards.glob("shard-*"):
         write_bytes_atomic(f"s3://training/shards/{path.name}", path.read_bytes(), storage)
-    train(TrainConfig(shards="s3://training/shards", endpoint=s3_server, output=str(tmp_path / "run"),
+    train(TrainConfig(shards="s3://training/shards", storage=storage, output=str(tmp_path / "run"),
                       launcher="local", max_steps=10, **FAST))
     rows = metrics(tmp_path / "run")
     assert rows[-1]["step"] == 10 and rows[-1]["val_pairs"] > 0

@@ -27,7 +27,7 @@ them into batches is `model.loader.stream`'s job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,14 +47,18 @@ POSITIVE_CODE = _POSITIVE
 
 @dataclass(frozen=True)
 class PairConfig:
-    windows_per_segment: int = 16  # many windows per decoded segment: I/O and JPEG decode amortised
-    positive_fraction: float = 0.5
-    hard_shift_min: int = 2  # frames; hard negatives: audio shifted by a few frames
-    hard_shift_max: int = 6
-    easy_shift_max: int = 75  # frames (3 s); easy negatives: far shifts within the segment
-    hard_fraction: float = 0.5  # of the negatives
-    easy_fraction: float = 0.25  # of the negatives; the rest: audio from another segment
-    shuffle_buffer: int = 64  # pairs left waiting when a batch is drawn: a batch is random among B + this many
+    """Which pairs are drawn from a segment (the window itself is the expert's clock)."""
+
+    # Many windows per decoded segment: shard I/O and the JPEG decode are paid once for all of them.
+    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
+    positive_fraction: float = field(default=0.5, metadata={"help": "share of pairs that are in sync"})
+    hard_shift_min: int = field(default=2, metadata={"help": "hard negatives: audio shifted by at least this many frames"})
+    hard_shift_max: int = field(default=6, metadata={"help": "... and at most this many"})
+    easy_shift_max: int = field(default=75, metadata={"help": "easy negatives: shifts up to this many frames (3 s)"})
+    hard_fraction: float = field(default=0.5, metadata={"help": "share of negatives that are hard shifts"})
+    easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
+    shuffle_buffer: int = field(default=64, metadata={"help": "pairs left waiting when a batch is drawn: a batch is random "
+                                                              "among batch size + this many"})
 
     def __post_init__(self):
         problems = []

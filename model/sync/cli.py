@@ -14,26 +14,27 @@ numbers published with SyncNet's own network.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScore, VideoScorer
 
 
-@dataclass(frozen=True, kw_only=True)
-class ScoreCommand(ScoreConfig):
+@dataclass(frozen=True)
+class ScoreCommand:
     video: str = field(metadata={"help": "the video to score (any container, fps and sample rate)"})
+    score: ScoreConfig = field(metadata={"help": "scoring"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of the report"})
     plot: Path | None = field(default=None, metadata={"help": "draw the offset curve and sync over time into this PNG"})
 
 
-@dataclass(frozen=True, kw_only=True)
-class FixCommand(ScoreConfig):
+@dataclass(frozen=True)
+class FixCommand:
     video: str = field(metadata={"help": "the video to correct"})
     out: Path = field(metadata={"help": "where to write the corrected video (its extension picks the container)"})
+    score: ScoreConfig = field(metadata={"help": "scoring"})
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE,
                                   metadata={"help": "refuse to shift when the offset is less certain than this"})
     verify: bool = field(default=True, metadata={"help": "score the corrected file and report its offset"})
@@ -96,7 +97,7 @@ def _window_similarity_at(score: VideoScore, shift_index: int):
 
 
 def run_score(command: ScoreCommand) -> int:
-    score = VideoScorer(_score_config(command)).score(command.video)
+    score = VideoScorer(command.score).score(command.video)
     if command.plot:
         plot_score(score, command.plot)
     if command.json:
@@ -113,7 +114,7 @@ def run_fix(command: FixCommand) -> int:
 
     if Path(command.out).resolve() == Path(command.video).resolve():
         raise ScoreError("same_file", f"--out {command.out} is the input itself; write the fixed copy elsewhere")
-    scorer = VideoScorer(_score_config(command))
+    scorer = VideoScorer(command.score)
     score = scorer.score(command.video)
     print(describe(score))
     result = score.result
@@ -130,37 +131,19 @@ def run_fix(command: FixCommand) -> int:
     return 0
 
 
-def _score_config(command) -> ScoreConfig:
-    return ScoreConfig(**{f.name: getattr(command, f.name) for f in fields(ScoreConfig)})
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from model.sync.curate import CurateConfig
-    from pipelines.core.cli import add_config_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m model.sync", description="measure and correct lip-sync with a trained expert",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, config_type, help_text in (("score", ScoreCommand, "measure one video's offset and sync"),
-                                         ("fix", FixCommand, "shift one video's audio by its measured offset"),
-                                         ("curate", CurateConfig, "score a corpus, keep what is in sync")):
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add_config_arguments(sub, config_type, positional=("video",))
-        sub.set_defaults(config_type=config_type)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    from model.sync.curate import curate, format_summary
-    from pipelines.core.cli import config_from_args
+    from model.sync.curate import CurateConfig, curate, format_summary
+    from pipelines.core.cli import parse_command
 
-    args = build_parser().parse_args(argv)
+    commands = {"score": (ScoreCommand, "measure one video's offset and sync"),
+                "fix": (FixCommand, "shift one video's audio by its measured offset"),
+                "curate": (CurateConfig, "score a corpus, keep what is in sync")}
     try:
-        config = config_from_args(args.config_type, args)
-        if args.command == "score":
+        command, config = parse_command(commands, "python -m model.sync", "measure and correct lip-sync with a "
+                                        "trained expert", epilog=__doc__, argv=argv, positional=("video",))
+        if command == "score":
             return run_score(config)
-        if args.command == "fix":
+        if command == "fix":
             return run_fix(config)
         summary = curate(config)
         print(format_summary(summary))

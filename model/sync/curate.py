@@ -27,43 +27,39 @@ import pyarrow.parquet as pq
 
 from model.offset import OffsetResult, offset_curve
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
-from pipelines.shards.reader import Segment, iter_segments, list_shards
 from pipelines.core.clock import Clock
 from pipelines.core.columns import object_column
-from pipelines.shards.format import encode_faces
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
 from pipelines.samples import npy_bytes, tar_bytes
+from pipelines.shards.format import encode_faces
+from pipelines.shards.reader import Segment, iter_segments, list_shards
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import list_sources
-from pipelines.core.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
 
 REPORT_FILE = "report.parquet"
 JPEG_QUALITY = 95  # as preprocessing writes them
 
 
-@dataclass(frozen=True, kw_only=True)
-class CurateConfig(ScoreConfig):
+@dataclass(frozen=True)
+class CurateConfig:
     input: str = field(metadata={"help": "shards of pipelines.preprocess, or videos: folder, glob, manifest or s3:// prefix"})
     output: str = field(metadata={"help": "folder or s3:// prefix for report.parquet and the curated shards"})
+    score: ScoreConfig = field(metadata={"help": "scoring"})
     max_abs_offset: int = field(default=6, metadata={"help": "keep segments whose |offset| is at most this many frames"})
     min_confidence: float = field(default=DEFAULT_MIN_CONFIDENCE, metadata={"help": "... and whose confidence is at least this"})
     write_shards: bool = field(default=True, metadata={"help": "write the kept segments, re-aligned, as shards"})
     num_workers: int = field(default=2, metadata={"help": "scoring actors (one GPU each when the cluster has GPUs)"})
-    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL for s3:// paths"})
     ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage"})
 
     def __post_init__(self):
-        super().__post_init__()
         if self.max_abs_offset < 0 or self.num_workers < 1:
             raise ValueError("--max-abs-offset must be >= 0 and --num-workers >= 1")
-        if self.max_abs_offset > self.max_offset:
+        if self.max_abs_offset > self.score.max_offset:
             raise ValueError(f"--max-abs-offset {self.max_abs_offset} lies outside the searched --max-offset "
-                             f"{self.max_offset}")
-
-    @property
-    def storage(self) -> StorageConfig:
-        return StorageConfig(endpoint=self.endpoint)
+                             f"{self.score.max_offset}")
 
 
 def verdict(result: OffsetResult | None, config: CurateConfig) -> str:
@@ -123,7 +119,7 @@ class CurateStage:
     def __init__(self, config: CurateConfig, cpus: float):
         size_thread_pools(cpus)
         self.config = config
-        self.scorer = VideoScorer(config)
+        self.scorer = VideoScorer(config.score)
         self.expert = self.scorer.expert
         self.writer = PartWriter(config.output, config.storage) if config.write_shards else None
 
@@ -145,8 +141,9 @@ class CurateStage:
         sources = {}
         for segment in iter_segments([uri], self.config.storage, split=None):
             try:
-                result = offset_curve(self.expert, segment.faces, segment.mel, self.config.max_offset,
-                                      step=self.config.step, batch_size=self.config.batch_size)
+                score = self.config.score
+                result = offset_curve(self.expert, segment.faces, segment.mel, score.max_offset, step=score.step,
+                                      batch_size=score.batch_size)
             except ValueError:
                 result = None
             by_source.setdefault(segment.source_key, []).append((segment, result))
@@ -244,8 +241,8 @@ def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
 
 def curate(config: CurateConfig) -> dict:
     started = time.perf_counter()
-    if "://" not in config.checkpoint:  # actors may run in another working directory
-        config = replace(config, checkpoint=str(Path(config.checkpoint).resolve()))
+    if "://" not in config.score.checkpoint:  # actors may run in another working directory
+        config = replace(config, score=replace(config.score, checkpoint=str(Path(config.score.checkpoint).resolve())))
     units = list_units(config)
     if not units:
         raise ValueError(f"no shards and no videos under {config.input}")
@@ -272,7 +269,7 @@ def score_units(pending: list[dict], config: CurateConfig) -> list[dict]:
     records = []
     with ray_for_job(config.ray_address, config.num_workers):
         ray.data.DataContext.get_current().enable_progress_bars = False
-        gpus = ray.cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
+        gpus = ray.cluster_resources().get("GPU", 0) if config.score.device != "cpu" else 0
         resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         workers = min(config.num_workers, int(gpus)) if gpus else config.num_workers
         scored = ray.data.from_items(pending, override_num_blocks=max(len(pending), 1)).map_batches(

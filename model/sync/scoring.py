@@ -13,7 +13,7 @@ grids of all segments are pooled, and SyncNet's rules give the offset (positive 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,14 @@ import torch
 
 from model.checkpoint import load_expert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
-from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.audio import AudioConfig
+from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
-from pipelines.faces.base import ALIGNERS, DEVICES, FaceConfig
+from pipelines.faces.base import DEVICES, FaceConfig
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
+from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.sources import make_key
-from pipelines.core.storage import StorageConfig
 
 # Faces are counted (to warn about several people) on one frame in this many: detection on every frame is
 # what the aligner's tracking saves, and who is in the picture changes slowly.
@@ -50,19 +50,21 @@ FAILURE_MESSAGES = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class ScoreConfig:
+    """How a video is scored: the expert, the search, and the preprocessing stages it runs first."""
+
     checkpoint: str = field(metadata={"help": "checkpoint file (expert.pt) or training run folder (its newest checkpoint)"})
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames (40 ms) either way"})
     step: int = field(default=1, metadata={"help": "score every step-th window (1 = every frame; larger is faster)"})
     device: str = field(default="auto", metadata={"help": "where the expert and face-alignment run", "choices": DEVICES})
-    aligner: str = field(default="auto", metadata={"help": "face aligner (auto: face-alignment when its weights are present, else dlib)",
-                                                   "choices": ALIGNERS})
-    face_weights: Path | None = field(default=None, metadata={"help": "folder with face-alignment's weights"})
-    separate: bool = field(default=True, metadata={"help": "separate the voice from background first, as preprocessing did"})
-    chunk_seconds: float = field(default=10.0, metadata={"help": "the video is decoded in pieces of this length"})
-    max_side: int = field(default=640, metadata={"help": "frames are downscaled to this longer side before face detection"})
     batch_size: int = field(default=128, metadata={"help": "windows per forward pass"})
+    # The expert fixes the crop size and the shortest segment; the device is the one above.
+    faces: FaceConfig = field(default_factory=FaceConfig, metadata={
+        "help": "faces, found as preprocessing finds them", "omit": ("device", "batch_size", "crop_size")})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
+    samples: SampleConfig = field(default_factory=SampleConfig, metadata={
+        "help": "segments, cut as preprocessing cuts them", "omit": ("min_segment_frames", "jpeg_quality")})
 
     def __post_init__(self):
         if self.max_offset < 0 or self.step < 1 or self.batch_size < 1:
@@ -193,13 +195,10 @@ class VideoScorer:
         audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel
         if audio.n_mels != model.mel_bins:
             raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins; preprocessing makes {audio.n_mels}")
-        faces = FaceConfig(aligner=config.aligner, face_weights=config.face_weights, device=config.device,
-                           crop_size=model.face_size)
-        self.decode = DecodeStage(DecodeConfig(chunk_seconds=config.chunk_seconds, max_side=config.max_side), audio,
-                                  StorageConfig())
+        faces = replace(config.faces, device=config.device, crop_size=model.face_size)
+        self.decode = DecodeStage(config.decode, audio, StorageConfig())
         self.faces = FaceStage(faces)
-        self.samples = SampleStage(audio, SampleConfig(separate=config.separate,
-                                                       min_segment_frames=model.window_frames),
+        self.samples = SampleStage(audio, replace(config.samples, min_segment_frames=model.window_frames),
                                    faces.max_center_jump)
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
@@ -227,7 +226,7 @@ class VideoScorer:
         if not segments:
             raise ScoreError("no_face", f"no face found in {video}: {seen['frames_with_face']} of {seen['frames']} "
                                         f"frames show a face long enough to score; is the face small or turned away? "
-                                        f"(--max-side {self.config.max_side} is the frame size faces are sought at)")
+                                        f"(--max-side {self.config.decode.max_side} is the frame size faces are sought at)")
         return segments, seen
 
     def score_segments(self, segments: list[Segment]) -> list[SegmentScore]:

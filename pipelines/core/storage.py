@@ -28,7 +28,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -50,8 +50,9 @@ COPY_CHUNK_BYTES = 8 * 1024 * 1024
 class StorageConfig:
     """Where S3 lives. The defaults mean AWS itself, with the region found by the AWS SDK."""
 
-    endpoint: str | None = None  # S3-compatible endpoint, e.g. "http://127.0.0.1:9000"; None = AWS
-    region: str | None = None
+    endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL for s3:// paths, e.g. "
+                                                                  "http://127.0.0.1:9000; none: AWS"})
+    region: str | None = field(default=None, metadata={"help": "S3 region; none: the AWS SDK's own choice"})
 
 
 def is_s3(uri: str) -> bool:
