@@ -102,23 +102,27 @@ def _converter(kind: Any):
     return str
 
 
-def config_from_args(config_type: type[C], args: argparse.Namespace, prefix: str = "",
-                     omit: tuple[str, ...] = ()) -> C:
-    """The config (sub-configs rebuilt from their flattened options) from parsed arguments; fields in `omit`
-    keep their defaults."""
+def config_from_args(config_type: type[C], args: argparse.Namespace) -> C:
+    """The config (sub-configs rebuilt from their flattened options) from parsed arguments."""
     values = {}
+    for dest, *_ in _options(config_type):
+        value = getattr(args, dest)
+        values[dest] = tuple(value) if isinstance(value, list) else value
+    return _build(config_type, values)
+
+
+def _build(config_type: type[C], values: dict[str, Any], prefix: str = "") -> C:
+    """`config_type` from the option values by dotted path; a field without a value keeps its default."""
     hints = typing.get_type_hints(config_type)
+    kwargs = {}
     for field in dataclasses.fields(config_type):
-        if field.name in omit:
-            continue
         kind, _ = _base_type(hints[field.name])
+        path = prefix + field.name
         if dataclasses.is_dataclass(kind):
-            values[field.name] = config_from_args(kind, args, f"{prefix}{field.name}.",
-                                                  tuple(field.metadata.get("omit", ())))
-        else:
-            value = getattr(args, prefix + field.name)
-            values[field.name] = tuple(value) if isinstance(value, list) else value
-    return config_type(**values)
+            kwargs[field.name] = _build(kind, values, path + ".")
+        elif path in values:
+            kwargs[field.name] = values[path]
+    return config_type(**kwargs)
 
 
 def parse_config(config_type: type[C], description: str, argv: list[str] | None = None,
