@@ -11,7 +11,7 @@ Tables, all measured in one run on one device:
     training), in fp32 eager, bf16 autocast + channels_last, and + torch.compile, at 2-3 batch sizes:
     samples/s, ms/step, peak accelerator memory. The best of them at the end-to-end batch size is the ceiling.
 (b) our loader alone: pairs/s out of a torch DataLoader reading the shards, with 0 and N loader processes:
-    `model.loader.windows.PairBatches` (batches built in shared memory, as `train_ray.py` feeds its DataLoader). With fewer shards than loader processes every process reads every shard and decodes only its
+    `model.loader.stream.PairBatches` (batches built in shared memory, as `train_ray.py` feeds its DataLoader). With fewer shards than loader processes every process reads every shard and decodes only its
     share; the bench then also repacks the same samples into N shards (a corpus large enough to train on has
     that many) and measures both. Then a cProfile of one loader process: where its time goes.
 (c) end to end: our loader feeding the ceiling's step, and its ratio to the ceiling (goal: >= 0.8). Extra
@@ -152,7 +152,7 @@ def _repeat(call, device: torch.device, seconds: float, at_least: int, chunk: in
 
 def our_loader(shard_uris: list[str], preset: str, batch: int, workers: int, pin: bool,
                windows_per_segment: int, seed: int = 0):
-    """A DataLoader of our pairs (`model.loader.windows.PairBatches`, as training builds it)."""
+    """A DataLoader of our pairs (`model.loader.stream.PairBatches`, as training builds it)."""
     pairs = PairConfig(windows_per_segment=windows_per_segment)
     dataset = PairBatches(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=seed)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin)
