@@ -236,9 +236,9 @@ def format_table(rows: list[dict]) -> str:
 def run_bench(config: AlignerBenchConfig) -> dict:
     import torch
 
-    from pipelines.faces.fan_aligner import resolve_device
+    from pipelines.core.device import resolve_device
 
-    device = resolve_device(config.device)
+    device = resolve_device(config.device).type  # a plain name: the library, FaceConfig and the report take one
     if config.threads:
         torch.set_num_threads(config.threads)
     per_size = config.frames_per_size or (CUDA_FRAMES_PER_SIZE if device.startswith("cuda") else CPU_FRAMES_PER_SIZE)

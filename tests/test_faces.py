@@ -95,6 +95,19 @@ def test_config_rejects_bad_values():
         FaceConfig(device="tpu")
 
 
+def test_device_names_resolve_and_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    from pipelines.core.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="--device cuda asked for, but torch sees no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda")
+
+
 # --- face-alignment on self-made weights --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.checkpoint import load_expert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
+from pipelines.core.device import resolve_device
 from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
@@ -184,10 +184,7 @@ class VideoScorer:
 
     def __init__(self, config: ScoreConfig):
         self.config = config
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.expert = load_expert(config.checkpoint, device)
+        self.expert = load_expert(config.checkpoint, resolve_device(config.device))
         model = self.expert.config
         self.fps = model.video_fps
         audio = AudioConfig(video_fps=model.video_fps)
