@@ -31,7 +31,8 @@ import numpy as np
 
 from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, DecodeStage
-from pipelines.faces.base import FaceConfig, fan_weights_present
+from pipelines.faces.base import FaceConfig
+from pipelines.faces.fan_weights import fan_weights_present
 from pipelines.faces.stage import FaceStage
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import SampleConfig, SampleStage
@@ -223,7 +224,7 @@ def face_stage_on_gpu(config: PreprocessConfig) -> bool:
     import ray
 
     if config.device == "cpu" or config.aligner == "dlib" or (
-            config.aligner == "auto" and not fan_weights_present(config.faces)):
+            config.aligner == "auto" and not fan_weights_present(config.faces.face_weights)):
         return False
     return config.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
 

@@ -30,7 +30,8 @@ from face_alignment.models import FAN
 from face_alignment.utils import CENTER_Y_OFFSET, CROP_RESOLUTION, REFERENCE_SCALE, SCALE_FACTOR
 
 from pipelines.core.device import resolve_device
-from pipelines.faces.base import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, FaceConfig, fan_weights_dir, missing_fan_weights
+from pipelines.faces.base import FaceConfig
+from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_dir, missing_fan_weights
 
 NUM_LANDMARKS = 68
 FAN_STACKS = 4  # 2D-FAN-4: four stacked hourglasses; the last one's heatmaps are the prediction
@@ -163,15 +164,15 @@ def cells_to_frame(cells: np.ndarray, heatmap_size: int, centres: np.ndarray, sc
 class FanAligner:
     """S3FD + FAN landmarks for the largest face in each frame; the contract of `pipelines.faces.base.Aligner`.
 
-    Weights are read from `fan_weights_dir(config)` only; a missing file raises FileNotFoundError before anything
+    Weights are read from `fan_weights_dir(config.face_weights)` only; a missing file raises FileNotFoundError before anything
     else happens. Frames of one call share their size (they come as one array).
     """
 
     name = "face-alignment"
 
     def __init__(self, config: FaceConfig = FaceConfig()):
-        folder = fan_weights_dir(config)
-        missing = missing_fan_weights(config)
+        folder = fan_weights_dir(config.face_weights)
+        missing = missing_fan_weights(config.face_weights)
         if missing:
             raise FileNotFoundError(missing_weights_message(folder, missing))
         self.config = config
