@@ -34,6 +34,7 @@ from model.loader.stream import PairBatches, PairStream
 from model.loader.windows import PairConfig
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
+from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import quiet_placement_group_cleaner
 from pipelines.core.storage import StorageConfig
 from pipelines.shards.reader import iter_segments, list_shards
@@ -128,7 +129,7 @@ class LocalSession:
 
     def __init__(self, output: str):
         self.folder = Path(output) / "checkpoints"
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device("auto")
 
     def latest_checkpoint(self):
         found = sorted(self.folder.glob("step_*")) if self.folder.is_dir() else []

@@ -103,7 +103,7 @@ def random_weights(folder: Path, seed: int) -> Path:
     from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.models import FAN
 
-    from pipelines.faces.base import FAN_WEIGHTS, S3FD_WEIGHTS
+    from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
 
     torch.manual_seed(seed)
     torch.save(FAN(4).state_dict(), folder / FAN_WEIGHTS)
@@ -121,7 +121,7 @@ def hub_with_fan(weights: Path):
     folder that holds a link to our file, so it never reaches for the network, and restore it after."""
     import torch.hub
 
-    from pipelines.faces.base import FAN_WEIGHTS
+    from pipelines.faces.fan_weights import FAN_WEIGHTS
 
     previous = torch.hub.get_dir()
     with tempfile.TemporaryDirectory() as hub:
@@ -139,7 +139,7 @@ def hub_with_fan(weights: Path):
 def library_aligner(weights: Path, device: str, compile_fan: bool):
     import face_alignment
 
-    from pipelines.faces.base import S3FD_WEIGHTS
+    from pipelines.faces.fan_weights import S3FD_WEIGHTS
 
     return face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device, flip_input=False,
                                         face_detector="sfd", compile=compile_fan,
@@ -236,9 +236,9 @@ def format_table(rows: list[dict]) -> str:
 def run_bench(config: AlignerBenchConfig) -> dict:
     import torch
 
-    from pipelines.faces.fan_aligner import resolve_device
+    from pipelines.core.device import resolve_device
 
-    device = resolve_device(config.device)
+    device = resolve_device(config.device).type  # a plain name: the library, FaceConfig and the report take one
     if config.threads:
         torch.set_num_threads(config.threads)
     per_size = config.frames_per_size or (CUDA_FRAMES_PER_SIZE if device.startswith("cuda") else CPU_FRAMES_PER_SIZE)

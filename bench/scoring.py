@@ -58,10 +58,11 @@ def synthetic_videos(size: int, folder: Path) -> Path:
 def bench_expert_on_shards(config: ScoringBenchConfig) -> dict:
     """The `expert only` row from preprocessed segments: what a GPU machine without the media stack measures."""
     from model.checkpoint import load_expert
+    from pipelines.core.device import resolve_device
     from pipelines.shards.reader import iter_segments, list_shards
     from pipelines.core.storage import StorageConfig
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = resolve_device(config.device)
     with tempfile.TemporaryDirectory() as scratch:
         expert = load_expert(config.checkpoint or random_checkpoint(config.preset, Path(scratch)), device)
     segments = list(iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None))

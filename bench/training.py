@@ -46,6 +46,7 @@ from model.expert import SyncExpert
 from model.loss import sync_loss
 from model.loader.stream import PairBatches, PairStream
 from model.loader.windows import PairConfig
+from pipelines.core.device import resolve_device
 from pipelines.shards.reader import list_shards, shards_holding
 from pipelines.core.storage import StorageConfig
 
@@ -221,14 +222,6 @@ def reshard(shard_uris: list[str], out: Path, count: int) -> list[str]:
 
 
 # --- the run -------------------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device")
-    return torch.device(name)
-
 
 def machine(device: torch.device) -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

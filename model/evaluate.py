@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.checkpoint import load_expert
 from model.offset import offset_curve
+from pipelines.core.device import resolve_device
 from pipelines.core.storage import StorageConfig
 from pipelines.faces.base import ALIGNERS, DEVICES, FaceConfig
 from pipelines.shards.reader import iter_segments, list_shards
@@ -66,8 +66,7 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[d
 
 
 def score_shards(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    expert = load_expert(config.checkpoint, device)
+    expert = load_expert(config.checkpoint, resolve_device(config.device))
     rows, seconds = [], 0.0
     for segment in iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None):
         name = Path(segment.source).name

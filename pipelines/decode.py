@@ -21,7 +21,7 @@ import numpy as np
 from pipelines.audio import AudioConfig, prepare
 from pipelines.core.columns import object_column
 from pipelines.core.storage import StorageConfig, local_copy
-from pipelines.media import MediaError, MediaInfo, frame_times, iter_frames, probe, read_audio
+from pipelines.media import MediaError, MediaInfo, iter_frames, probe, read_audio
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
 
@@ -91,7 +91,7 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
     samples, rate = read_audio(path)
     audio = prepare(samples, rate, audio_config)
     del samples  # the native-rate audio can be ten times the size of the 16 kHz mono we keep
-    source_times = frame_times(path)
+    source_times = info.frame_times
     duration = min(info.duration_s, len(audio) / audio_config.clock.sample_rate)
     clock = audio_config.clock
     picks = resample_indices(source_times, clock.fps, duration)

@@ -1,13 +1,13 @@
-"""Read talking-face media with PyAV: probe, frame timestamps, decoded frames and audio.
+"""Read talking-face media with PyAV: probe (with the frame timestamps), decoded frames and audio.
 
-The preprocessing stage builds on these four calls, so they share two promises:
+The preprocessing stage builds on these three calls, so they share two promises:
 
 * Every failure a real corpus throws at us (empty, garbage, cut-off or audio-less files) comes out
   as one exception type, :class:`MediaError`, with a machine-readable ``reason`` that a pipeline
   can count and filter on, and the file's path in the message.
-* Video and audio share one clock. :func:`frame_times` and :func:`iter_frames` report each frame's
-  presentation time in seconds, and :func:`read_audio` returns audio whose sample ``i`` plays at
-  ``i / rate`` seconds on that same clock (codec priming removed by FFmpeg where the container
+* Video and audio share one clock. :attr:`MediaInfo.frame_times` and :func:`iter_frames` report
+  each frame's presentation time in seconds, and :func:`read_audio` returns audio whose sample ``i``
+  plays at ``i / rate`` seconds on that same clock (codec priming removed by FFmpeg where the container
   records it, a late start padded with silence, encoder padding past the recorded end cut off).
   Lip sync is only as good as this.
 """
@@ -17,14 +17,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import av.container
 import numpy as np
 
-__all__ = ["MediaError", "MediaInfo", "frame_times", "iter_frames", "probe", "read_audio"]
+__all__ = ["MediaError", "MediaInfo", "iter_frames", "probe", "read_audio"]
 
 # Frame durations may jitter by one timestamp tick (a 23.976 fps stream in Matroska's 1 ms clock
 # alternates 41/42 ms) without the stream being variable; beyond that, allow this much more.
@@ -42,7 +42,6 @@ class MediaInfo:
     width: int  # 0 without video; stored size, before applying `rotation`
     height: int
     fps: float  # declared average rate; for variable-frame-rate streams the measured mean rate
-    frame_count: int  # frames with a timestamp, i.e. what iter_frames will yield
     variable_frame_rate: bool  # frame durations spread by more than one tick + VFR_TOLERANCE_S
     video_codec: str | None  # format name ("h264", "vp9", "mpeg4"), not the decoder's ("mp3float")
     rotation: int  # clockwise degrees to rotate stored frames for display (0, 90, 180, 270)
@@ -50,6 +49,14 @@ class MediaInfo:
     sample_rate: int | None
     channels: int | None
     audio_codec: str | None
+    # Presentation time in seconds of every video frame, ascending, from packet timestamps (empty without
+    # video): probing reads every packet anyway, so it keeps them and decoding need not demux again.
+    frame_times: np.ndarray = field(compare=False, repr=False)
+
+    @property
+    def frame_count(self) -> int:
+        """Frames with a timestamp, i.e. what iter_frames will yield."""
+        return len(self.frame_times)
 
 
 class MediaError(Exception):
@@ -87,7 +94,6 @@ def probe(path: str | Path) -> MediaInfo:
             width=video.codec_context.width if video is not None else 0,
             height=video.codec_context.height if video is not None else 0,
             fps=_fps(video, times, vfr) if video is not None else 0.0,
-            frame_count=len(times),
             variable_frame_rate=vfr,
             video_codec=_codec_name(video) if video is not None else None,
             rotation=rotation,
@@ -95,17 +101,8 @@ def probe(path: str | Path) -> MediaInfo:
             sample_rate=audio.codec_context.sample_rate if audio is not None else None,
             channels=audio.codec_context.channels if audio is not None else None,
             audio_codec=_codec_name(audio) if audio is not None else None,
+            frame_times=times,
         )
-
-
-def frame_times(path: str | Path) -> np.ndarray:
-    """Presentation time in seconds of every video frame, ascending, from packet timestamps.
-
-    Raises:
-        MediaError: unusable file, or ``no_video``.
-    """
-    with _open(path) as container:
-        return _packet_times(container, _require_video(container, path))
 
 
 def iter_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
@@ -126,7 +123,7 @@ def iter_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream to float32 ``[channels, samples]`` at its native rate.
 
-    Sample ``i`` plays at ``i / rate`` seconds on the clock of :func:`frame_times`: a stream that
+    Sample ``i`` plays at ``i / rate`` seconds on the clock of ``MediaInfo.frame_times``: a stream that
     starts late is padded with leading silence, one that starts before zero is trimmed, and
     encoder padding past the stream's recorded end is dropped. Opus always decodes at 48 kHz.
 

@@ -34,7 +34,8 @@ from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
-from pipelines.faces.base import FaceConfig, fan_weights_present
+from pipelines.faces.base import FaceConfig
+from pipelines.faces.fan_weights import fan_weights_present
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
@@ -204,7 +205,8 @@ def face_stage_on_gpu(config: PreprocessConfig) -> bool:
     import ray
 
     faces = config.faces
-    if faces.device == "cpu" or faces.aligner == "dlib" or (faces.aligner == "auto" and not fan_weights_present(faces)):
+    if faces.device == "cpu" or faces.aligner == "dlib" or (
+            faces.aligner == "auto" and not fan_weights_present(faces.face_weights)):
         return False
     return faces.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
 

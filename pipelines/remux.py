@@ -8,13 +8,13 @@ while the video (the expensive, lossy part) is never touched. Written atomically
 from __future__ import annotations
 
 import heapq
-import os
 from pathlib import Path
 
 import av
 import numpy as np
 
 from pipelines.audio_encoding import add_audio_stream, audio_frames, encoder_priming
+from pipelines.core.storage import atomic_local_path
 from pipelines.media import read_audio
 
 # FFmpeg's decoder (format) name -> an encoder of the same format, so the fixed file keeps its audio codec.
@@ -53,16 +53,11 @@ def shift_audio(source: str | Path, target: str | Path, delay_s: float) -> None:
         samples = samples[:2]
     moved = shifted(samples, round(delay_s * rate))
     extension = target.suffix.lstrip(".").lower()
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        with av.open(str(source)) as inp:
-            muxer = MUXERS.get(extension) or inp.format.name.split(",")[0]
-            encoder = _encoder(inp.streams.audio[0].codec_context.name, extension, rate)
-            with av.open(str(partial), "w", format=muxer, container_options=MUXER_OPTIONS.get(extension, {})) as out:
-                _remux(inp, out, moved, rate, encoder, extension in NO_PRIMING_SIGNAL)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with av.open(str(source)) as inp, atomic_local_path(target) as partial:
+        muxer = MUXERS.get(extension) or inp.format.name.split(",")[0]
+        encoder = _encoder(inp.streams.audio[0].codec_context.name, extension, rate)
+        with av.open(str(partial), "w", format=muxer, container_options=MUXER_OPTIONS.get(extension, {})) as out:
+            _remux(inp, out, moved, rate, encoder, extension in NO_PRIMING_SIGNAL)
 
 
 def _encoder(decoder: str, extension: str, rate: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,13 @@ def shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+def assert_rate_counts_its_samples(measured: dict, batch: int) -> None:
+    """A loader measurement: whole batches counted, and the rate is what was counted over the time it took."""
+    assert measured["samples"] % batch == 0 and measured["samples"] >= 2 * batch
+    assert measured["samples_per_s"] == pytest.approx(measured["samples"] / measured["seconds"])
 
 
-def test_training_bench_tiny_on_cpu(shards, tmp_path):
+def test_training_bench_tiny_on_cpu(shards, tmp_path, capsys):
     out = tmp_path / "training.json"
     result = main(["--shards", str(shards), "--size", "tiny", "--device", "cpu", "--preset", "cpu-small",
                    "--loader-workers", "2", "--out", str(out), "--quiet", "--strict"])
@@ -42,22 +43,25 @@ def test_training_bench_tiny_on_cpu(shards, tmp_path):
 
     steps = {(r["precision"], r["batch"]) for r in result["step"]}
     assert steps == {(p, b) for p in ("fp32", "bf16-cl") for b in (4, 8)}
-    for row in result["step"]:
-        assert positive(row["samples_per_s"]) and positive(row["ms_per_step"]) and row["steps"] >= 2
+    for row in result["step"]:  # samples/s and ms/step are one measurement of `steps` steps of `batch`
+        assert row["steps"] >= 2 and row["samples_per_s"] * row["ms_per_step"] / 1000 == pytest.approx(row["batch"])
 
     loaders = [(r["loader"], r["shards"], r["workers"]) for r in result["loader"]]
     assert loaders == [("PairBatches", "given (1)", 0), ("PairBatches", "given (1)", 2),
                        ("PairBatches", "resharded (2)", 2)]
     for row in result["loader"]:
-        assert positive(row["samples_per_s"]) and "error" not in row
+        assert "error" not in row
+        assert_rate_counts_its_samples(row, 8)
     [e2e] = result["end_to_end"]
-    assert positive(e2e["samples_per_s"]) and positive(e2e["ratio_to_ceiling"])
+    assert_rate_counts_its_samples(e2e, 8)
     assert e2e["ceiling_samples_per_s"] == max(r["samples_per_s"] for r in result["step"] if r["batch"] == 8)
+    assert e2e["ratio_to_ceiling"] == pytest.approx(e2e["samples_per_s"] / e2e["ceiling_samples_per_s"])
     profile = result["loader_profile"]
     assert profile["top"] and 0 < sum(r["share"] for r in profile["top"]) <= 1 + 1e-9
 
     research = result["research"]
-    assert positive(research["alone"]["samples_per_s"]) and positive(research["end_to_end"]["samples_per_s"])
+    assert_rate_counts_its_samples(research["alone"], 8)
+    assert_rate_counts_its_samples(research["end_to_end"], 8)
     assert research["layout"]["segments"] > 0 and research["mel"] == "librosa"
     # Both loaders feed the same step: the same keys, dtypes and shapes, batch by batch and sample by sample.
     ours = result["loader"][0]["batch"]
@@ -65,10 +69,19 @@ def test_training_bench_tiny_on_cpu(shards, tmp_path):
     assert research["sample"] == {k: {"dtype": v["dtype"], "shape": v["shape"][1:]} for k, v in ours.items()}
     assert ours["faces"] == {"dtype": "uint8", "shape": [8, 5, 96, 96, 3]}
 
-    summary = result["summary"]
-    for key in ("ceiling_samples_per_s", "our_loader_samples_per_s", "end_to_end_samples_per_s", "ratio_to_ceiling",
-                "ours_over_research_alone", "ours_over_research_end_to_end"):
-        assert positive(summary[key]), key
+    # The headline numbers are the rows' own, and their ratios.
+    summary, ours_alone = result["summary"], max(r["samples_per_s"] for r in result["loader"] if r["workers"] == 2)
+    assert summary["ceiling_samples_per_s"] == e2e["ceiling_samples_per_s"]
+    assert summary["our_loader_samples_per_s"] == ours_alone
+    assert (summary["end_to_end_samples_per_s"], summary["ratio_to_ceiling"]) == (e2e["samples_per_s"],
+                                                                                   e2e["ratio_to_ceiling"])
+    assert summary["ours_over_research_alone"] == pytest.approx(ours_alone / research["alone"]["samples_per_s"])
+    assert summary["ours_over_research_end_to_end"] == pytest.approx(
+        e2e["samples_per_s"] / research["end_to_end"]["samples_per_s"])
+    # The printed step table is the JSON's rows.
+    printed = capsys.readouterr().out.splitlines()
+    step_lines = [line.split()[:2] for line in printed if line.split()[:1] in (["fp32"], ["bf16-cl"])]
+    assert step_lines == [[r["precision"], str(r["batch"])] for r in result["step"]]
 
 
 def test_numpy_mel_matches_the_projects_log_mel(shards, tmp_path):

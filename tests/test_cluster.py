@@ -108,7 +108,7 @@ def test_cluster_yaml_installs_the_project_as_make_does():
 def test_face_stage_asks_for_gpus_only_where_the_cluster_has_them(monkeypatch, tmp_path):
     import ray
 
-    from pipelines.faces.base import WEIGHT_URLS
+    from pipelines.faces.fan_weights import WEIGHT_URLS
 
     weights, empty = tmp_path / "weights", tmp_path / "empty"
     weights.mkdir()

@@ -120,7 +120,7 @@ def test_constant_frame_rate_round_trip(tmp_path: Path, name: str, fps: Fraction
     assert not info.variable_frame_rate
     assert (info.width, info.height) == (WIDTH, HEIGHT)
     # Matroska stores milliseconds, so k/fps comes back rounded to the nearest 1 ms.
-    np.testing.assert_allclose(media.frame_times(path), grid_times(count, fps), atol=1e-3)
+    np.testing.assert_allclose(info.frame_times, grid_times(count, fps), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", VFR_CONTAINERS)
@@ -134,8 +134,8 @@ def test_variable_frame_rate_round_trip(tmp_path: Path, name: str) -> None:
     assert info.variable_frame_rate
     assert info.frame_count == times.size
     assert info.duration_s >= times[-1]  # the clip must not end before its last frame starts
-    np.testing.assert_allclose(media.frame_times(path), times, atol=1e-3)
-    durations = np.diff(media.frame_times(path))
+    np.testing.assert_allclose(info.frame_times, times, atol=1e-3)
+    durations = np.diff(info.frame_times)
     assert durations.max() - durations.min() > 0.01
 
 
@@ -144,7 +144,7 @@ def test_iter_frames_yields_written_pictures_at_frame_times(tmp_path: Path) -> N
     path = write(tmp_path / "clip.mp4", CONTAINERS["mp4"], 20, fps)
 
     decoded = list(media.iter_frames(path))
-    assert [t for t, _ in decoded] == pytest.approx(list(media.frame_times(path)))
+    assert [t for t, _ in decoded] == pytest.approx(list(media.probe(path).frame_times))
     for (_, got), want in zip(decoded, moving_square(20), strict=True):
         assert got.shape == want.shape and got.dtype == np.uint8
         assert np.abs(got.astype(int) - want).mean() < 8  # lossy, but the same picture
@@ -271,7 +271,7 @@ def _text(tmp_path: Path) -> Path:
 )
 def test_broken_files_raise_media_error(tmp_path: Path, make, reasons: set[str]) -> None:
     path = make(tmp_path)
-    for read in (media.probe, media.frame_times, media.read_audio, lambda p: next(media.iter_frames(p))):
+    for read in (media.probe, media.read_audio, lambda p: next(media.iter_frames(p))):
         with pytest.raises(MediaError) as caught:
             read(path)
         assert caught.value.reason in reasons

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from pipelines.faces.align import align_matrix, anchor_points, crop_faces, smooth_landmarks, template_points
-from pipelines.faces.base import (FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, Aligner, FaceConfig, fan_weights_present,
-                                  make_aligner)
+from pipelines.faces.base import Aligner, FaceConfig
+from pipelines.faces.factory import make_aligner
+from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_present
 from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
 from pipelines.media import iter_frames
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
@@ -83,7 +84,7 @@ def test_weight_file_names_match_the_installed_library():
 
 def test_auto_without_weights_gives_dlib(tmp_path, no_network):
     config = FaceConfig(face_weights=tmp_path)
-    assert not fan_weights_present(config)
+    assert not fan_weights_present(config.face_weights)
     aligner = make_aligner(config)
     assert aligner.name == "dlib" and isinstance(aligner, Aligner)
 
@@ -93,6 +94,19 @@ def test_config_rejects_bad_values():
         FaceConfig(aligner="mediapipe")
     with pytest.raises(ValueError, match="--device"):
         FaceConfig(device="tpu")
+
+
+def test_device_names_resolve_and_cuda_without_a_gpu_is_refused(monkeypatch):
+    import torch
+
+    from pipelines.core.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="--device cuda asked for, but torch sees no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda")
 
 
 # --- face-alignment on self-made weights --------------------------------------------------------------------

@@ -256,6 +256,22 @@ def test_write_failing_mid_way_leaves_no_file_and_keeps_the_old_one(tmp_path: Pa
     assert os.listdir(tmp_path) == ["existing.tar"]
 
 
+def test_atomic_local_path_is_unlisted_while_written_and_gone_after_an_interrupt(tmp_path: Path):
+    target = tmp_path / "clip.mp4"
+    with storage.atomic_local_path(target) as partial:
+        partial.write_bytes(b"frames")
+        assert partial.parent == tmp_path and partial.name.startswith(".clip.mp4.")
+        assert storage.list_files(str(tmp_path), LOCAL, suffix=".mp4") == []
+    assert target.read_bytes() == b"frames"
+    (tmp_path / "plain").touch()  # what the process's umask gives a new file
+    assert target.stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+    with pytest.raises(KeyboardInterrupt), storage.atomic_local_path(tmp_path / "other.mp4") as partial:
+        partial.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "plain"]
+
+
 def fail_half_way(monkeypatch) -> None:
     """Make the chunked copy inside upload_file_atomic write some bytes and then fail."""
     def copy_then_fail(source, out, length=0):

@@ -116,6 +116,12 @@ class PairPool:
 def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     """An uninitialised tensor allocated in shared memory (as DataLoader's own collate does in a worker)."""
     dtype = np.dtype(dtype)
+    # Private, and deliberately so: torch has no public way to allocate straight into shared memory.
+    # `Tensor.share_memory_()` (and `UntypedStorage.share_memory_()`) allocate a new shared segment and copy the
+    # existing storage into it, which is the copy this avoids; so would pickling an ordinary tensor out of a
+    # worker (torch.multiprocessing's reduce_storage shares it the same way). `torch.from_file(shared=True)` maps
+    # a file of ours that torch neither shares by fd nor cleans up. `_new_shared` follows the sharing strategy in
+    # use and is what DataLoader's own default_collate calls in workers (torch/utils/data/_utils/collate.py).
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
     return torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).set_(storage, 0, shape)
 

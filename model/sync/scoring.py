@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model.checkpoint import load_expert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
 from pipelines.audio import AudioConfig
+from pipelines.core.device import resolve_device
 from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import DEVICES, FaceConfig
@@ -186,10 +186,7 @@ class VideoScorer:
 
     def __init__(self, config: ScoreConfig):
         self.config = config
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.expert = load_expert(config.checkpoint, device)
+        self.expert = load_expert(config.checkpoint, resolve_device(config.device))
         model = self.expert.config
         self.fps = model.clock.fps
         audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel

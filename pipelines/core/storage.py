@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["StorageConfig", "delete", "exists", "is_s3", "join", "list_file_sizes", "list_files", "local_copy",
-           "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
+__all__ = ["StorageConfig", "atomic_local_path", "delete", "exists", "is_s3", "join", "list_file_sizes",
+           "list_files", "local_copy", "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
 
 S3_PREFIX = "s3://"
 # Hidden and with a suffix no reader asks for, so a half-written local file is never mistaken for output.
@@ -151,6 +151,38 @@ def local_copy(uri: str, config: StorageConfig) -> Iterator[Path]:
         yield target
 
 
+@contextmanager
+def atomic_local_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary path beside `path` to write to; it becomes `path` only if the block succeeds.
+
+    The file is created empty (so the random name is ours alone), the block writes it by name (PyAV and
+    the like open paths, not streams), then it is fsynced and renamed over `path`. Any exception, including
+    KeyboardInterrupt, removes it instead. The folder must exist. The name ends in ``.partial``, not in
+    `path`'s extension, so that :func:`list_files` and any reader that looks for ``.mp4`` pass it over;
+    writers that pick a format from the extension must therefore name it themselves.
+    """
+    final = Path(path)
+    # Same folder, so os.replace is a rename within one filesystem and therefore atomic.
+    temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+    temporary.touch(exist_ok=False)  # permissions as any new file (umask), unlike tempfile's 0600
+    try:
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    # Without fsync a power cut after the rename can leave the final name pointing at empty blocks.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(uri: str, config: StorageConfig, fill: Callable[[BinaryIO], object]) -> None:
     fs, path = resolve(uri, config)
     if is_s3(uri):
@@ -160,21 +192,9 @@ def _write_atomic(uri: str, config: StorageConfig, fill: Callable[[BinaryIO], ob
 
 
 def _write_local(path: str, fill: Callable[[BinaryIO], object]) -> None:
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    # Same folder, so os.replace is a rename within one filesystem and therefore atomic.
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
-    try:
-        with open(temporary, "xb") as out:
-            fill(out)
-            out.flush()
-            # Without fsync a power cut after the rename can leave the final name pointing at empty blocks.
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_local_path(path) as temporary, open(temporary, "wb") as out:
+        fill(out)
 
 
 def _write_s3(fs: pafs.FileSystem, path: str, fill: Callable[[BinaryIO], object]) -> None:

@@ -17,17 +17,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
+
 ALIGNERS = ("auto", "face-alignment", "dlib")
 DEVICES = ("auto", "cpu", "cuda")
-
-# face-alignment 1.5.0's weight files, by the names it looks for in the torch hub cache (its `models_urls`;
-# tests check these against the installed package so an upgrade that renames them fails loudly).
-FAN_WEIGHTS = "2DFAN4-11f355bf06.pth.tar"
-S3FD_WEIGHTS = "s3fd-619a316812.pth"
-WEIGHT_URLS = {
-    FAN_WEIGHTS: "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar",
-    S3FD_WEIGHTS: "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth",
-}
 
 
 @runtime_checkable
@@ -75,37 +68,3 @@ class FaceConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-
-def fan_weights_dir(config: FaceConfig) -> Path:
-    """The folder face-alignment's weights are read from: `face_weights`, else the torch hub cache."""
-    if config.face_weights is not None:
-        return Path(config.face_weights)
-    import torch.hub  # here, not at module level: the dlib path needs no torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def missing_fan_weights(config: FaceConfig) -> list[str]:
-    folder = fan_weights_dir(config)
-    return [name for name in WEIGHT_URLS if not (folder / name).is_file()]
-
-
-def fan_weights_present(config: FaceConfig) -> bool:
-    return not missing_fan_weights(config)
-
-
-def make_aligner(config: FaceConfig) -> Aligner:
-    """The aligner `config.aligner` names; `auto` prefers face-alignment (more accurate, GPU-batched) but only
-    when its weights are already on disk, so an offline machine falls back to dlib instead of failing."""
-    choice = config.aligner
-    if choice == "auto":
-        choice = "face-alignment" if fan_weights_present(config) else "dlib"
-    if choice == "face-alignment":
-        from pipelines.faces.fan_aligner import FanAligner
-
-        return FanAligner(config)
-    from pipelines.faces.dlib_aligner import DlibAligner, DlibAlignerConfig
-
-    if config.min_score is None:
-        return DlibAligner()
-    return DlibAligner(DlibAlignerConfig(min_score=config.min_score))

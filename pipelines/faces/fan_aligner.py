@@ -29,7 +29,9 @@ from face_alignment.detection.sfd.net_s3fd import s3fd
 from face_alignment.models import FAN
 from face_alignment.utils import CENTER_Y_OFFSET, CROP_RESOLUTION, REFERENCE_SCALE, SCALE_FACTOR
 
-from pipelines.faces.base import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, FaceConfig, fan_weights_dir, missing_fan_weights
+from pipelines.core.device import resolve_device
+from pipelines.faces.base import FaceConfig
+from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_dir, missing_fan_weights
 
 NUM_LANDMARKS = 68
 FAN_STACKS = 4  # 2D-FAN-4: four stacked hourglasses; the last one's heatmaps are the prediction
@@ -46,14 +48,6 @@ S3FD_VARIANCES = (0.1, 0.2)  # SSD box-encoding variances for centre and size
 DETECT_MAX_SIDE = 640
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return device
-
-
 def missing_weights_message(folder, missing: list[str]) -> str:
     files = "; ".join(f"{name} (from {WEIGHT_URLS[name]})" for name in missing)
     return (f"face-alignment weights missing from {folder}: {files}. Nothing is downloaded here: fetch these files "
@@ -61,7 +55,7 @@ def missing_weights_message(folder, missing: list[str]) -> str:
             "folder holding them, or use --aligner dlib, which works offline.")
 
 
-def load_network(net: torch.nn.Module, path, device: str, channels_last: bool) -> torch.nn.Module:
+def load_network(net: torch.nn.Module, path, device: torch.device, channels_last: bool) -> torch.nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     net.eval().to(device)
@@ -122,7 +116,7 @@ def fan_crop_params(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centres, (width + height) / REFERENCE_SCALE
 
 
-def fan_crop_grid(centres: np.ndarray, scales: np.ndarray, height: int, width: int, device: str,
+def fan_crop_grid(centres: np.ndarray, scales: np.ndarray, height: int, width: int, device: torch.device,
                   resolution: int = CROP_RESOLUTION) -> torch.Tensor:
     """The sampling grid [F, res, res, 2] (grid_sample's normalised x, y) that reproduces the library's
     `face_alignment.utils.crop` on the GPU: the whole-pixel box from frame pixel (1/res - 0.5) * side + centre
@@ -170,21 +164,21 @@ def cells_to_frame(cells: np.ndarray, heatmap_size: int, centres: np.ndarray, sc
 class FanAligner:
     """S3FD + FAN landmarks for the largest face in each frame; the contract of `pipelines.faces.base.Aligner`.
 
-    Weights are read from `fan_weights_dir(config)` only; a missing file raises FileNotFoundError before anything
+    Weights are read from `fan_weights_dir(config.face_weights)` only; a missing file raises FileNotFoundError before anything
     else happens. Frames of one call share their size (they come as one array).
     """
 
     name = "face-alignment"
 
     def __init__(self, config: FaceConfig = FaceConfig()):
-        folder = fan_weights_dir(config)
-        missing = missing_fan_weights(config)
+        folder = fan_weights_dir(config.face_weights)
+        missing = missing_fan_weights(config.face_weights)
         if missing:
             raise FileNotFoundError(missing_weights_message(folder, missing))
         self.config = config
         self.device = resolve_device(config.device)
         self.min_score = DEFAULT_MIN_SCORE if config.min_score is None else config.min_score
-        on_gpu = self.device.startswith("cuda")
+        on_gpu = self.device.type == "cuda"
         self._memory_format = torch.channels_last if on_gpu else torch.contiguous_format
         self._detector = load_network(s3fd(), folder / S3FD_WEIGHTS, self.device, on_gpu)
         self._fan = load_network(FAN(FAN_STACKS), folder / FAN_WEIGHTS, self.device, on_gpu)
@@ -224,7 +218,7 @@ class FanAligner:
         return self._landmarks(self._to_tensor(frames), boxes)
 
     def _autocast(self):
-        if self.device.startswith("cuda"):
+        if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from pipelines.core.columns import object_column
 from pipelines.faces.align import crop_faces, smooth_landmarks
-from pipelines.faces.base import FaceConfig, make_aligner
+from pipelines.faces.base import FaceConfig
+from pipelines.faces.factory import make_aligner
 from pipelines.faces.tracks import face_tracks
 
 

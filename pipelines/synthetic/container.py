@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +22,7 @@ import av
 import numpy as np
 
 from pipelines.audio_encoding import add_audio_stream, audio_frames, encoder_priming
+from pipelines.core.storage import atomic_local_path
 
 __all__ = ["CONTAINERS", "ContainerSpec", "write_clip"]
 
@@ -119,15 +118,9 @@ def write_clip(
         raise ValueError("write_clip needs at least one frame")
     height, width = _frame_size(first)
 
-    tmp = _temporary_path(path)
-    try:
+    with atomic_local_path(path) as tmp:
         images = itertools.chain([first], images)
         _encode(tmp, images, (height, width), time_base, pts, fps, audio, sample_rate, spec, quality, options)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:  # including KeyboardInterrupt: never leave the partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _encode(
@@ -233,22 +226,6 @@ def _check_image(image: np.ndarray, size: tuple[int, int] | None = None) -> None
         raise ValueError("frames must be RGB uint8 arrays of shape HxWx3")
     if size is not None and image.shape[:2] != size:
         raise ValueError(f"frame size changed mid-clip: {image.shape[:2]} != {size}")
-
-
-def _temporary_path(path: Path) -> Path:
-    """A unique hidden name beside ``path``: same filesystem, so os.replace is atomic."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync(path: Path) -> None:
-    """Make the bytes durable before the rename publishes them, so a crash cannot leave an empty clip."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _add_video_stream(

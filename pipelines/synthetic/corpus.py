@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.clock import EXPERT_CLOCK
+from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.synthetic import background, corrupt
 from pipelines.synthetic.container import CONTAINERS, write_clip
 from pipelines.synthetic.face import FaceRenderer, HeadPose, Identity, random_identity
@@ -351,9 +352,8 @@ def claim_folder(config: SyntheticConfig) -> None:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    os.replace(partial, path)
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    write_bytes_atomic(str(path), text.encode(), StorageConfig())
 
 
 def read_manifest(path: Path) -> list[dict]:

@@ -7,13 +7,13 @@ it opens and then runs out of data: the hard case. A file that does not open at 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.core.clock import EXPERT_CLOCK
+from pipelines.core.storage import StorageConfig, write_bytes_atomic
 
 if TYPE_CHECKING:  # only for annotations: importing corpus here would be circular
     from pipelines.synthetic.corpus import HeadMotion, VideoPlan
@@ -42,9 +42,10 @@ def write_broken(path: Path, kind: str, renderer: FaceRenderer, motion: HeadMoti
         return (renderer.render(motion.at(t), track.at(t)) for t in times)
 
     if kind == "empty":
-        _write_atomic(path, b"")
+        write_bytes_atomic(str(path), b"", StorageConfig())
     elif kind == "not_video":
-        _write_atomic(path, b"This is a text file that someone saved with a video extension.\n" * 20)
+        text = b"This is a text file that someone saved with a video extension.\n" * 20
+        write_bytes_atomic(str(path), text, StorageConfig())
     elif kind == "no_audio":
         write_clip(path, faces(), times, None, plan.sample_rate, spec, fps=fps)
     elif kind == "no_face":
@@ -57,12 +58,6 @@ def write_broken(path: Path, kind: str, renderer: FaceRenderer, motion: HeadMoti
             data = whole.read_bytes()
         finally:
             whole.unlink(missing_ok=True)
-        _write_atomic(path, data[: int(len(data) * TRUNCATE_AT)])
+        write_bytes_atomic(str(path), data[: int(len(data) * TRUNCATE_AT)], StorageConfig())
     else:
         raise ValueError(f"unknown broken-input kind {kind!r}; expected one of {KINDS}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name("." + path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
