@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import CHECKPOINT_FILE, find_checkpoint
+from model.checkpoint import find_checkpoint, restore_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import accuracy, sync_loss
@@ -221,9 +221,7 @@ def run_loop(config: TrainConfig, session) -> None:
             metrics.update(validate(expert, config, rank))
         checkpoint_dir = tempfile.mkdtemp() if due["checkpoint"] and rank == 0 else None
         if checkpoint_dir:
-            torch.save({"model": expert.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "model_config": asdict(expert.config), "train_config": asdict(config)},
-                       os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            save_checkpoint(checkpoint_dir, expert, step, optimizer, train_config=asdict(config))
         if log is not None:
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
@@ -233,19 +231,13 @@ def run_loop(config: TrainConfig, session) -> None:
 
 
 def restore(expert: SyncExpert, optimizer, session) -> int:
-    """Load the newest checkpoint of this run, if any; returns the step to continue from. The optimizer keeps
-    the learning rates it was built with: a resumed run may have another --lr, or other workers under --scale-lr."""
+    """Load the newest checkpoint of this run, if any (model.checkpoint.restore_checkpoint); returns the step to
+    continue from."""
     checkpoint = session.latest_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint as folder:
-        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    expert.load_state_dict(state["model"])
-    rates = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for group, rate in zip(optimizer.param_groups, rates):
-        group["lr"] = rate
-    return int(state["step"])
+        return restore_checkpoint(folder, expert, optimizer)
 
 
 def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import load_expert
+from model.expert import SyncExpert
 from model.offset import offset_curve
 from pipelines.shards.reader import iter_segments, list_shards
 from pipelines.core.storage import StorageConfig
@@ -66,7 +66,7 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[d
 
 def score_shards(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    expert = load_expert(config.checkpoint, device)
+    expert = SyncExpert.from_checkpoint(config.checkpoint, device)
     rows, seconds = [], 0.0
     for segment in iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None):
         name = Path(segment.source).name

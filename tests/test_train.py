@@ -7,13 +7,17 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.checkpoint import find_checkpoint
-from train_ray import TrainConfig, train
+from model.checkpoint import find_checkpoint, save_checkpoint
+from model.config import PRESETS
+from model.expert import SyncExpert
+from pipelines.core.clock import Clock
+from train_ray import LocalSession, TrainConfig, restore, train
 
 FAST = dict(preset="cpu-small", batch_size=16, log_every=5, val_every=10, checkpoint_every=10, val_batches=2,
             val_segments=2, loader_workers=0, progress=False)
@@ -97,6 +101,25 @@ def test_killed_worker_restarts_from_checkpoint(shards, tmp_path):
     assert steps[-1] == 30
     # A restart from zero would log step 5 again; from the step-10 checkpoint it logs only later steps.
     assert steps.count(5) == 1 and steps.count(10) == 1
+
+
+@pytest.mark.parametrize("theirs, named", [
+    (PRESETS["full"], "(preset 'full') has width=32, this run's (preset 'cpu-small') width=8"),
+    (replace(PRESETS["cpu-small"], clock=Clock(window_frames=7)),
+     "(no preset) has clock.window_frames=7, this run's (preset 'cpu-small') clock.window_frames=5"),
+])
+def test_resuming_with_another_model_stops_and_says_what_to_do(tmp_path, theirs, named):
+    session = LocalSession(str(tmp_path / "run"))
+    folder = session.folder / "step_0000010"
+    folder.mkdir(parents=True)
+    theirs_expert = SyncExpert(theirs)
+    path = save_checkpoint(folder, theirs_expert, step=10, optimizer=torch.optim.AdamW(theirs_expert.parameters()))
+    ours = SyncExpert(PRESETS["cpu-small"])
+    with pytest.raises(ValueError) as error:
+        restore(ours, torch.optim.AdamW(ours.parameters()), session)
+    message = str(error.value)
+    assert str(path) in message and named in message
+    assert "--preset" in message and "another --output" in message
 
 
 def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import load_expert
+from model.expert import SyncExpert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
 from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.audio import AudioConfig
@@ -187,7 +187,7 @@ class VideoScorer:
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.expert = load_expert(config.checkpoint, device)
+        self.expert = SyncExpert.from_checkpoint(config.checkpoint, device)
         model = self.expert.config
         self.fps = model.clock.fps
         audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel
