@@ -17,7 +17,8 @@ from model.checkpoint import find_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
 from pipelines.core.clock import Clock
-from train_ray import LocalSession, TrainConfig, restore, train
+from pipelines.shards.reader import list_shards
+from train_ray import LocalSession, TrainConfig, restore, train, validate, validation_data
 
 FAST = dict(preset="cpu-small", batch_size=16, log_every=5, val_every=10, checkpoint_every=10, val_batches=2,
             val_segments=2, loader_workers=0, progress=False)
@@ -120,6 +121,20 @@ def test_resuming_with_another_model_stops_and_says_what_to_do(tmp_path, theirs,
     message = str(error.value)
     assert str(path) in message and named in message
     assert "--preset" in message and "another --output" in message
+
+
+def test_validation_is_the_same_at_every_validation_and_on_every_rank(shards):
+    config = TrainConfig(shards=str(shards), **FAST)
+    shard_uris = list_shards(config.shards, config.storage)
+    torch.manual_seed(0)
+    expert = SyncExpert(PRESETS[config.preset])
+    first = validate(expert, config, validation_data(config, shard_uris, expert.config.clock))
+    assert first["val_pairs"] > 0 and first["val_offset_segments"] > 0
+    validation = validation_data(config, shard_uris, expert.config.clock)  # as another rank builds it
+    assert validate(expert, config, validation) == first
+    assert validate(expert, config, validation) == first  # and again, at the next validation
+    other_seed = replace(config, seed=1)  # the pairs come from the run's seed, not from a constant
+    assert validate(expert, other_seed, validation_data(other_seed, shard_uris, expert.config.clock)) != first
 
 
 def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):
