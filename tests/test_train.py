@@ -50,8 +50,10 @@ def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     assert all(r["steps_per_rank"] == [r["step"], r["step"]] for r in rows)
-    final = rows[-1]
-    assert 0 <= final["val_loss"] < 5 and 0 <= final["val_accuracy"] <= 1 and final["val_pairs"] > 0
+    first, final = rows[1], rows[-1]
+    # The fresh expert's similarities are far from calibrated: validation BCE 0.81 at step 10, above chance's
+    # ln 2 = 0.69; 0.74 at step 20. Measured on the same pairs both times, so the drop is the training's.
+    assert final["val_pairs"] == first["val_pairs"] > 0 and final["val_loss"] < first["val_loss"]
     assert result.checkpoint is not None and (Path(result.checkpoint.path) / "expert.pt").is_file()
     state = torch.load(Path(result.checkpoint.path) / "expert.pt", map_location="cpu", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-3)  # --scale-lr: lr times 2 workers
@@ -71,19 +73,37 @@ def test_rerunning_the_command_resumes(shards, tmp_path):
     assert older and all(find_checkpoint(path) == path for path in older)
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes under `pid`, from /proc. Ray started by this process runs its raylet as our child and its
+    workers under that, so this finds this test's workers and never those of another Ray on the machine."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue  # it has just exited
+        children.setdefault(parent, []).append(int(entry.name))
+    found, waiting = [], [pid]
+    while waiting:
+        below = children.get(waiting.pop(), [])
+        found += below
+        waiting += below
+    return found
+
+
 def _kill_a_train_worker_once(run: Path, after_step: int, stop: threading.Event, killed: list) -> None:
-    """Wait until the run has checkpointed past `after_step`, then SIGKILL one Ray Train worker process."""
+    """Wait until the run has checkpointed past `after_step`, then SIGKILL one of its Ray Train worker processes."""
     while not stop.is_set():
         checkpointed = [p for p in run.glob("checkpoint_*/expert.pt")]
         if checkpointed and (run / "metrics.jsonl").exists() and any(r["step"] > after_step for r in metrics(run)):
-            for pid in os.listdir("/proc"):
+            for pid in _descendants(os.getpid()):
                 try:
-                    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                except (OSError, ValueError):
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
                     continue
-                if b"RayTrainWorker" in command and pid.isdigit():
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(int(pid))
+                if b"RayTrainWorker" in command:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                     return
         time.sleep(0.2)
 
