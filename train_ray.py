@@ -27,17 +27,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import CHECKPOINT_FILE, find_checkpoint
+from model.checkpoint import check_resumable, find_checkpoint, restore_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loader.stream import PairBatches, PairStream
 from model.loader.windows import PairConfig
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
+from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import quiet_placement_group_cleaner
 from pipelines.core.storage import StorageConfig
-from pipelines.shards.reader import iter_segments, list_shards
+from pipelines.shards.reader import iter_segments, list_shards, shards_holding
+
+# Validation draws its pairs and its simulated delays from entropy [run seed, purpose], as the loader's streams
+# do (model/loader/stream.py): the same run validates on the same pairs and delays at every validation.
+VALIDATION_PAIRS, VALIDATION_DELAYS = 1, 2
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ def run_loop(config: TrainConfig, session) -> None:
         model = torch.compile(model)
 
     shard_uris = list_shards(config.shards, config.storage)
+    validation = validation_data(config, shard_uris, expert.config.clock)
     # The step a run resumes from is part of the seed, so a resumed run does not replay the same pairs.
     stream = PairBatches(shard_uris, config.storage, "train", config.pairs, expert.config.clock, config.batch_size,
                          seed=(config.seed, step), rank=rank, world_size=world, repeat=True)
@@ -201,12 +207,10 @@ def run_loop(config: TrainConfig, session) -> None:
         metrics = {"step": step, **_reduce(window, rank, world, step, device)}
         window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
         if due["val"]:
-            metrics.update(validate(expert, config, rank))
+            metrics.update(validate(expert, config, validation))
         checkpoint_dir = tempfile.mkdtemp() if due["checkpoint"] and rank == 0 else None
         if checkpoint_dir:
-            torch.save({"model": expert.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "model_config": asdict(expert.config), "train_config": asdict(config)},
-                       os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            save_checkpoint(checkpoint_dir, expert, step, optimizer, train_config=asdict(config))
         if log is not None:
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
@@ -216,19 +220,13 @@ def run_loop(config: TrainConfig, session) -> None:
 
 
 def restore(expert: SyncExpert, optimizer, session) -> int:
-    """Load the newest checkpoint of this run, if any; returns the step to continue from. The optimizer keeps
-    the learning rates it was built with: a resumed run may have another --lr, or other workers under --scale-lr."""
+    """Load the newest checkpoint of this run, if any (model.checkpoint.restore_checkpoint); returns the step to
+    continue from."""
     checkpoint = session.latest_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint as folder:
-        state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
-    expert.load_state_dict(state["model"])
-    rates = [group["lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for group, rate in zip(optimizer.param_groups, rates):
-        group["lr"] = rate
-    return int(state["step"])
+        return restore_checkpoint(folder, expert, optimizer)
 
 
 def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device) -> dict:
@@ -250,18 +248,31 @@ def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device
 
 # --- validation ------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ValidationData:
+    """What validation reads, found once per run: the shards holding validation samples and a one-pass stream
+    of seeded pairs from them (None when there are none), which gives the same batches at every iteration."""
+
+    shard_uris: list[str]
+    pairs: PairStream | None
+
+
+def validation_data(config: TrainConfig, shard_uris: list[str], clock: Clock) -> ValidationData:
+    held = shards_holding(shard_uris, config.storage, "val")
+    pairs = PairStream(held, config.storage, "val", config.pairs, clock, config.batch_size,
+                       seed=(config.seed, VALIDATION_PAIRS), repeat=False) if held else None
+    return ValidationData(held, pairs)
+
+
 @torch.no_grad()
-def validate(expert: SyncExpert, config: TrainConfig, rank: int) -> dict:
+def validate(expert: SyncExpert, config: TrainConfig, validation: ValidationData) -> dict:
     """BCE/accuracy on fixed validation pairs and offset accuracy on validation segments (every rank computes
     the same numbers, so they need no exchange and no rank waits for another)."""
     was_training = expert.training
     expert.eval()
     device = next(expert.parameters()).device
-    shard_uris = list_shards(config.shards, config.storage)
-    stream = PairStream(shard_uris, config.storage, "val", config.pairs, expert.config.clock, config.batch_size, seed=12345,
-                        repeat=False)
     losses, correct, pairs = 0.0, 0.0, 0
-    for index, batch in enumerate(stream):
+    for index, batch in enumerate(validation.pairs or ()):
         if index == config.val_batches:
             break
         batch = {k: torch.as_tensor(v) for k, v in batch.items()}
@@ -271,7 +282,7 @@ def validate(expert: SyncExpert, config: TrainConfig, rank: int) -> dict:
         losses += sync_loss(similarity, labels).item() * len(labels)
         correct += accuracy(similarity, labels).item() * len(labels)
         pairs += len(labels)
-    offsets = validation_offsets(expert, config, shard_uris)
+    offsets = validation_offsets(expert, config, validation.shard_uris)
     expert.train(was_training)
     result = {"val_loss": losses / max(pairs, 1), "val_accuracy": correct / max(pairs, 1), "val_pairs": pairs}
     if offsets:
@@ -283,7 +294,7 @@ def validate(expert: SyncExpert, config: TrainConfig, rank: int) -> dict:
 
 def validation_offsets(expert: SyncExpert, config: TrainConfig, shard_uris: list[str]) -> list[tuple[int, int]]:
     """(true, estimated) offsets on validation segments whose audio is delayed by a known, seeded amount."""
-    rng = np.random.default_rng(777)
+    rng = np.random.default_rng([config.seed, VALIDATION_DELAYS])
     delay_range = config.max_offset // 2  # simulated delays; the search still spans +-max_offset
     results = []
     for segment in iter_segments(shard_uris, config.storage, split="val"):
@@ -357,6 +368,9 @@ def train(config: TrainConfig):
                      shards=config.shards if "://" in config.shards else str(Path(config.shards).resolve()))
     if not list_shards(config.shards, config.storage):
         raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
+    # Here, before any worker starts: a worker's error would be retried --max-failures times, then wrapped by Ray.
+    with contextlib.suppress(FileNotFoundError):
+        check_resumable(config.output, PRESETS[config.preset])
     if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent
         run_loop(config, LocalSession(config.output))
         return None

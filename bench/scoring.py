@@ -37,14 +37,12 @@ class ScoringBenchConfig:
 
 
 def random_checkpoint(preset: str, folder: Path) -> str:
+    from model.checkpoint import save_checkpoint
     from model.config import PRESETS
     from model.expert import SyncExpert
 
     torch.manual_seed(0)
-    config = PRESETS[preset]
-    path = folder / "expert.pt"
-    torch.save({"model": SyncExpert(config).state_dict(), "model_config": asdict(config), "step": 0}, path)
-    return str(path)
+    return str(save_checkpoint(folder, SyncExpert(PRESETS[preset]), step=0))
 
 
 def synthetic_videos(size: int, folder: Path) -> Path:
@@ -57,14 +55,15 @@ def synthetic_videos(size: int, folder: Path) -> Path:
 
 def bench_expert_on_shards(config: ScoringBenchConfig) -> dict:
     """The `expert only` row from preprocessed segments: what a GPU machine without the media stack measures."""
-    from model.checkpoint import load_expert
+    from model.expert import SyncExpert
     from pipelines.core.device import resolve_device
-    from pipelines.shards.reader import iter_segments, list_shards
     from pipelines.core.storage import StorageConfig
+    from pipelines.shards.reader import iter_segments, list_shards
 
     device = resolve_device(config.device)
     with tempfile.TemporaryDirectory() as scratch:
-        expert = load_expert(config.checkpoint or random_checkpoint(config.preset, Path(scratch)), device)
+        checkpoint = config.checkpoint or random_checkpoint(config.preset, Path(scratch))
+        expert = SyncExpert.from_checkpoint(checkpoint, device)
     segments = list(iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None))
     usable = [s for s in segments if s.num_frames >= expert.config.window_frames + 2 * config.max_offset]
     video_s = expert.config.clock.seconds(sum(s.num_frames for s in usable))

@@ -1,15 +1,81 @@
-"""Finding and loading a trained expert: a checkpoint file, or a run folder (its newest checkpoint)."""
+"""The one checkpoint format: what training saves, what a resumed run restores, what scoring loads.
+
+A checkpoint is a file `expert.pt`, a `torch.save`d dict (readable with `weights_only=True`) holding "format"
+(`FORMAT`) and the fields of `Checkpoint`, `model_config` as `ModelConfig.to_dict()`. Format 0 is a file
+without "format", written before there was one: the same fields, `model_config` possibly in the flat form
+that `ModelConfig.from_dict` also reads. A run folder holds many checkpoints; `find_checkpoint` picks one.
+
+This module reads and writes state; `SyncExpert.from_checkpoint` builds the expert from it, so the expert
+depends on the format and not the other way round.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from model.config import ModelConfig
-from model.expert import SyncExpert
+from model.config import PRESETS, ModelConfig
+from pipelines.core.storage import atomic_local_path
 
 CHECKPOINT_FILE = "expert.pt"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int  # optimizer steps taken
+    model: dict  # the expert's state_dict
+    model_config: ModelConfig
+    optimizer: dict | None = None  # the optimizer's state_dict; None in an expert saved for scoring only
+    train_config: dict | None = None  # the run's training config, for the record: nothing reads it back
+
+
+def save_checkpoint(folder: str | Path, expert: nn.Module, step: int, optimizer: torch.optim.Optimizer | None = None,
+                    train_config: dict | None = None) -> Path:
+    """Write `expert` (a SyncExpert: its state and its `config`) and the rest into `folder`/expert.pt."""
+    checkpoint = Checkpoint(step=step, model=expert.state_dict(), model_config=expert.config,
+                            optimizer=optimizer.state_dict() if optimizer is not None else None,
+                            train_config=train_config)
+    path = Path(folder) / CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_local_path(path) as partial:  # a kill mid-write never leaves a torn expert.pt behind
+        torch.save(_encode(checkpoint), partial)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at `path`, a checkpoint file or a folder (its highest step: `find_checkpoint`)."""
+    path = find_checkpoint(path)
+    return _decode(torch.load(path, map_location="cpu", weights_only=True), path)
+
+
+def restore_checkpoint(path: str | Path, expert: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load a training checkpoint into `expert` and `optimizer`; returns the step to continue from.
+
+    The expert must be built with the checkpoint's model config: weights of another size or clock would not
+    fit, or worse, fit and mean something else. The optimizer keeps the learning rates it was built with: a
+    resumed run may have another --lr, or other workers under --scale-lr.
+    """
+    path = find_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    check_resumable(path, expert.config, checkpoint)
+    expert.load_state_dict(checkpoint.model)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint.optimizer)
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    return checkpoint.step
+
+
+def check_resumable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
+    """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`
+    (its preset or its clock); FileNotFoundError when there is none."""
+    checkpoint = checkpoint or read_checkpoint(path)
+    if checkpoint.model_config != config:
+        raise ValueError(_mismatch(find_checkpoint(path), checkpoint.model_config, config))
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -22,17 +88,44 @@ def find_checkpoint(path: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} under {path}: pass a checkpoint file or a training run "
                                 f"folder (python train_ray.py --output RUN)")
-    return max(found, key=lambda p: (_step(p), p.stat().st_mtime))
+    return max(found, key=lambda p: (read_checkpoint(p).step, p.stat().st_mtime))
 
 
-def _step(path: Path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=True).get("step", 0))
+def _encode(checkpoint: Checkpoint) -> dict:
+    values = {field.name: getattr(checkpoint, field.name) for field in fields(Checkpoint)}
+    return {"format": FORMAT, **values, "model_config": checkpoint.model_config.to_dict()}
 
 
-def load_expert(path: str | Path, device: str | torch.device = "cpu") -> SyncExpert:
-    """The expert of a checkpoint, frozen, in eval mode, on `device`."""
-    state = torch.load(find_checkpoint(path), map_location="cpu", weights_only=True)
-    expert = SyncExpert(ModelConfig.from_dict(state["model_config"]))
-    expert.load_state_dict(state["model"])
-    expert.eval().requires_grad_(False)
-    return expert.to(device)
+def _decode(values: dict, path: Path) -> Checkpoint:
+    values = dict(values)
+    version = values.pop("format", 0)
+    if version > FORMAT:
+        raise ValueError(f"{path} is checkpoint format {version}; this code reads formats 0 to {FORMAT}: update it")
+    return Checkpoint(**{**values, "step": int(values["step"]),
+                         "model_config": ModelConfig.from_dict(values["model_config"])})
+
+
+def _mismatch(path: Path, saved: ModelConfig, ours: ModelConfig) -> str:
+    # Only the fields that differ, to stay short: of a failed worker's traceback Ray Train shows the first and the
+    # last 500 characters, and this message is at the end.
+    theirs, mine = _flat(saved.to_dict()), _flat(ours.to_dict())
+    differing = [name for name in theirs if theirs[name] != mine[name]]
+    return (f"cannot resume from {path}: its expert ({_preset(saved)}) has "
+            f"{', '.join(f'{name}={theirs[name]}' for name in differing)}, this run's ({_preset(ours)}) "
+            f"{', '.join(f'{name}={mine[name]}' for name in differing)}. Resume with the --preset that run had, "
+            f"or start a new run with another --output.")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def _preset(config: ModelConfig) -> str:
+    name = next((name for name, preset in PRESETS.items() if preset == config), None)
+    return f"preset {name!r}" if name else "no preset"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import load_expert
+from model.expert import SyncExpert
 from model.offset import offset_curve
 from pipelines.core.device import resolve_device
 from pipelines.core.storage import StorageConfig
@@ -66,7 +66,7 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[d
 
 
 def score_shards(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
-    expert = load_expert(config.checkpoint, resolve_device(config.device))
+    expert = SyncExpert.from_checkpoint(config.checkpoint, resolve_device(config.device))
     rows, seconds = [], 0.0
     for segment in iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None):
         name = Path(segment.source).name

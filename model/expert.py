@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.checkpoint import read_checkpoint
 from model.config import ModelConfig
 from model.encoders import AudioEncoder, FaceEncoder
 
@@ -85,11 +86,12 @@ class SyncExpert(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu") -> "SyncExpert":
-        """A trained expert from a checkpoint file or a training run folder (its newest checkpoint): frozen
+        """A trained expert from a checkpoint file or a training run folder (its highest step): frozen
         (no parameter needs a gradient) and in eval mode (batch-norm statistics fixed), on `device`."""
-        from model.checkpoint import load_expert  # checkpoint builds experts: import here, not at the top
-
-        return load_expert(path, device)
+        checkpoint = read_checkpoint(path)
+        expert = cls(checkpoint.model_config)
+        expert.load_state_dict(checkpoint.model)
+        return expert.eval().requires_grad_(False).to(device)
 
     def similarity(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
         """P(in sync) ``[B]`` of raw windows, on the expert's device:

@@ -62,7 +62,7 @@ def test_real_offsets_bench_scores_every_applied_shift(small_corpus, trained_exp
 
 
 def test_scoring_bench_times_the_expert_alone_on_shards(trained_expert, tmp_path):
-    from model.checkpoint import load_expert
+    from model.expert import SyncExpert
     from pipelines.core.storage import StorageConfig
     from pipelines.shards.reader import iter_segments, list_shards
 
@@ -72,9 +72,9 @@ def test_scoring_bench_times_the_expert_alone_on_shards(trained_expert, tmp_path
     result = json.loads((tmp_path / "scoring.json").read_text())
     [row] = result["rows"]
     # Every segment long enough for the -15..+15 search is scored, and its frames are the video seconds.
-    model = load_expert(trained_expert).config
+    model = SyncExpert.from_checkpoint(trained_expert).config
     frames = [s.num_frames for s in iter_segments(list_shards(str(shards), StorageConfig()), StorageConfig(), None)]
     usable = [count for count in frames if count >= model.window_frames + 2 * 15]
     assert row["mode"] == "expert only" and result["segments"] == len(usable) >= 4
-    assert row["video_s"] == pytest.approx(sum(usable) / model.video_fps, abs=0.01)
+    assert row["video_s"] == pytest.approx(model.clock.seconds(sum(usable)), abs=0.01)
     assert_rates_are_their_quotients(result["rows"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import load_expert
+from model.expert import SyncExpert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
 from pipelines.audio import AudioConfig
 from pipelines.core.device import resolve_device
@@ -186,7 +186,7 @@ class VideoScorer:
 
     def __init__(self, config: ScoreConfig):
         self.config = config
-        self.expert = load_expert(config.checkpoint, resolve_device(config.device))
+        self.expert = SyncExpert.from_checkpoint(config.checkpoint, resolve_device(config.device))
         model = self.expert.config
         self.fps = model.clock.fps
         audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel
