@@ -5,7 +5,7 @@ The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_se
     list sources (driver: paths only, largest first)
       -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
       -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
-      -> SampleStage   voice separation, face tracks -> segments, log-mel
+      -> SampleStage   voice separation, face tracks -> segments, log-mel, samples and records
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.
 
@@ -36,6 +36,7 @@ from pipelines.faces.base import FaceConfig, fan_weights_present
 from pipelines.faces.stage import FaceStage
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.samples import SampleConfig, SampleStage
+from pipelines.shards.records import EndRecord, records_of
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
 from pipelines.core.storage import StorageConfig
@@ -255,7 +256,7 @@ def _process(pending: list[Source], config: PreprocessConfig) -> None:
     dataset = build_dataset(source_rows(pending, config.val_fraction), config, face_stage_on_gpu(config))
     bar = tqdm(total=len(pending), unit="video", desc="preprocess", disable=not config.progress)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        bar.update(int(np.sum(batch["end"])))
+        bar.update(sum(isinstance(record, EndRecord) for record in records_of(batch)))
     bar.close()
 
 

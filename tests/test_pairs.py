@@ -14,9 +14,9 @@ import torch
 from model.loader.stream import PairBatches, PairStream, to_torch
 from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
 from pipelines.core.clock import EXPERT_CLOCK, Clock
-from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.samples import tar_bytes
+from pipelines.shards.format import tar_bytes
+from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from s3_server import make_bucket
