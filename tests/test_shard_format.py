@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from model.loader.stream import PairStream
+from model.loader.windows import PairConfig
 from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig
 from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, shard_number, stats_of,
@@ -85,6 +87,18 @@ def test_shards_of_the_old_layout_read_as_before(tmp_path):
             {k: before.meta[k] for k in ("num_frames", "start_s", "end_s", "fps", "mel_fps", "crop_size")}
     assert summaries == tuple(SampleSummary.from_meta(s.meta) for s in new)
     assert sample_clock(other_rate[0].meta) == other and other_rate[0].mel.shape == (80, other.mel_column(9))
+
+
+def test_training_refuses_samples_of_another_clock(tmp_path):
+    """The rates alone (25 fps, 80 columns/s) agree; the sample rate they were computed at does not."""
+    at_48k = Clock(sample_rate=48000, hop_length=600)
+    part, _ = chunk_part([sample("a_f0000000", 30, clock=at_48k)], at_48k)
+    (tmp_path / "shard-000000.tar").write_bytes(part)
+    uris = list_shards(str(tmp_path), LOCAL)
+    assert [s.mel.shape for s in iter_segments(uris, LOCAL, None)] == [(80, 96)]
+    stream = PairStream(uris, LOCAL, None, PairConfig(), EXPERT_CLOCK, batch_size=4, seed=0, repeat=False)
+    with pytest.raises(ValueError, match="preprocess with the expert's clock"):
+        next(iter(stream))
 
 
 def test_unknown_versions_and_keys_that_are_paths_are_skipped(tmp_path):
