@@ -475,8 +475,7 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
     audio, decode_config = AudioConfig(), DecodeConfig(chunk_seconds=pc.chunk_seconds, max_side=pc.max_side)
     decode = DecodeStage(decode_config, audio, pc.storage)
     stages = [("faces", FaceStage(pc.faces)),
-              ("samples", SampleStage(audio, SampleConfig(pc.separate, pc.min_segment_frames),
-                                      pc.faces.max_center_jump)),
+              ("samples", SampleStage(audio, SampleConfig(pc.separate, pc.min_segment_frames))),
               ("write parts", PartWriter(pc.output, pc.storage))]
     cpu = dict.fromkeys(["decode", *(name for name, _ in stages), "pack + index"], 0.0)
     for source in source_rows(list_sources(pc.input, pc.storage), pc.val_fraction):

@@ -5,7 +5,7 @@ The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_se
     list sources (driver: paths only, largest first)
       -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
       -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
-      -> SampleStage   voice separation, face tracks -> segments, log-mel, samples and records
+      -> SampleStage   voice separation, the face stage's tracks -> segments, log-mel, samples and records
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.
 
@@ -169,8 +169,7 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
     stages = {
         "decode": (DecodeStage, (decode, audio, config.storage)),
         "faces": (FaceStage, (faces,)),
-        "samples": (SampleStage, (audio, SampleConfig(config.separate, config.min_segment_frames),
-                                  faces.max_center_jump)),
+        "samples": (SampleStage, (audio, SampleConfig(config.separate, config.min_segment_frames))),
         "write": (PartWriter, (config.output, config.storage)),
     }
 

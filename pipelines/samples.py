@@ -1,7 +1,7 @@
-"""From a chunk's face crops and audio to samples, one per continuous face segment.
+"""From a chunk's face crops, face tracks and audio to samples, one per continuous face segment.
 
-The face tracks of the chunk's landmarks are cut into segments of at most the chunk's length and at least
-`min_segment_frames`; each becomes a sample of the shard format
+The face stage's tracks (`FaceStage`, the same runs its landmarks were smoothed along) are cut into segments of
+at most the chunk's length and at least `min_segment_frames`; each becomes a sample of the shard format
 (`pipelines.shards.format`: its faces, the log-mel of its (separated) voice, its json), and the chunk's samples
 one tar. With it goes the chunk's record (`pipelines.shards.records`: sample summaries, frame counts, drops),
 or, for the row that ends a video, the end record with the chunk count or the decoder's failure.
@@ -16,7 +16,7 @@ import numpy as np
 from pipelines.audio import AudioConfig, segment_mel, separate_voice
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import CONTEXT_FRAMES
-from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
+from pipelines.faces.tracks import landmark_quality, split_and_filter
 from pipelines.shards.format import JPEG_QUALITY
 from pipelines.shards.records import ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part
 
@@ -29,10 +29,9 @@ class SampleConfig:
 
 
 class SampleStage:
-    def __init__(self, audio_config: AudioConfig, sample_config: SampleConfig, max_center_jump: float):
+    def __init__(self, audio_config: AudioConfig, sample_config: SampleConfig):
         self.audio_config = audio_config
         self.config = sample_config
-        self.max_center_jump = max_center_jump
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return batch_of([self.chunk_samples({name: batch[name][i] for name in batch})
@@ -45,7 +44,7 @@ class SampleStage:
             failure = Failure(str(row["error"]), str(row["detail"])) if row["error"] else None
             return EndRecord(key=key, uri=uri, chunks=int(row["chunk"]), failure=failure), b""
         # Tracks never outrun their chunk; a chunk's tail shorter than a window yields only a counted drop.
-        tracks = face_tracks(row["landmarks"], self.max_center_jump)
+        tracks = [(int(start), int(end)) for start, end in row["tracks"]]
         longest = max(len(row["faces"]), self.config.min_segment_frames)
         segments, dropped = split_and_filter(tracks, self.config.min_segment_frames, longest)
         samples = []

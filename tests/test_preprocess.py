@@ -14,11 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig, list_files
+from pipelines.decode import CONTEXT_FRAMES
+from pipelines.faces.tracks import face_tracks
 from pipelines.preprocess import PreprocessConfig, run
+from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards.format import FORMAT_VERSION, clock_json
-from pipelines.shards.reader import Segment, iter_segments, list_shards
+from pipelines.shards.reader import Segment, iter_segments, list_shards, segments_in_tar
 from pipelines.shards.writer import shard_stats
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from pipelines.synthetic.envelope_check import agreement_curve, mel_loudness, mouth_opening_from_crops
@@ -292,3 +296,30 @@ def test_split_follows_speaker_then_video():
     shares = np.mean([assign_split(f"video{i}", 0.2) == "val" for i in range(4000)])
     assert 0.17 < shares < 0.23
 
+
+def test_samples_are_cut_from_the_face_stage_tracks():
+    """The sample stage cuts the tracks the face stage smoothed along: here a cut the face stage saw, in a face
+    that does not move (face_tracks of the landmarks alone find one track), ends a segment."""
+    rng = np.random.default_rng(0)
+    frames, start = 20, 50
+    landmarks = np.repeat(rng.uniform(30, 60, (1, 68, 2)).astype(np.float32), frames, axis=0)
+    assert face_tracks(landmarks, 0.3) == [(0, frames)]
+    clock = EXPERT_CLOCK
+    row = {"key": "vid", "uri": "/in/vid.mp4", "chunk": 3, "end": False, "error": "", "detail": "",
+           "start_frame": start, "faces": np.repeat(10 * np.arange(frames, dtype=np.uint8), 96 * 96 * 3).reshape(
+               frames, 96, 96, 3),  # frame t all grey 10 t: a JPEG keeps it to the level
+           "landmarks": landmarks, "scores": np.ones(frames, np.float32),
+           "tracks": np.array([[0, 3], [3, 11], [11, frames]]),
+           "audio": 0.1 * rng.standard_normal((frames + 2 * CONTEXT_FRAMES) * clock.samples_per_frame, np.float32),
+           "source_fps": 30.0, "source_rate": 44100, "speaker": "spk", "split": "train", "aligner": "dlib"}
+    record, part = SampleStage(AudioConfig(), SampleConfig(separate=False)).chunk_samples(row)
+    assert (record.chunk, record.frames, record.frames_with_face, record.dropped_short) == (3, frames, frames, 1)
+    assert [(s.key, s.start_frame, s.num_frames) for s in record.samples] == [("vid_f0000053", 53, 8),
+                                                                            ("vid_f0000061", 61, 9)]
+    segments = segments_in_tar(part, "chunk")
+    assert [s.key for s in segments] == ["vid_f0000053", "vid_f0000061"]
+    for segment, (begin, end) in zip(segments, [(3, 11), (11, frames)]):
+        assert segment.faces.shape == (end - begin, 96, 96, 3)
+        assert np.abs(segment.faces.astype(int) - row["faces"][begin:end]).max() <= 1
+        assert segment.mel.shape == (80, clock.mel_column(end - begin))
+        assert segment.meta["start_s"] == (start + begin) / 25 and segment.meta["format"] == FORMAT_VERSION

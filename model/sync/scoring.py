@@ -199,8 +199,7 @@ class VideoScorer:
                                   StorageConfig())
         self.faces = FaceStage(faces)
         self.samples = SampleStage(audio, SampleConfig(separate=config.separate,
-                                                       min_segment_frames=model.window_frames),
-                                   faces.max_center_jump)
+                                                       min_segment_frames=model.window_frames))
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
         """The video's face segments as preprocessing would store them, and what was seen on the way:
