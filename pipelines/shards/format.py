@@ -14,7 +14,7 @@ first dot, and keys name folders):
                   segment, not per frame: a loader decodes a segment in one call (bench/face_encoding.py)
     KEY.mel.npy   float32 [80, clock.mel_column(T)] log-mel, column 0 at the first frame; never a pickle
     KEY.json      key, source, source_key, speaker, split, aligner, start_frame, num_frames, start_s, end_s,
-                  fps, mel_fps, crop_size (`sample_members` derives the last seven), what the producer adds
+                  fps, mel_fps, crop_size (`sample_members` derives the last six), what the producer adds
                   (preprocessing: source_fps, source_sample_rate, separated, quality; curation: realigned,
                   sync_offset_frames, sync_confidence) and, since format 1, "format": FORMAT_VERSION and
                   "clock": {fps, sample_rate, hop_length}
@@ -68,11 +68,15 @@ def _checked(key: str) -> str:
 
 
 def shard_file(output: str, number: int) -> str:
-    return join(output, f"shard-{number:06d}.tar")
+    return join(output, shard_name(number, "tar"))
 
 
 def stats_file(output: str, number: int) -> str:
-    return join(output, f"shard-{number:06d}.json")
+    return join(output, shard_name(number, "json"))
+
+
+def shard_name(number: int, ext: str) -> str:
+    return f"shard-{number:06d}.{ext}"
 
 
 def stats_of(shard_uri: str) -> str:
@@ -108,7 +112,7 @@ def end_part(output: str, video_key: str) -> str:
 
 # --- codecs --------------------------------------------------------------------------------------------
 
-def encode_faces(faces: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+def encode_faces(faces: np.ndarray, quality: int) -> bytes:
     """uint8 [T, S, S, 3] RGB -> one JPEG of the crops stacked vertically."""
     strip = faces.reshape(-1, *faces.shape[2:])[..., ::-1]  # OpenCV encodes BGR
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(strip), [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from pipelines.core.storage import (StorageConfig, delete, join, list_files, read_bytes, resolve, upload_file_atomic,
                                     write_bytes_atomic)
 from pipelines.shards.format import (END_PART, INDEX_FILE, PARTS, chunk_part, chunk_part_name, end_part,
-                                     is_safe_key, part_folder, shard_file, shard_number, stats_file)
+                                     is_safe_key, part_folder, shard_file, shard_name, shard_number, stats_file)
 from pipelines.shards.records import (PART, RECORD, ChunkRecord, EndRecord, Record, record_from_json, record_json,
                                       records_of)
 
@@ -153,7 +153,7 @@ def _parts_bytes(output: str, key: str, storage: StorageConfig) -> int:
 def _write_shard(output: str, storage: StorageConfig, number: int, videos: list[dict]) -> dict:
     shard = shard_file(output, number)
     samples = [s for v in videos for s in v["samples"]]
-    stats = {"shard": shard.rsplit("/", 1)[-1], "samples": len(samples), "videos": videos}
+    stats = {"shard": shard_name(number, "tar"), "samples": len(samples), "videos": videos}
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / "shard.tar"
         with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
