@@ -118,16 +118,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def load_segments(shards: Path, limit: int) -> list[np.ndarray]:
     from pipelines.core.storage import StorageConfig
-    from pipelines.shards.format import decode_faces
-    from pipelines.shards.writer import read_samples
+    from pipelines.shards.reader import iter_segments, list_shards
 
+    storage = StorageConfig()
     segments = []
-    for shard in sorted(shards.glob("shard-*.tar")):
-        for sample in read_samples(str(shard), StorageConfig()):
-            meta = json.loads(sample["json"])
-            segments.append(decode_faces(sample["jpg"], meta["crop_size"]))
-            if len(segments) == limit:
-                return segments
+    for segment in iter_segments(list_shards(str(shards), storage), storage, None):
+        segments.append(segment.faces)
+        if len(segments) == limit:
+            break
     return segments
 
 

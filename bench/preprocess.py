@@ -478,7 +478,7 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
     audio = AudioConfig()
     decode = DecodeStage(pc.decode, audio, pc.storage)
     stages = [("faces", FaceStage(pc.faces)),
-              ("samples", SampleStage(audio, pc.samples, pc.faces.max_center_jump)),
+              ("samples", SampleStage(audio, pc.samples)),
               ("write parts", PartWriter(pc.output, pc.storage))]
     cpu = dict.fromkeys(["decode", *(name for name, _ in stages), "pack + index"], 0.0)
     for source in source_rows(list_sources(pc.input, pc.storage), pc.val_fraction):

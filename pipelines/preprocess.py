@@ -5,7 +5,7 @@ The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_se
     list sources (driver: paths only, largest first)
       -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
       -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
-      -> SampleStage   voice separation, face tracks -> segments, log-mel
+      -> SampleStage   voice separation, the face stage's tracks -> segments, log-mel, samples and records
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.
 
@@ -38,6 +38,7 @@ from pipelines.faces.base import FaceConfig
 from pipelines.faces.fan_weights import fan_weights_present
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
+from pipelines.shards.records import EndRecord, records_of
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
 
@@ -150,7 +151,7 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
     stages = {
         "decode": (DecodeStage, (config.decode, audio, config.storage)),
         "faces": (FaceStage, (config.faces,)),
-        "samples": (SampleStage, (audio, config.samples, config.faces.max_center_jump)),
+        "samples": (SampleStage, (audio, config.samples)),
         "write": (PartWriter, (config.output, config.storage)),
     }
 
@@ -237,7 +238,7 @@ def _process(pending: list[Source], config: PreprocessConfig) -> None:
     dataset = build_dataset(source_rows(pending, config.val_fraction), config, face_stage_on_gpu(config))
     bar = tqdm(total=len(pending), unit="video", desc="preprocess", disable=not config.progress)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        bar.update(int(np.sum(batch["end"])))
+        bar.update(sum(isinstance(record, EndRecord) for record in records_of(batch)))
     bar.close()
 
 

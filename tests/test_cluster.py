@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.core.storage import StorageConfig, list_files, write_bytes_atomic
+from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, face_stage_on_gpu, run
-from pipelines.shards.writer import read_samples
+from pipelines.shards.reader import iter_segments, list_shards
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,8 +187,7 @@ def cluster(single_node, single_node_training, s3_server):
 
 
 def sample_keys(output: str, storage: StorageConfig) -> list[str]:
-    shards = [uri for uri in list_files(output, storage, suffix=".tar") if "/_parts/" not in uri]
-    return sorted(sample["__key__"] for shard in shards for sample in read_samples(shard, storage))
+    return sorted(segment.key for segment in iter_segments(list_shards(output, storage), storage, None))
 
 
 def nodes_of(cluster, class_prefix: str) -> set[str]:

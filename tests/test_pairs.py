@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.loader.stream import PairBatches, PairStream, to_torch
 from model.config import ModelConfig
 from model.expert import SyncExpert
+from model.loader.stream import PairBatches, PairStream, to_torch
 from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
 from model.loss import sync_loss
 from model.offset import offset_curve
@@ -21,7 +21,7 @@ from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.samples import tar_bytes
+from pipelines.shards.format import tar_bytes
 from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.shards.writer import ShardConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
 import signal
@@ -16,27 +14,31 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.audio import AudioConfig
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig, list_files
-from pipelines.decode import DecodeConfig, DecodeStage
+from pipelines.decode import CONTEXT_FRAMES, DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
+from pipelines.faces.tracks import face_tracks
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.shards.format import decode_faces
-from pipelines.shards.writer import read_samples, shard_stats
+from pipelines.samples import SampleConfig, SampleStage
+from pipelines.shards.format import FORMAT_VERSION, clock_json
+from pipelines.shards.reader import Segment, iter_segments, list_shards, segments_in_tar
+from pipelines.shards.writer import shard_stats
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from pipelines.synthetic.envelope_check import agreement_curve, mel_loudness, mouth_opening_from_crops
 
 LOCAL = StorageConfig()
 
 
-def all_samples(output: str, storage: StorageConfig = LOCAL) -> dict[str, dict[str, bytes]]:
-    samples = {}
-    for shard in list_files(output, storage, suffix=".tar"):
-        if "/_parts/" in shard:
-            continue
-        for sample in read_samples(shard, storage):
-            assert sample["__key__"] not in samples, "a sample appears twice"
-            samples[sample["__key__"]] = sample
-    return samples
+def all_segments(output: str, storage: StorageConfig = LOCAL) -> dict[str, Segment]:
+    """Every sample of the output's shards by key; each has exactly the format's members, all sound."""
+    segments, counters = {}, {}
+    for segment in iter_segments(list_shards(output, storage), storage, None, counters=counters):
+        assert segment.key not in segments, "a sample appears twice"
+        segments[segment.key] = segment
+    assert not {"bad_shards", "bad_samples", "ignored_members"} & counters.keys(), counters
+    return segments
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +52,12 @@ def preprocessed(small_corpus, tmp_path_factory):
 
 def test_samples_have_the_promised_shapes(preprocessed):
     output, summary, _, _ = preprocessed
-    samples = all_samples(str(output))
-    assert len(samples) == summary["segments"] > 0
-    for key, sample in samples.items():
-        assert "." not in key and set(sample) == {"__key__", "jpg", "mel.npy", "json"}
-        meta = json.loads(sample["json"])
-        faces = decode_faces(sample["jpg"], meta["crop_size"])
-        mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
+    segments = all_segments(str(output))
+    assert len(segments) == summary["segments"] > 0
+    for key, segment in segments.items():
+        meta, faces, mel = segment.meta, segment.faces, segment.mel
+        assert "." not in key and meta["key"] == key
+        assert meta["format"] == FORMAT_VERSION and meta["clock"] == clock_json(EXPERT_CLOCK)
         assert faces.shape == (meta["num_frames"], 96, 96, 3) and faces.dtype == np.uint8
         assert mel.dtype == np.float32 and mel.shape[0] == 80
         assert mel.shape[1] == round(meta["num_frames"] * 80 / 25)  # 16 mel frames per 5 video frames
@@ -103,13 +104,11 @@ def test_known_offsets_survive_preprocessing(preprocessed):
     output, _, rows, _ = preprocessed
     truth = {Path(r["path"]).name: r["offset_frames"] for r in rows if not r["corrupt"]}
     checked = set()
-    for sample in all_samples(str(output)).values():
-        meta = json.loads(sample["json"])
+    for segment in all_segments(str(output)).values():
+        meta, faces, mel = segment.meta, segment.faces, segment.mel
         offset = truth[Path(meta["source"]).name]
         if meta["num_frames"] - abs(offset) < 65:
             continue
-        faces = decode_faces(sample["jpg"], meta["crop_size"])
-        mel = np.load(io.BytesIO(sample["mel.npy"]), allow_pickle=False)
         times = np.arange(meta["num_frames"]) / meta["fps"]
         curve = agreement_curve(mouth_opening_from_crops(faces), lambda t: mel_loudness(mel, meta["mel_fps"], t),
                                 times, max_lag=18)
@@ -144,7 +143,7 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
         shutil.copy(source, tmp_path / "in" / folder / "clip.mp4")
     run(PreprocessConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), num_workers=2, progress=False,
                          faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=2.0)))
-    sources = {json.loads(s["json"])["source_key"] for s in all_samples(str(tmp_path / "out")).values()}
+    sources = {s.source_key for s in all_segments(str(tmp_path / "out")).values()}
     assert len(sources) == 2
 
 
@@ -256,11 +255,12 @@ def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tiny_clean, tmp_pat
     resumed = run(PreprocessConfig(input=str(tiny_corpus), output=str(killed), num_workers=2, progress=False,
                                    faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=1.0)))
     assert resumed["videos_ok"] == 4
-    clean_samples, resumed_samples = all_samples(str(clean)), all_samples(str(killed))
-    assert clean_samples.keys() == resumed_samples.keys()
-    for key in clean_samples:
-        assert clean_samples[key]["mel.npy"] == resumed_samples[key]["mel.npy"]
-        assert json.loads(clean_samples[key]["json"]) == json.loads(resumed_samples[key]["json"])
+    clean_segments, resumed_segments = all_segments(str(clean)), all_segments(str(killed))
+    assert clean_segments.keys() == resumed_segments.keys()
+    for key, segment in clean_segments.items():
+        resumed = resumed_segments[key]
+        assert np.array_equal(segment.faces, resumed.faces) and np.array_equal(segment.mel, resumed.mel)
+        assert segment.meta == resumed.meta
     assert not list(killed.glob("_parts/*/*")), "parts left behind after packing"
 
 
@@ -276,9 +276,9 @@ def test_s3_to_s3(tiny_corpus, s3_server):
                                    progress=False, storage=StorageConfig(endpoint=s3_server),
                                    faces=FaceConfig(aligner="dlib")))
     assert summary["videos_ok"] == 2
-    samples = all_samples("s3://corpus/shards", storage)
-    assert len(samples) == summary["segments"] > 0
-    assert all(json.loads(s["json"])["source"].startswith("s3://corpus/videos/") for s in samples.values())
+    segments = all_segments("s3://corpus/shards", storage)
+    assert len(segments) == summary["segments"] > 0
+    assert all(s.source.startswith("s3://corpus/videos/") for s in segments.values())
     assert "s3://corpus/shards/index.parquet" in list_files("s3://corpus/shards", storage)
 
 
@@ -296,3 +296,31 @@ def test_split_follows_speaker_then_video():
     assert rows[-1]["split"] == "val"  # a manifest's own split wins
     shares = np.mean([assign_split(f"video{i}", 0.2) == "val" for i in range(4000)])
     assert 0.17 < shares < 0.23
+
+
+def test_samples_are_cut_from_the_face_stage_tracks():
+    """The sample stage cuts the tracks the face stage smoothed along: here a cut the face stage saw, in a face
+    that does not move (face_tracks of the landmarks alone find one track), ends a segment."""
+    rng = np.random.default_rng(0)
+    frames, start = 20, 50
+    landmarks = np.repeat(rng.uniform(30, 60, (1, 68, 2)).astype(np.float32), frames, axis=0)
+    assert face_tracks(landmarks, 0.3) == [(0, frames)]
+    clock = EXPERT_CLOCK
+    row = {"key": "vid", "uri": "/in/vid.mp4", "chunk": 3, "end": False, "error": "", "detail": "",
+           "start_frame": start, "faces": np.repeat(10 * np.arange(frames, dtype=np.uint8), 96 * 96 * 3).reshape(
+               frames, 96, 96, 3),  # frame t all grey 10 t: a JPEG keeps it to the level
+           "landmarks": landmarks, "scores": np.ones(frames, np.float32),
+           "tracks": np.array([[0, 3], [3, 11], [11, frames]]),
+           "audio": 0.1 * rng.standard_normal((frames + 2 * CONTEXT_FRAMES) * clock.samples_per_frame, np.float32),
+           "source_fps": 30.0, "source_rate": 44100, "speaker": "spk", "split": "train", "aligner": "dlib"}
+    record, part = SampleStage(AudioConfig(), SampleConfig(separate=False)).chunk_samples(row)
+    assert (record.chunk, record.frames, record.frames_with_face, record.dropped_short) == (3, frames, frames, 1)
+    assert [(s.key, s.start_frame, s.num_frames) for s in record.samples] == [("vid_f0000053", 53, 8),
+                                                                            ("vid_f0000061", 61, 9)]
+    segments = segments_in_tar(part, "chunk")
+    assert [s.key for s in segments] == ["vid_f0000053", "vid_f0000061"]
+    for segment, (begin, end) in zip(segments, [(3, 11), (11, frames)]):
+        assert segment.faces.shape == (end - begin, 96, 96, 3)
+        assert np.abs(segment.faces.astype(int) - row["faces"][begin:end]).max() <= 1
+        assert segment.mel.shape == (80, clock.mel_column(end - begin))
+        assert segment.meta["start_s"] == (start + begin) / 25 and segment.meta["format"] == FORMAT_VERSION

@@ -30,7 +30,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 import wave
 from dataclasses import asdict
 from pathlib import Path
@@ -56,8 +55,9 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
     Segments whose source video cannot be read are skipped and counted.
     """
     from pipelines.audio import AudioConfig, _mel_basis, prepare
-    from pipelines.shards.format import decode_faces
+    from pipelines.core.storage import StorageConfig
     from pipelines.media import MediaError, read_audio
+    from pipelines.shards.reader import iter_segments, list_shards
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,10 +66,9 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
     samples_per_frame = clock.samples_per_frame
     audio_cache: dict[str, np.ndarray | None] = {}
     written, skipped = [], 0
-    for members in _tar_samples(sorted(Path(shards).glob("shard-*.tar"))):
-        meta = json.loads(members["json"])
-        if split is not None and meta["split"] != split:
-            continue
+    storage = StorageConfig()
+    for segment in iter_segments(list_shards(str(shards), storage), storage, split):
+        meta = segment.meta
         source = _find_source(meta.get("source", ""), sources)
         if source not in audio_cache:
             try:
@@ -81,9 +80,9 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
         if audio is None:
             skipped += 1
             continue
-        folder = out / members["__key__"]
+        folder = out / segment.key
         folder.mkdir(exist_ok=True)
-        faces = decode_faces(members["jpg"], meta["crop_size"])
+        faces = segment.faces
         for index, face in enumerate(faces):
             cv2.imwrite(str(folder / f"{index}.jpg"), face[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         begin = round(meta["start_s"] * clock.sample_rate)
@@ -91,7 +90,7 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
         piece = audio[begin:begin + len(span)]
         span[:len(piece)] = piece
         write_wav(folder / WAV_FILE, span, clock.sample_rate)
-        written.append({"key": members["__key__"], "frames": len(faces)})
+        written.append({"key": segment.key, "frames": len(faces)})
         if max_segments is not None and len(written) == max_segments:
             break
     np.save(out / BASIS_FILE, np.asarray(_mel_basis(audio_config), np.float32), allow_pickle=False)
@@ -101,24 +100,6 @@ def build_layout(shards: str | Path, out: str | Path, max_segments: int | None =
               "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
     (out / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
     return layout
-
-
-def _tar_samples(paths: list[Path]):
-    """{"__key__", "jpg", "json"} per sample of local shards (only what the layout needs)."""
-    for path in paths:
-        sample: dict = {}
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext not in ("jpg", "json"):
-                    continue
-                if sample and sample["__key__"] != key:
-                    yield sample
-                    sample = {}
-                sample["__key__"] = key
-                sample[ext] = tar.extractfile(member).read()
-        if sample:
-            yield sample
 
 
 def _find_source(recorded: str, sources: str | Path | None) -> str:

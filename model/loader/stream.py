@@ -24,8 +24,9 @@ import torch
 
 from model.loader.windows import KINDS, POSITIVE_CODE, PairConfig, Windows, cut_windows, draw_windows
 from pipelines.core.clock import Clock
-from pipelines.shards.reader import Segment, iter_segments, shards_holding
 from pipelines.core.storage import StorageConfig
+from pipelines.shards.format import clock_json, sample_clock
+from pipelines.shards.reader import Segment, iter_segments, shards_holding
 
 __all__ = ["PairBatches", "PairStream", "to_torch"]
 
@@ -243,10 +244,10 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _check_clock(segment: Segment, clock: Clock) -> None:
-    fps, mel_fps = segment.meta["fps"], segment.meta["mel_fps"]
-    if (fps, mel_fps) != (clock.fps, clock.mel_fps):
-        raise ValueError(f"segment {segment.key} is at {fps} fps and {mel_fps} mel columns/s; the expert's clock is "
-                         f"{clock.fps} fps and {clock.mel_fps}: preprocess with the expert's clock")
+    written = clock_json(sample_clock(segment.meta))
+    if written != clock_json(clock):
+        raise ValueError(f"segment {segment.key} was written on the clock {written}; the expert's clock is "
+                         f"{clock_json(clock)}: preprocess with the expert's clock")
 
 
 def _rng(seed: tuple[int, ...], purpose: int, *ids: int) -> np.random.Generator:

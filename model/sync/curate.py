@@ -11,11 +11,15 @@ Output, under `output`:
                                         one row per input that failed, with its reason
     shard-NNNNNN.tar/.json, index.parquet    the kept, re-aligned segments (unless --no-write-shards), written
                                         through the preprocessing's part writer and packer: atomic, resumable
+
+Per source video an actor emits the records preprocessing's sample stage does (`pipelines.shards.records`): a
+chunk record with the kept samples and the video's real frame counts, whose annotations are the report rows of
+its segments, and an end record (its failure, or `out_of_sync` as the reason it may be left without samples).
+The shards' stats keep the annotations, so the report of a rerun is rebuilt from them.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -28,17 +32,16 @@ import pyarrow.parquet as pq
 from model.offset import OffsetResult, offset_curve
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
 from pipelines.core.clock import Clock
-from pipelines.core.columns import object_column
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
-from pipelines.core.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
-from pipelines.samples import npy_bytes, tar_bytes
-from pipelines.shards.format import encode_faces
-from pipelines.shards.reader import Segment, iter_segments, list_shards
-from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
+from pipelines.core.storage import StorageConfig, join, local_copy, write_bytes_atomic
+from pipelines.shards.reader import Segment, iter_segments, list_shards, read_stats
+from pipelines.shards.records import RECORD, ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part, records_of
+from pipelines.shards.writer import (PartWriter, ShardConfig, pack, packed_videos, shard_stats, video_verdict,
+                                     write_index)
 from pipelines.sources import list_sources
 
 REPORT_FILE = "report.parquet"
-JPEG_QUALITY = 95  # as preprocessing writes them
+OUT_OF_SYNC = "out_of_sync"  # the verdict on a video curation kept no segment of: no failure of the input
 
 
 @dataclass(frozen=True)
@@ -94,27 +97,36 @@ def realign(faces: np.ndarray, mel: np.ndarray, offset: int, clock: Clock) -> tu
             mel[:, column:column + clock.mel_column(length)], first_face)
 
 
-def curated_members(segment: Segment, result: OffsetResult, clock: Clock) -> tuple[dict[str, bytes], dict] | None:
-    """The tar members and sample summary of one kept segment, re-aligned; None if too little remains."""
+def curated_sample(segment: Segment, result: OffsetResult,
+                   clock: Clock) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """One kept segment, re-aligned, as a sample (faces, mel, meta) for `chunk_part`; None if too little remains."""
     faces, mel, first = realign(segment.faces, segment.mel, result.offset_frames, clock)
     if len(faces) < clock.window_frames:
         return None
-    meta = dict(segment.meta or {})
-    start = int(meta.get("start_frame", 0)) + first
-    meta.update(start_frame=start, num_frames=len(faces), start_s=clock.seconds(start),
-                end_s=clock.seconds(start + len(faces)), sync_offset_frames=result.offset_frames,
-                sync_confidence=round(result.confidence, 4), realigned=True)
-    key = segment.key
-    members = {f"{key}.jpg": encode_faces(faces, JPEG_QUALITY), f"{key}.mel.npy": npy_bytes(mel.astype(np.float32)),
-               f"{key}.json": json.dumps(meta, sort_keys=True).encode()}
-    summary = {name: meta.get(name, "") for name in ("key", "start_frame", "num_frames", "start_s", "end_s",
-                                                       "speaker", "split", "aligner")}
-    return members, summary
+    # What preprocessing always records, a shard made by other means may lack.
+    meta = {"start_frame": 0, "aligner": "", **(segment.meta or {})}
+    meta.update(key=segment.key, start_frame=int(meta["start_frame"]) + first,
+                sync_offset_frames=result.offset_frames, sync_confidence=round(result.confidence, 4), realigned=True)
+    return faces, mel, meta
+
+
+@dataclass(frozen=True)
+class ScoredVideo:
+    """One source video's scored segments, or why it could not be scored."""
+
+    key: str
+    uri: str
+    results: list[tuple[Segment, OffsetResult | None]]
+    frames: int = 0
+    frames_with_face: int = 0
+    dropped_short: int = 0
+    failure: Failure | None = None
 
 
 class CurateStage:
-    """Ray Data actor: one input (a shard or a video) in; per source video a chunk row and an end row out, in
-    the part writer's format, each record also carrying the report rows of its segments."""
+    """Ray Data actor: one input (a shard or a video) in; per source video its records out (through the part
+    writer when shards are written): a chunk record with the kept samples and, as its annotations, the report
+    rows of its segments, then an end record."""
 
     def __init__(self, config: CurateConfig, cpus: float):
         size_thread_pools(cpus)
@@ -124,19 +136,15 @@ class CurateStage:
         self.writer = PartWriter(config.output, config.storage) if config.write_shards else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = []
+        items = []
         for kind, uri, key in zip(batch["kind"], batch["uri"], batch["key"]):
-            groups = self._shard_groups(str(uri)) if kind == "shard" else [self._video_group(str(uri), str(key))]
-            for source_key, source_uri, results, error in groups:
-                rows += self._rows(source_key, source_uri, results, error)
-        out = {"key": np.array([r["key"] for r in rows]), "chunk": np.array([r["chunk"] for r in rows]),
-               "end": np.array([r["end"] for r in rows]), "part": object_column([r["part"] for r in rows]),
-               "record": np.array([json.dumps(r["record"], sort_keys=True) for r in rows])}
-        if self.writer is not None:
-            self.writer(out)
-        return {"key": out["key"], "end": out["end"], "record": out["record"]}
+            videos = self._scored_shard(str(uri)) if kind == "shard" else [self._scored_video(str(uri), str(key))]
+            for video in videos:
+                items += self._records(video)
+        out = batch_of(items)
+        return self.writer(out) if self.writer is not None else {RECORD: out[RECORD]}
 
-    def _shard_groups(self, uri: str):
+    def _scored_shard(self, uri: str) -> list[ScoredVideo]:
         by_source: dict[str, list] = {}
         sources = {}
         for segment in iter_segments([uri], self.config.storage, split=None):
@@ -148,41 +156,46 @@ class CurateStage:
                 result = None
             by_source.setdefault(segment.source_key, []).append((segment, result))
             sources[segment.source_key] = segment.source
-        return [(key, sources[key], results, "") for key, results in by_source.items()]
+        videos = []
+        for key, results in by_source.items():
+            # A shard holds a video's segments only: its frames here are theirs, every one with a face, and
+            # nothing was dropped (what preprocessing saw of the whole video is in the input shard's stats).
+            frames = sum(segment.num_frames for segment, _ in results)
+            videos.append(ScoredVideo(key, sources[key], results, frames=frames, frames_with_face=frames))
+        return videos
 
-    def _video_group(self, uri: str, key: str):
+    def _scored_video(self, uri: str, key: str) -> ScoredVideo:
         try:
             with local_copy(uri, self.config.storage) as path:
-                segments, _ = self.scorer.segments(path)
+                segments, seen = self.scorer.segments(path)
             scored = self.scorer.score_segments(segments)
         except ScoreError as failure:
-            return key, uri, [], f"{failure.reason}\t{failure}"
-        return key, uri, [(s.segment, s.result) for s in scored], ""
+            return ScoredVideo(key, uri, [], failure=Failure(failure.reason, str(failure)))
+        return ScoredVideo(key, uri, [(s.segment, s.result) for s in scored], frames=seen["frames"],
+                           frames_with_face=seen["frames_with_face"], dropped_short=seen["dropped_short"])
 
-    def _rows(self, key: str, uri: str, results: list, error: str) -> list[dict]:
-        model = self.expert.config
-        members: dict[str, bytes] = {}
+    def _records(self, video: ScoredVideo) -> list[tuple[Record, bytes]]:
+        # A video curation leaves without samples was out of sync (or too short once re-aligned): no failure.
+        end = EndRecord(key=video.key, uri=video.uri, chunks=0 if video.failure else 1, failure=video.failure,
+                        empty_reason=OUT_OF_SYNC)
+        if video.failure:
+            return [(end, b"")]
+        clock = self.expert.config.clock
         samples, report = [], []
-        for segment, result in results:
+        for segment, result in video.results:
             reason = verdict(result, self.config)
             kept = None
             if not reason and self.config.write_shards:
-                kept = curated_members(segment, result, model.clock)
+                kept = curated_sample(segment, result, clock)
                 reason = "" if kept else "too_short"
             if kept:
-                members.update(kept[0])
-                samples.append(kept[1])
-            report.append(report_row(key, uri, segment, result, reason))
-        reason, detail = error.split("\t", 1) if error else ("", "")
-        frames = sum(segment.num_frames for segment, _ in results)
-        chunk = {"key": key, "uri": uri, "chunk": 0, "end": False, "error": reason, "detail": detail,
-                 "frames": frames, "frames_with_face": frames, "samples": samples, "dropped_short": 0,
-                 "report": report}
-        end = {"key": key, "uri": uri, "chunk": 1, "end": True, "error": reason, "detail": detail,
-               "frames": 0, "frames_with_face": 0, "samples": [], "dropped_short": 0,
-               "empty_reason": "out_of_sync"}
-        return [{"key": key, "chunk": 0, "end": False, "part": tar_bytes(members) if members else b"", "record": chunk},
-                {"key": key, "chunk": 1, "end": True, "part": b"", "record": end}]
+                samples.append(kept)
+            report.append(report_row(video.key, video.uri, segment, result, reason))
+        part, summaries = chunk_part(samples, clock)
+        chunk = ChunkRecord(key=video.key, uri=video.uri, chunk=0, samples=summaries, frames=video.frames,
+                            frames_with_face=video.frames_with_face, dropped_short=video.dropped_short,
+                            annotations=tuple(report))
+        return [(chunk, part), (end, b"")]
 
 
 def report_row(source_key: str, source: str, segment: Segment, result: OffsetResult | None, reason: str) -> dict:
@@ -204,10 +217,10 @@ REPORT_SCHEMA = pa.schema([("source_key", pa.string()), ("source", pa.string()),
                            ("kept", pa.bool_()), ("reason", pa.string()), ("error", pa.string())])
 
 
-def failure_row(record: dict) -> dict:
-    return {"source_key": record["key"], "source": record["uri"], "key": "", "start_s": 0.0, "end_s": 0.0,
+def failure_row(video: dict) -> dict:
+    return {"source_key": video["key"], "source": video["uri"], "key": "", "start_s": 0.0, "end_s": 0.0,
             "num_frames": 0, "speaker": "", "split": "", "offset_frames": None, "confidence": None,
-            "sync_probability": None, "kept": False, "reason": "failed", "error": record.get("error", "")}
+            "sync_probability": None, "kept": False, "reason": "failed", "error": video["reason"]}
 
 
 def list_units(config: CurateConfig) -> list[dict]:
@@ -233,9 +246,8 @@ def pending_units(units: list[dict], config: CurateConfig) -> list[dict]:
 
 def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
     try:
-        stats = json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
-        return {video["key"] for video in stats["videos"] if video["status"] == "ok"}
-    except (OSError, ValueError, KeyError):
+        return {video["key"] for video in read_stats(uri, storage)["videos"] if video["status"] == "ok"}
+    except (KeyError, TypeError):
         return set()
 
 
@@ -251,8 +263,10 @@ def curate(config: CurateConfig) -> dict:
     if config.write_shards:
         pack(config.output, config.storage, ShardConfig())
         write_index(config.output, config.storage)
-        records = [video for stats in shard_stats(config.output, config.storage) for video in stats["videos"]]
-    rows = report_rows(records)
+        videos = [video for stats in shard_stats(config.output, config.storage) for video in stats["videos"]]
+    else:
+        videos = [video_verdict(group) for group in _by_video(records)]
+    rows = report_rows(videos)
     table = pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
@@ -260,8 +274,8 @@ def curate(config: CurateConfig) -> dict:
     return summarize(rows, len(units), len(units) - len(pending), time.perf_counter() - started, config)
 
 
-def score_units(pending: list[dict], config: CurateConfig) -> list[dict]:
-    """Run the scoring actors over the pending inputs; their part-writer records, as they come."""
+def score_units(pending: list[dict], config: CurateConfig) -> list[Record]:
+    """Run the scoring actors over the pending inputs; their records, as they come."""
     import ray
     import ray.data
     from tqdm import tqdm
@@ -278,23 +292,29 @@ def score_units(pending: list[dict], config: CurateConfig) -> list[dict]:
         bar = tqdm(total=len(pending), unit=pending[0]["kind"], desc="curate",
                    disable=not config.progress)
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-            records += [json.loads(str(r)) for r in batch["record"]]
+            records += records_of(batch)
             bar.update(1)
         bar.close()
     return records
 
 
-def report_rows(records: list[dict]) -> list[dict]:
-    """Report rows from this run's end and chunk records, or from the video entries of shard stats."""
-    rows = []
+def _by_video(records: list[Record]) -> list[list[Record]]:
+    """Records grouped by video, in key order as packed shards hold them (they arrive in any order)."""
+    groups: dict[str, list[Record]] = {}
     for record in records:
-        if "status" in record:  # a video in a shard's stats: failed there unless only its verdicts emptied it
-            error = record["reason"] if record["status"] != "ok" and record["reason"] != "out_of_sync" else ""
-        else:
-            error = record["error"] if record["end"] else ""
-        if error:
-            rows.append(failure_row({"key": record["key"], "uri": record["uri"], "error": error}))
-        rows += record.get("report", [])
+        groups.setdefault(record.key, []).append(record)
+    return [groups[key] for key in sorted(groups)]
+
+
+def report_rows(videos: list[dict]) -> list[dict]:
+    """Report rows from the verdicts of videos (as shard stats hold them): a row per input that failed, and the
+    rows of its segments that curation annotated its records with."""
+    rows = []
+    for video in videos:
+        if video["status"] != "ok" and video["reason"] != OUT_OF_SYNC:
+            rows.append(failure_row(video))
+        # "report": the name these rows had in shards curated before producers' annotations were neutral
+        rows += video.get("annotations", video.get("report", []))
     return rows
 
 

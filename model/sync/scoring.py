@@ -195,15 +195,14 @@ class VideoScorer:
         faces = replace(config.faces, device=config.device, crop_size=model.face_size)
         self.decode = DecodeStage(config.decode, audio, StorageConfig())
         self.faces = FaceStage(faces)
-        self.samples = SampleStage(audio, replace(config.samples, min_segment_frames=model.window_frames),
-                                   faces.max_center_jump)
+        self.samples = SampleStage(audio, replace(config.samples, min_segment_frames=model.window_frames))
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
         """The video's face segments as preprocessing would store them, and what was seen on the way:
-        frames, frames_with_face, face_counts, source_fps, source_sample_rate. Raises ScoreError."""
+        frames, frames_with_face, dropped_short, face_counts, source_fps, source_sample_rate. Raises ScoreError."""
         source = {"key": make_key(Path(video).name), "uri": str(video), "speaker": "", "split": "score"}
         segments: list[Segment] = []
-        seen = {"frames": 0, "frames_with_face": 0, "face_counts": Counter(), "source_fps": 0.0,
+        seen = {"frames": 0, "frames_with_face": 0, "dropped_short": 0, "face_counts": Counter(), "source_fps": 0.0,
                 "source_sample_rate": 0}
         for row in self.decode.decode_source(source):
             if row["end"][0]:
@@ -215,9 +214,10 @@ class VideoScorer:
             frames = row["frames"][0]
             seen["face_counts"].update(self.faces.aligner.count_faces(frames[::FACE_COUNT_EVERY]).tolist())
             aligned = self.faces(row)
-            tar, record = self.samples.chunk_samples({name: column[0] for name, column in aligned.items()})
-            seen["frames"] += record["frames"]
-            seen["frames_with_face"] += record["frames_with_face"]
+            record, tar = self.samples.chunk_samples({name: column[0] for name, column in aligned.items()})
+            seen["frames"] += record.frames
+            seen["frames_with_face"] += record.frames_with_face
+            seen["dropped_short"] += record.dropped_short
             if tar:
                 segments.extend(segments_in_tar(tar, str(video)))
         if not segments:

@@ -2,11 +2,13 @@
 
 A shard is streamed member by member with WebDataset's own tar iteration (`tar_file_expander`, then
 `group_by_keys`), over a stream we open through `pipelines.core.storage`, so local folders and s3:// read the same
-way and no shell command is ever built from a file name. Of each sample only three members are decoded:
+way and no shell command is ever built from a file name. Of each sample only the three members of the format
+(`pipelines.shards.format`) are decoded, by its codecs:
 
-    KEY.jpg       faces, decoded by `pipelines.samples.decode_faces`
+    KEY.jpg       faces, one JPEG strip
     KEY.mel.npy   log-mel, `np.load(..., allow_pickle=False)`
-    KEY.json      metadata (split, speaker, source_key, crop_size, num_frames, rates)
+    KEY.json      metadata (split, speaker, source_key, crop_size, num_frames, rates; the format version and
+                  clock since format 1: samples of format 0 read as before, on the clock their rates give)
 
 Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is passed over,
 never extracted, and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
@@ -14,7 +16,8 @@ the reason) and counted, never fatal:
 
     counters["bad_shards"]        a shard that cannot be opened, ends inside a member, or holds fewer
                                   samples than its stats json (`shard-NNNNNN.json`) records
-    counters["bad_samples"]       a sample with a member missing or undecodable, or with shapes that disagree
+    counters["bad_samples"]       a sample with a member missing or undecodable, with shapes that disagree,
+                                  a format version this reader does not know, or a key that is no key
     counters["ignored_members"]   members with an extension we do not read
     counters["shards"], counters["samples"], counters["segments"]   what was read and what was yielded
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import warnings
 import zlib
@@ -36,17 +38,11 @@ import cv2
 import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from pipelines.core.clock import EXPERT_CLOCK, Clock
-from pipelines.shards.format import decode_faces
 from pipelines.core.storage import StorageConfig, list_files, read_bytes, resolve
+from pipelines.shards.format import META, MEMBERS, decode_arrays, decode_meta, is_safe_key, shard_number, stats_of
 
-__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "segments_in_tar", "shards_holding",
-           "split_shards"]
-
-SHARD_NAME = re.compile(r"(^|/)shard-\d{6}\.tar$")
-PARTS_FOLDER = "/_parts/"
-FACES, MEL, META = "jpg", "mel.npy", "json"
-WANTED = frozenset({FACES, MEL, META})
+__all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "read_stats", "segments_in_tar",
+           "shards_holding", "split_shards"]
 
 # What a damaged or unreadable shard raises while streaming: tarfile's own errors, I/O errors from the
 # filesystem (pyarrow raises OSError subclasses, FileNotFoundError among them), a gzip stream cut short,
@@ -65,7 +61,7 @@ class Segment:
     """One continuous face segment: T aligned crops and the log-mel of the same time span.
 
     faces  uint8 [T, S, S, 3] RGB
-    mel    float32 [80, M], M = round(T * mel_fps / fps); column 0 lies at the segment's first frame
+    mel    float32 [80, M], M = the sample's clock's mel_column(T); column 0 lies at the segment's first frame
     """
 
     key: str
@@ -88,8 +84,7 @@ def list_shards(shards: str, storage: StorageConfig) -> list[str]:
 
     Per-chunk parts under `_parts/` are work in progress of the packer, never shards.
     """
-    return sorted(uri for uri in list_files(shards, storage, suffix=".tar")
-                  if SHARD_NAME.search(uri) and PARTS_FOLDER not in uri)
+    return sorted(uri for uri in list_files(shards, storage, suffix=".tar") if shard_number(uri, "tar") is not None)
 
 
 def split_shards(shard_uris: list[str], rank: int, world_size: int) -> list[str]:
@@ -160,7 +155,7 @@ def _wanted_member(counters: dict | None):
     def wanted(name: str) -> bool:
         # Called before a member is extracted: unknown members are passed over, never extracted or decoded.
         _, ext = base_plus_ext(name)
-        if ext is not None and ext.lower() in WANTED:
+        if ext is not None and ext.lower() in MEMBERS:
             return True
         _count(counters, "ignored_members")
         return False
@@ -192,69 +187,54 @@ def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> I
 def _recorded_samples(uri: str, storage: StorageConfig) -> int | None:
     """The sample count in the shard's stats json, or None without a readable one (it is optional here)."""
     try:
-        return int(_stats(uri, storage)["samples"])
+        return int(read_stats(uri, storage)["samples"])
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def _recorded_splits(uri: str, storage: StorageConfig) -> set[str] | None:
     try:
-        return {sample["split"] for video in _stats(uri, storage)["videos"] for sample in video["samples"]}
+        return {sample["split"] for video in read_stats(uri, storage)["videos"] for sample in video["samples"]}
     except (KeyError, TypeError):
         return None
 
 
-def _stats(uri: str, storage: StorageConfig) -> dict | None:
+def read_stats(uri: str, storage: StorageConfig) -> dict | None:
     """The shard's stats json (`shard-NNNNNN.json` next to it), None if absent or unreadable."""
     try:
-        return json.loads(read_bytes(uri[: -len(".tar")] + ".json", storage))
+        return json.loads(read_bytes(stats_of(uri), storage))
     except (OSError, ValueError):
         return None
 
 
 def _sample_meta(members: dict[str, bytes], uri: str, counters: dict | None) -> dict | None:
     key = members["__key__"]
-    missing = sorted(WANTED - members.keys())
+    missing = sorted(MEMBERS - members.keys())
     if missing:
         _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: no {', '.join(missing)} member")
         return None
     try:
-        meta = json.loads(members[META])
-        for field, kind in (("split", str), ("source_key", str), ("speaker", str), ("crop_size", int),
-                            ("num_frames", int), ("fps", (int, float)), ("mel_fps", (int, float))):
-            if not isinstance(meta[field], kind):
-                raise TypeError(f"json field {field!r} is {type(meta[field]).__name__}")
+        meta = decode_meta(members[META])
     except SAMPLE_ERRORS as error:
         _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: bad json ({_reason(error)})")
         return None
+    # Keys name folders downstream (curation's parts, layouts): one read from a shard must pick no other path.
+    for name, value in (("key", key), ("source_key", meta["source_key"])):
+        if not is_safe_key(value):
+            _skip(counters, "bad_samples", f"sample {key!r} in {uri} skipped: {name} {value!r} is not a key")
+            return None
     return meta
 
 
 def _decode_segment(members: dict[str, bytes], meta: dict, uri: str, counters: dict | None) -> Segment | None:
     key = members["__key__"]
     try:
-        faces = decode_faces(members[FACES], meta["crop_size"])  # contiguous: windows copy out as plain memcpy
-        mel = np.load(io.BytesIO(members[MEL]), allow_pickle=False)
-        _check_shapes(faces, mel, meta)
+        faces, mel = decode_arrays(members, meta)  # faces contiguous: windows copy out as plain memcpy
     except SAMPLE_ERRORS as error:
         _skip(counters, "bad_samples", f"sample {key} in {uri} skipped: {_reason(error)}")
         return None
     return Segment(key=key, source_key=meta["source_key"], speaker=meta["speaker"], split=meta["split"],
                    faces=faces, mel=mel, source=meta.get("source", ""), meta=meta)
-
-
-def _check_shapes(faces: np.ndarray, mel: np.ndarray, meta: dict) -> None:
-    """Faces and mel must cover the same frames, or every window drawn from them would be misaligned."""
-    frames = meta["num_frames"]
-    if faces.shape[0] != frames:
-        raise ValueError(f"{faces.shape[0]} face crops, json says {frames} frames")
-    if not isinstance(mel, np.ndarray) or mel.dtype != np.float32 or mel.ndim != 2:
-        raise ValueError(f"mel is not a 2-D float32 array ({getattr(mel, 'dtype', type(mel))})")
-    # Shards record their rates; every shard so far was written at 16 kHz, so the rates give the clock.
-    clock = Clock(fps=int(meta["fps"]), hop_length=round(EXPERT_CLOCK.sample_rate / meta["mel_fps"]))
-    columns = clock.mel_column(frames)
-    if mel.shape[1] != columns:
-        raise ValueError(f"mel has {mel.shape[1]} columns, {frames} frames need {columns}")
 
 
 def _reason(error: BaseException) -> str:

@@ -1,26 +1,30 @@
 """Writing shards so that nothing half-written is ever visible and a rerun duplicates nothing.
 
-Two steps, after datatrove and video2dataset:
-1. Parts. While Ray Data streams, each chunk of each video is written as `_parts/KEY/cNNNNN.tar` (its samples)
+Two steps, after datatrove and video2dataset (file names in `pipelines.shards.format`):
+1. Parts. While Ray Data streams, a producer hands `PartWriter` batches of records and tar bytes
+   (`pipelines.shards.records`); each chunk of each video is written as `_parts/KEY/cNNNNN.tar` (its samples)
    and then `cNNNNN.json` (its record: the json is the chunk's completion marker); the end of a video writes
    `_parts/KEY/end.json` with its chunk count or its failure. All writes are atomic.
 2. Packing. When the stream is done, every video whose parts are complete and that no shard holds yet is
-   packed, in key order, into `shard-NNNNNN.tar`; then `shard-NNNNNN.json` (the shard's stats and the records
+   packed, in key order, into `shard-NNNNNN.tar`; then `shard-NNNNNN.json` (the shard's stats and the verdicts
    of its videos, failures included) is written; only then are the parts deleted. The stats json is the
    shard's completion marker and the list of videos it holds, so a rerun skips those videos, and a run killed
    while packing redoes exactly the unfinished shard from the parts still there.
 The corpus index (`index.parquet`) is rebuilt from the stats jsons at the end of every run.
+
+A video's verdict (`video_verdict`) is ok, or failed with a reason: the producer's failure, else, when no
+sample is left, the producer's `empty_reason` or what the counts say (no_face, too_short). What a producer
+annotates its chunks with is kept in the verdict as it came, never read here.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +33,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.core.storage import (StorageConfig, delete, join, list_files, read_bytes, resolve, upload_file_atomic,
-                               write_bytes_atomic)
-
-PARTS = "_parts"
-SHARD_PATTERN = re.compile(r"shard-(\d{6})\.json$")
+                                    write_bytes_atomic)
+from pipelines.shards.format import (END_PART, INDEX_FILE, PARTS, chunk_part, chunk_part_name, end_part,
+                                     is_safe_key, part_folder, shard_file, shard_name, shard_number, stats_file)
+from pipelines.shards.records import (PART, RECORD, ChunkRecord, EndRecord, Record, record_from_json, record_json,
+                                      records_of)
 
 
 @dataclass(frozen=True)
@@ -48,20 +53,16 @@ class PartWriter:
         self.output, self.storage = output, storage
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for key, chunk, end, part, record in zip(batch["key"], batch["chunk"], batch["end"], batch["part"],
-                                                  batch["record"]):
-            folder = join(self.output, PARTS, str(key))
-            if end:
-                write_bytes_atomic(join(folder, "end.json"), str(record).encode(), self.storage)
+        for record, part in zip(records_of(batch), batch[PART]):
+            if isinstance(record, EndRecord):
+                write_bytes_atomic(end_part(self.output, record.key), record_json(record).encode(), self.storage)
                 continue
-            name = f"c{int(chunk):05d}"
             if part:
-                write_bytes_atomic(join(folder, name + ".tar"), bytes(part), self.storage)
-            write_bytes_atomic(join(folder, name + ".json"), str(record).encode(), self.storage)
-        records = [json.loads(str(r)) for r in batch["record"]]
-        return {"key": batch["key"], "end": batch["end"],
-                "samples": np.array([len(r["samples"]) for r in records]),
-                "error": np.array([r["error"] for r in records])}
+                write_bytes_atomic(chunk_part(self.output, record.key, record.chunk, "tar"), bytes(part),
+                                   self.storage)
+            write_bytes_atomic(chunk_part(self.output, record.key, record.chunk, "json"),
+                               record_json(record).encode(), self.storage)
+        return {RECORD: batch[RECORD]}  # the records go on; the samples' bytes stop here
 
 
 def packed_videos(output: str, storage: StorageConfig) -> set[str]:
@@ -70,55 +71,58 @@ def packed_videos(output: str, storage: StorageConfig) -> set[str]:
 
 
 def shard_stats(output: str, storage: StorageConfig) -> list[dict]:
-    files = [f for f in list_files(output, storage, suffix=".json") if SHARD_PATTERN.search(f)
-             and f"/{PARTS}/" not in f]
+    files = [f for f in list_files(output, storage, suffix=".json") if shard_number(f, "json") is not None]
     return [json.loads(read_bytes(f, storage)) for f in sorted(files)]
 
 
-def video_verdict(records: list[dict]) -> dict:
-    """One video's outcome from its chunk records and end record."""
-    end = next(r for r in records if r["end"])
-    chunks = [r for r in records if not r["end"]]
-    samples = [s for r in chunks for s in r["samples"]]
-    errors = [r for r in records if r["error"]]
-    verdict = {"key": end["key"], "uri": end["uri"], "frames": sum(r["frames"] for r in chunks),
-               "frames_with_face": sum(r["frames_with_face"] for r in chunks),
-               "dropped_short": sum(r["dropped_short"] for r in chunks), "samples": samples,
-               "status": "ok", "reason": "", "detail": "",
-               "report": [row for r in chunks for row in r.get("report", [])]}  # curation's per-segment verdicts
-    if errors:
-        verdict.update(status="failed", reason=errors[0]["error"], detail=errors[0]["detail"], samples=[])
+def video_verdict(records: list[Record]) -> dict:
+    """One video's entry in its shard's stats, from its chunk records and end record."""
+    end = next(r for r in records if isinstance(r, EndRecord))
+    chunks = [r for r in records if isinstance(r, ChunkRecord)]
+    samples = [asdict(s) for r in chunks for s in r.samples]
+    verdict = {"key": end.key, "uri": end.uri, "frames": sum(r.frames for r in chunks),
+               "frames_with_face": sum(r.frames_with_face for r in chunks),
+               "dropped_short": sum(r.dropped_short for r in chunks), "samples": samples,
+               "status": "ok", "reason": "", "detail": ""}
+    annotations = [note for r in chunks for note in r.annotations]
+    if annotations:
+        verdict["annotations"] = annotations
+    if end.failure is not None:
+        verdict.update(status="failed", reason=end.failure.reason, detail=end.failure.detail, samples=[])
     elif not samples:
-        reason = end.get("empty_reason") or ("no_face" if verdict["frames_with_face"] == 0 else "too_short")
+        reason = end.empty_reason or ("no_face" if verdict["frames_with_face"] == 0 else "too_short")
         verdict.update(status="failed", reason=reason,
                        detail=f"{verdict['frames_with_face']} of {verdict['frames']} frames with a face, "
                               f"{verdict['dropped_short']} segments shorter than the minimum")
     return verdict
 
 
-def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[dict]]:
+def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[Record]]:
     """Videos whose parts are all written, with their records, by key."""
     by_video: dict[str, dict[str, str]] = {}
     for path in list_files(join(output, PARTS), storage, suffix=".json"):
         key, name = path.rsplit("/", 2)[-2:]
-        by_video.setdefault(key, {})[name] = path
+        if is_safe_key(key):  # anything else under _parts/ is no video's
+            by_video.setdefault(key, {})[name] = path
     complete = {}
     for key, files in sorted(by_video.items()):
-        if "end.json" not in files:
+        if END_PART not in files:
             continue
-        end = json.loads(read_bytes(files["end.json"], storage))
-        names = [f"c{i:05d}.json" for i in range(end["chunk"])]
-        if all(name in files for name in names):
-            complete[key] = [json.loads(read_bytes(files[name], storage)) for name in names] + [end]
+        try:
+            end = record_from_json(read_bytes(files[END_PART], storage))
+            names = [chunk_part_name(i, "json") for i in range(end.chunks)]
+            if all(name in files for name in names):
+                complete[key] = [record_from_json(read_bytes(files[name], storage)) for name in names] + [end]
+        except (KeyError, TypeError, ValueError):
+            continue  # parts an older version wrote: the video is processed again, which replaces them
     return complete
 
 
 def pack(output: str, storage: StorageConfig, config: ShardConfig) -> list[dict]:
     """Pack every complete, not yet packed video into new shards; returns the stats of the shards written."""
     done = packed_videos(output, storage)
-    existing = [int(SHARD_PATTERN.search(f).group(1)) for f in list_files(output, storage, suffix=".json")
-                if SHARD_PATTERN.search(f) and f"/{PARTS}/" not in f]
-    number = max(existing, default=-1) + 1
+    existing = [shard_number(f, "json") for f in list_files(output, storage, suffix=".json")]
+    number = max((n for n in existing if n is not None), default=-1) + 1
     videos = {k: v for k, v in complete_videos(output, storage).items() if k not in done}
     written: list[dict] = []
     batch: list[dict] = []
@@ -136,38 +140,37 @@ def pack(output: str, storage: StorageConfig, config: ShardConfig) -> list[dict]
         written.append(_write_shard(output, storage, number, batch))
     for stats in written:
         for video in stats["videos"]:
-            delete(join(output, PARTS, video["key"]), storage)
+            delete(part_folder(output, video["key"]), storage)
     return written
 
 
 def _parts_bytes(output: str, key: str, storage: StorageConfig) -> int:
-    fs, path = resolve(join(output, PARTS, key), storage)
+    fs, path = resolve(part_folder(output, key), storage)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sum(info.size or 0 for info in infos if info.path.endswith(".tar"))
 
 
 def _write_shard(output: str, storage: StorageConfig, number: int, videos: list[dict]) -> dict:
-    name = f"shard-{number:06d}"
+    shard = shard_file(output, number)
     samples = [s for v in videos for s in v["samples"]]
-    stats = {"shard": name + ".tar", "samples": len(samples), "videos": [
-        {k: v[k] for k in ("key", "uri", "status", "reason", "detail", "frames", "frames_with_face", "dropped_short")}
-        | {"samples": v["samples"]} | ({"report": v["report"]} if v.get("report") else {}) for v in videos]}
+    stats = {"shard": shard_name(number, "tar"), "samples": len(samples), "videos": videos}
     with tempfile.TemporaryDirectory() as scratch:
-        local = Path(scratch) / (name + ".tar")
-        with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as shard:
+        local = Path(scratch) / "shard.tar"
+        with tarfile.open(local, "w", format=tarfile.USTAR_FORMAT) as tar:
             for video in videos:
                 if video["status"] != "ok":
                     continue
-                for part in sorted(f for f in list_files(join(output, PARTS, video["key"]), storage, suffix=".tar")):
+                parts = list_files(part_folder(output, video["key"]), storage, suffix=".tar")
+                for part in sorted(parts):
                     with tarfile.open(fileobj=io.BytesIO(read_bytes(part, storage))) as source:
                         for member in source.getmembers():
-                            shard.addfile(member, source.extractfile(member))
+                            tar.addfile(member, source.extractfile(member))
         stats["bytes"] = local.stat().st_size
         if samples:
-            upload_file_atomic(local, join(output, name + ".tar"), storage)
+            upload_file_atomic(local, shard, storage)
         else:
             stats["shard"] = None  # only failures: nothing for a loader to read
-    write_bytes_atomic(join(output, name + ".json"), json.dumps(stats, indent=1, sort_keys=True).encode(), storage)
+    write_bytes_atomic(stats_file(output, number), json.dumps(stats, indent=1, sort_keys=True).encode(), storage)
     return stats
 
 
@@ -189,7 +192,7 @@ def write_index(output: str, storage: StorageConfig) -> dict[str, int]:
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    write_bytes_atomic(join(output, "index.parquet"), buffer.getvalue().to_pybytes(), storage)
+    write_bytes_atomic(join(output, INDEX_FILE), buffer.getvalue().to_pybytes(), storage)
     return Counter(row["kind"] for row in rows)
 
 
@@ -198,13 +201,3 @@ INDEX_SCHEMA = pa.schema([("kind", pa.string()), ("key", pa.string()), ("source_
                       ("detail", pa.string()), ("speaker", pa.string()), ("split", pa.string()),
                       ("start_s", pa.float64()), ("end_s", pa.float64()), ("num_frames", pa.int64()),
                       ("aligner", pa.string())])
-
-
-def read_samples(uri: str, storage: StorageConfig) -> list[dict[str, bytes]]:
-    """The samples of one shard as {"__key__": key, ext: bytes}: WebDataset's grouping of `key.ext` members."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(read_bytes(uri, storage))) as shard:
-        for member in shard.getmembers():
-            key, ext = member.name.split(".", 1)
-            samples.setdefault(key, {"__key__": key})[ext] = shard.extractfile(member).read()
-    return list(samples.values())

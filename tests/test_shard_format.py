@@ -1,0 +1,178 @@
+"""The shard format and the records the part writer takes: old shards still read, the version is written, keys
+pick no paths, records survive a batch and the writer's parts, verdicts come from what producers set."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import asdict
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from model.loader.stream import PairStream
+from model.loader.windows import PairConfig
+from pipelines.core.clock import EXPERT_CLOCK, Clock
+from pipelines.core.storage import StorageConfig
+from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, shard_number, stats_of,
+                                     tar_bytes)
+from pipelines.shards.reader import ShardWarning, iter_segments, list_shards
+from pipelines.shards.records import (ChunkRecord, EndRecord, Failure, SampleSummary, batch_of, chunk_part,
+                                      records_of)
+from pipelines.shards.writer import PartWriter, ShardConfig, complete_videos, pack, shard_stats, write_index
+
+LOCAL = StorageConfig()
+CROP = 32
+
+
+def grey_faces(frames: int, level: int) -> np.ndarray:
+    """Crops a JPEG keeps to within a level or two: flat grey, one shade per frame."""
+    shades = (level + 3 * np.arange(frames)).astype(np.uint8)
+    return np.repeat(shades, CROP * CROP * 3).reshape(frames, CROP, CROP, 3)
+
+
+def sample(key: str, frames: int, start_frame: int = 0, clock: Clock = EXPERT_CLOCK, level: int = 40) -> tuple:
+    """(faces, mel, meta) of one sample as a producer hands it to `chunk_part`."""
+    mel = np.random.default_rng(frames).standard_normal((80, clock.mel_column(frames))).astype(np.float32)
+    meta = {"key": key, "source": f"/in/{key}.mp4", "source_key": key.split("_f")[0], "start_frame": start_frame,
+            "speaker": "spk", "split": "train", "aligner": "dlib"}
+    return grey_faces(frames, level), mel, meta
+
+
+def old_layout_tar(samples: list[tuple], mel_fps: float) -> bytes:
+    """Samples as shards were written before the format had a version: no "format", no "clock", by hand."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for faces, mel, meta in samples:
+            key, frames = meta["key"], len(faces)
+            strip = np.ascontiguousarray(faces.reshape(-1, CROP, 3)[..., ::-1])
+            npy = io.BytesIO()
+            np.save(npy, mel, allow_pickle=False)
+            old_meta = dict(meta, num_frames=frames, start_s=meta["start_frame"] / 25,
+                            end_s=(meta["start_frame"] + frames) / 25, fps=25, mel_fps=mel_fps, crop_size=CROP,
+                            source_fps=30.0, source_sample_rate=44100, separated=True, quality={})
+            members = {f"{key}.jpg": cv2.imencode(".jpg", strip, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(),
+                       f"{key}.mel.npy": npy.getvalue(), f"{key}.json": json.dumps(old_meta).encode()}
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_shards_of_the_old_layout_read_as_before(tmp_path):
+    samples = [sample("a_f0000000", 7), sample("a_f0000020", 12, start_frame=20, level=90)]
+    (tmp_path / "shard-000000.tar").write_bytes(old_layout_tar(samples, mel_fps=80.0))
+    part, summaries = chunk_part(samples, EXPERT_CLOCK)
+    (tmp_path / "shard-000001.tar").write_bytes(part)
+    # A version-0 shard at another mel rate: its clock is derived from its rates, at 16 kHz.
+    other = Clock(hop_length=160)
+    (tmp_path / "shard-000002.tar").write_bytes(old_layout_tar([sample("b_f0000000", 9, clock=other)], 100.0))
+
+    counters: dict = {}
+    old, new, other_rate = [list(iter_segments([uri], LOCAL, None, counters=counters))
+                            for uri in list_shards(str(tmp_path), LOCAL)]
+    assert counters == {"shards": 3, "samples": 5, "segments": 5}
+    assert [s.key for s in old] == [s.key for s in new] == ["a_f0000000", "a_f0000020"]
+    for before, after, (faces, mel, _) in zip(old, new, samples):
+        assert np.array_equal(before.faces, after.faces) and np.abs(before.faces - faces.astype(int)).max() <= 2
+        assert np.array_equal(before.mel, mel) and np.array_equal(after.mel, mel)
+        assert "format" not in before.meta and "clock" not in before.meta and sample_clock(before.meta) == EXPERT_CLOCK
+        assert after.meta["format"] == FORMAT_VERSION == 1 and after.meta["clock"] == clock_json(EXPERT_CLOCK)
+        assert sample_clock(after.meta) == EXPERT_CLOCK
+        assert {k: after.meta[k] for k in ("num_frames", "start_s", "end_s", "fps", "mel_fps", "crop_size")} == \
+            {k: before.meta[k] for k in ("num_frames", "start_s", "end_s", "fps", "mel_fps", "crop_size")}
+    assert summaries == tuple(SampleSummary.from_meta(s.meta) for s in new)
+    assert sample_clock(other_rate[0].meta) == other and other_rate[0].mel.shape == (80, other.mel_column(9))
+
+
+def test_training_refuses_samples_of_another_clock(tmp_path):
+    """The rates alone (25 fps, 80 columns/s) agree; the sample rate they were computed at does not."""
+    at_48k = Clock(sample_rate=48000, hop_length=600)
+    part, _ = chunk_part([sample("a_f0000000", 30, clock=at_48k)], at_48k)
+    (tmp_path / "shard-000000.tar").write_bytes(part)
+    uris = list_shards(str(tmp_path), LOCAL)
+    assert [s.mel.shape for s in iter_segments(uris, LOCAL, None)] == [(80, 96)]
+    stream = PairStream(uris, LOCAL, None, PairConfig(), EXPERT_CLOCK, batch_size=4, seed=0, repeat=False)
+    with pytest.raises(ValueError, match="preprocess with the expert's clock"):
+        next(iter(stream))
+
+
+def test_unknown_versions_and_keys_that_are_paths_are_skipped(tmp_path):
+    members = {}
+    for key, change in [("a_f0000000", {}), ("a_f0000010", {"format": FORMAT_VERSION + 1}),
+                        ("a_f0000020", {"source_key": "../../elsewhere"})]:
+        part, _ = chunk_part([sample(key, 6)], EXPERT_CLOCK)
+        with tarfile.open(fileobj=io.BytesIO(part)) as tar:
+            for member in tar.getmembers():
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    data = json.dumps(json.loads(data) | change).encode()
+                members[member.name] = data
+    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes(members))
+    counters: dict = {}
+    with pytest.warns(ShardWarning) as caught:
+        read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    assert [s.key for s in read] == ["a_f0000000"] and counters["bad_samples"] == 2
+    messages = " ".join(str(w.message) for w in caught)
+    assert f"format {FORMAT_VERSION + 1}" in messages and "'../../elsewhere' is not a key" in messages
+    for key in ("../x", "a/b", "a.b", ""):
+        with pytest.raises(ValueError, match="is not a key"):
+            part_folder(str(tmp_path), key)
+
+
+def test_shard_paths():
+    assert shard_number("s3://b/out/shard-000012.tar", "tar") == 12
+    assert shard_number("out/shard-000012.json", "json") == 12
+    assert shard_number("out/shard-000012.json", "tar") is None
+    assert shard_number("out/_parts/v/shard-000001.tar", "tar") is None
+    assert shard_number("out/myshard-000001.tar", "tar") is None
+    assert stats_of("s3://b/out/shard-000012.tar") == "s3://b/out/shard-000012.json"
+
+
+def test_records_go_through_a_batch_and_the_part_writer_to_verdicts(tmp_path):
+    output = str(tmp_path / "out")
+    part, summaries = chunk_part([sample("ok_f0000000", 8), sample("ok_f0000030", 6, start_frame=30)], EXPERT_CLOCK)
+    notes = ({"segment": "ok_f0000000", "score": 0.5}, {"segment": "ok_f0000030", "score": None})
+    items = [
+        (ChunkRecord("ok", "/in/ok.mp4", 0, samples=summaries, frames=40, frames_with_face=36, dropped_short=1,
+                     annotations=notes), part),
+        (ChunkRecord("ok", "/in/ok.mp4", 1, frames=3, frames_with_face=3, dropped_short=1), b""),
+        (EndRecord("ok", "/in/ok.mp4", chunks=2), b""),
+        (EndRecord("broken", "/in/broken.mp4", chunks=0, failure=Failure("no_audio", "has no audio stream")), b""),
+        (ChunkRecord("faceless", "/in/faceless.mp4", 0, frames=25), b""),
+        (EndRecord("faceless", "/in/faceless.mp4", chunks=1), b""),
+        (ChunkRecord("skipped", "/in/skipped.mp4", 0, frames=25, frames_with_face=25), b""),
+        (EndRecord("skipped", "/in/skipped.mp4", chunks=1, empty_reason="out_of_sync"), b""),
+        (ChunkRecord("unfinished", "/in/unfinished.mp4", 0, frames=25, frames_with_face=25), b""),
+    ]
+    batch = batch_of(items)
+    assert set(batch) == {"record", "part"} and records_of(batch) == [record for record, _ in items]
+    out = PartWriter(output, LOCAL)(batch)
+    assert set(out) == {"record"} and records_of(out) == [record for record, _ in items]
+
+    complete = complete_videos(output, LOCAL)
+    assert sorted(complete) == ["broken", "faceless", "ok", "skipped"]  # "unfinished" has no end record yet
+    assert complete["ok"] == [record for record, _ in items[:3]]
+
+    [stats] = pack(output, LOCAL, ShardConfig())
+    assert stats == shard_stats(output, LOCAL)[0] and stats["shard"] == "shard-000000.tar" and stats["samples"] == 2
+    videos = {video["key"]: video for video in stats["videos"]}
+    assert videos["ok"] == {"key": "ok", "uri": "/in/ok.mp4", "status": "ok", "reason": "", "detail": "",
+                            "frames": 43, "frames_with_face": 39, "dropped_short": 2,
+                            "samples": [asdict(s) for s in summaries],
+                            "annotations": list(notes)}
+    assert (videos["broken"]["status"], videos["broken"]["reason"], videos["broken"]["detail"]) == \
+        ("failed", "no_audio", "has no audio stream")
+    assert [videos[k]["reason"] for k in ("faceless", "skipped")] == ["no_face", "out_of_sync"]
+    assert all("annotations" not in videos[k] for k in ("broken", "faceless", "skipped"))
+    assert [s.key for s in iter_segments(list_shards(output, LOCAL), LOCAL, None)] == ["ok_f0000000", "ok_f0000030"]
+    assert list((tmp_path / "out" / "_parts").iterdir()) == [tmp_path / "out" / "_parts" / "unfinished"]
+
+    assert write_index(output, LOCAL) == {"sample": 2, "failure": 3}
+    index = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
+    assert [(r["kind"], r["key"], r["source_key"], r["num_frames"]) for r in index if r["kind"] == "sample"] == \
+        [("sample", "ok_f0000000", "ok", 8), ("sample", "ok_f0000030", "ok", 6)]
