@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import re
+import tarfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,9 +47,15 @@ GLOB_CHARACTERS = frozenset("*?[")
 # 10 hex digits (40 bits): the hash only has to tell apart paths whose sanitised forms are equal, which
 # is rare to begin with; list_sources still checks that keys are unique.
 KEY_HASH_CHARS = 10
-# Keys become tar member names and log lines; deep trees would make them unwieldy. The hash covers the
-# whole relative path, so cutting the readable part keeps keys unique.
-KEY_READABLE_CHARS = 120
+# A key names tar members, and the shards are USTAR tars (samples.py, shards/writer.py), whose member name
+# field holds tarfile.LENGTH_NAME (100) bytes; the 155-byte prefix field takes only what precedes a "/",
+# and member names have none. The longest name a sample gets is KEY + "_f" + a 7-digit start frame +
+# ".mel.npy" (samples.py). Keys are ASCII, so characters are bytes. The hash covers the whole relative
+# path, so cutting the readable part to fit keeps keys unique.
+USTAR_NAME_BYTES = tarfile.LENGTH_NAME
+LONGEST_MEMBER_SUFFIX = "_f0000000" + ".mel.npy"
+KEY_MAX_CHARS = USTAR_NAME_BYTES - len(LONGEST_MEMBER_SUFFIX)
+KEY_READABLE_CHARS = KEY_MAX_CHARS - len("_") - KEY_HASH_CHARS
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -68,6 +75,7 @@ def make_key(relative_path: str) -> str:
 
     WebDataset splits a member name at its first dot into key and field, so dots must go; "/" becomes "__"
     so that the folder structure stays readable. ``a/clip.mp4`` -> ``a__clip_mp4_<hash of "a/clip.mp4">``.
+    At most KEY_MAX_CHARS characters, however deep the path, so that every member name of its samples fits.
     """
     readable = _UNSAFE_KEY_CHARACTERS.sub("_", relative_path.replace("/", "__"))[:KEY_READABLE_CHARS]
     digest = hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]

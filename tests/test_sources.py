@@ -6,11 +6,13 @@ server on loopback (tests/s3_server.py), the same HTTP API pyarrow speaks to AWS
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
 import shutil
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -67,10 +69,21 @@ def test_key_is_readable_webdataset_safe_and_distinguishes_paths_that_sanitise_a
     assert make_key("a/clip.mp4") == make_key("a/clip.mp4")
 
 
-def test_key_of_a_very_deep_path_stays_short_and_unique():
-    deep = "/".join(["folder"] * 100)
-    assert len(make_key(deep + "/x.mp4")) < 150
-    assert make_key(deep + "/x.mp4") != make_key(deep + "/y.mp4")
+@pytest.mark.parametrize("relative", [
+    "/".join(["folder"] * 100) + "/x.mp4",
+    "/".join(["dossier été"] * 20) + "/entretien à Zürich.mp4",  # 2-byte UTF-8 characters
+    "/".join(["講演"] * 60) + "/録画.mp4",  # 3-byte ones
+    "x" * 250 + ".mp4",
+])
+def test_key_of_a_long_path_names_tar_members_that_fit_ustar(relative: str):
+    key = make_key(relative)
+    assert KEY_PATTERN.match(key) and len(key.encode("utf-8")) == len(key)
+    # The longest member a sample of this input gets, written as the shards write it.
+    longest = f"{key}_f{9_999_999:07d}.mel.npy"
+    info = tarfile.TarInfo(longest)
+    with tarfile.open(fileobj=io.BytesIO(), mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    assert make_key(relative) != make_key(relative.replace(".mp4", ".mkv"))  # the cut part still counts
 
 
 # --- folders and globs ------------------------------------------------------------------------------------
