@@ -32,6 +32,7 @@ import numpy as np
 from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.columns import object_column
 from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
@@ -217,12 +218,29 @@ def run(config: PreprocessConfig) -> dict:
     sources = list_sources(config.input, config.storage)
     done = packed_videos(config.output, config.storage)
     pending = [s for s in sources if s.key not in done]
-    if pending:
+    record_unusable([s for s in pending if s.error], config)
+    readable = [s for s in pending if not s.error]
+    if readable:
         with ray_for_job(config.ray_address, config.num_workers):
-            _process(pending, config)
+            _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)
     return summarize(config, len(sources), len(sources) - len(pending), time.perf_counter() - started)
+
+
+def record_unusable(sources: list[Source], config: PreprocessConfig) -> None:
+    """Inputs the listing already found unusable (a name that is not UTF-8, a broken link) get the end record
+    of a video that failed to decode, made and written by the stream's own stages, here in the driver: packing
+    then counts each as failed with its reason, and none costs a trip through Ray."""
+    if not sources:
+        return
+    stage = SampleStage(AudioConfig(), config.samples, config.faces.max_center_jump)
+    records = [stage.chunk_samples({"key": s.key, "uri": s.uri, "chunk": 0, "end": True, "error": s.error,
+                                    "detail": s.detail, "faces": np.zeros(0)})[1] for s in sources]
+    PartWriter(config.output, config.storage)({
+        "key": np.array([s.key for s in sources]), "chunk": np.zeros(len(sources), int),
+        "end": np.ones(len(sources), bool), "part": object_column([b""] * len(sources)),
+        "record": np.array([json.dumps(record, sort_keys=True) for record in records])})
 
 
 def _process(pending: list[Source], config: PreprocessConfig) -> None:

@@ -204,6 +204,64 @@ def test_manifest_paths_resolve_against_its_own_folder(tree: Path):
     assert (source.uri, source.size_bytes) == (str(tree / "a/clip.mp4"), 10)
 
 
+# --- names that are not text, links ----------------------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_a_failed_input_named_with_escapes(tree: Path):
+    root = os.fsencode(tree)
+    os.mkdir(root + b"/caf\xe9")  # Latin-1, as an old archive might hold
+    for name in (b"/bad\xff.mp4", b"/caf\xe9/talk.mkv", b"/notes\xff.txt"):
+        with open(root + name, "wb") as out:
+            out.write(b"v")
+    sources = list_sources(str(tree), LOCAL)
+    assert sorted(s.uri for s in sources if not s.error) == sorted(str(tree / v) for v in VIDEOS)
+    failed = {s.uri: s for s in sources if s.error}
+    assert sorted(failed) == [f"{tree}/bad\\xff.mp4", f"{tree}/caf\\xe9/talk.mkv"]  # not notes: not a video
+    for source in failed.values():
+        assert source.error == storage.BAD_NAME and source.uri in source.detail and "UTF-8" in source.detail
+        assert KEY_PATTERN.match(source.key) and source.key == make_key(os.path.relpath(source.uri, tree))
+    assert [s.uri for s in list_sources(f"{tree}/*.mp4", LOCAL)] == [f"{tree}/bad\\xff.mp4"]
+    assert storage.list_files(str(tree), LOCAL) == sorted(str(tree / p) for p in TREE)  # outputs: files only
+
+
+def test_a_file_under_several_names_is_one_input_the_first_by_path(tree: Path):
+    (tree / "b" / "same.mp4").symlink_to(tree / "a" / "clip.mp4")
+    os.link(tree / "b" / "clip.mp4", tree / "c" / "hard.mp4")
+    (tree / "0first.webm").symlink_to("c/talk.webm")  # a link before its target: the link stays
+    sources = list_sources(str(tree), LOCAL)
+    assert [os.path.relpath(s.uri, tree) for s in sorted(sources, key=lambda s: s.uri)] == \
+        ["0first.webm", "a/clip.mp4", "b/clip.mp4", "b/deep/take.1.MKV"]
+    assert by_uri(sources)[str(tree / "0first.webm")].size_bytes == len(TREE["c/talk.webm"])
+    assert [s.uri for s in list_sources(f"{tree}/b/same.*", LOCAL)] == [str(tree / "b/same.mp4")]  # alone
+
+
+def test_a_link_loop_ends_and_a_link_out_of_the_tree_is_followed(tree: Path, tmp_path: Path):
+    (tree / "dirloop").symlink_to(".")
+    (tree / "c" / "alias").symlink_to("../a")  # a folder of the tree, under a second name
+    write_tree(tmp_path / "elsewhere", {"x/far.mp4": b"far"})
+    (tree / "c" / "linked").symlink_to(tmp_path / "elsewhere")
+    sources = list_sources(str(tree), LOCAL)
+    assert sorted(s.uri for s in sources) == sorted([str(tree / v) for v in VIDEOS] + [str(tree / "c/linked/x/far.mp4")])
+
+
+def test_broken_and_self_links_are_failed_inputs(tree: Path):
+    (tree / "gone.mp4").symlink_to("nowhere/gone.mp4")
+    (tree / "b" / "self.mkv").symlink_to("self.mkv")
+    (tree / "gone.txt").symlink_to("nowhere.txt")  # not a video: not an input
+    failed = {os.path.relpath(s.uri, tree): s for s in list_sources(str(tree), LOCAL) if s.error}
+    assert sorted(failed) == ["b/self.mkv", "gone.mp4"]
+    assert {s.error for s in failed.values()} == {storage.BROKEN_LINK}
+    assert "nowhere/gone.mp4" in failed["gone.mp4"].detail and "self.mkv" in failed["b/self.mkv"].detail
+    assert {s.size_bytes for s in failed.values()} == {0}
+
+
+def test_manifest_naming_a_file_and_a_link_to_it_is_an_error(tree: Path):
+    (tree / "alias.mp4").symlink_to(tree / "a" / "clip.mp4")
+    manifest = write_manifest(tree / "aliased.csv", [{"path": "a/clip.mp4"}, {"path": "alias.mp4"}])
+    with pytest.raises(ValueError, match="more than once.*alias.mp4"):
+        list_sources(str(manifest), LOCAL)
+
+
 # --- errors -----------------------------------------------------------------------------------------------
 
 
