@@ -36,7 +36,7 @@ from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
 from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import quiet_placement_group_cleaner
-from pipelines.core.storage import StorageConfig
+from pipelines.core.storage import StorageConfig, check_output
 from pipelines.shards.reader import iter_segments, list_shards
 
 
@@ -355,6 +355,7 @@ def train(config: TrainConfig):
     # Ray Train workers run in their own working folder: local paths must not depend on ours.
     config = replace(config, output=str(Path(config.output).resolve()),
                      shards=config.shards if "://" in config.shards else str(Path(config.shards).resolve()))
+    check_output(config.output, config.storage)
     if not list_shards(config.shards, config.storage):
         raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
     if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent

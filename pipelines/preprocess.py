@@ -33,7 +33,7 @@ from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.core.columns import object_column
-from pipelines.core.storage import StorageConfig
+from pipelines.core.storage import StorageConfig, check_output
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.fan_weights import fan_weights_present
@@ -215,6 +215,7 @@ def face_stage_on_gpu(config: PreprocessConfig) -> bool:
 def run(config: PreprocessConfig) -> dict:
     """Process every video not yet in a shard, pack, index; returns the summary."""
     started = time.perf_counter()
+    check_output(config.output, config.storage)
     sources = list_sources(config.input, config.storage)
     done = packed_videos(config.output, config.storage)
     pending = [s for s in sources if s.key not in done]

@@ -187,6 +187,25 @@ def test_unusable_names_are_failed_videos_and_a_linked_file_one_video(tiny_corpu
     assert run(config)["videos_skipped_already_done"] == 4  # failures are recorded for good, like any other
 
 
+@pytest.mark.parametrize("kind", ["a file", "under a file", "not writable"])
+def test_an_unusable_output_is_one_line_and_exit_2_before_ray_starts(tmp_path, kind, monkeypatch, capsys):
+    import pipelines.preprocess as preprocess
+
+    def no_ray(*args):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(preprocess, "ray_for_job", no_ray)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "clip.mp4").write_bytes(b"not decoded: the output is refused first")
+    (tmp_path / "file").write_bytes(b"x")
+    output = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "shards", "not writable": Path("/sys")}
+    if kind == "not writable" and not output[kind].is_dir():
+        pytest.skip("needs Linux's /sys, which no one (root included) may write to")
+    assert preprocess.main(["--input", str(tmp_path / "in"), "--output", str(output[kind]), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: output {str(output[kind])!r} ") and error.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_clean(tiny_corpus, tmp_path_factory) -> Path:
     """The tiny corpus in 1 s chunks (several per video), in one run with the default (fused) stages."""

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -372,6 +373,34 @@ def test_list_files_recursive_sorted_with_suffix_and_without_temporaries(tree: P
     assert storage.list_files(str(tree / "absent"), LOCAL) == []
 
 
+UNWRITABLE = Path("/sys")  # sysfs: no one, root included, may create files in it (chmod does not stop root)
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("a file", "is not a folder; name a new folder"),
+    ("under a file", "cannot be created: '{tmp}/file' is not a folder; name a new folder"),
+    ("not writable", "is not writable (Permission denied): fix its permissions or name another folder"),
+    ("not creatable", "cannot be created (Operation not permitted): name a folder you may write to"),
+])
+def test_check_output_names_the_path_and_the_fix_in_one_line(tmp_path: Path, kind: str, says: str):
+    (tmp_path / "file").write_bytes(b"x")
+    output = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "shards" / "new",
+              "not writable": UNWRITABLE, "not creatable": UNWRITABLE / "shards"}[kind]
+    if not UNWRITABLE.is_dir() and kind.startswith("not"):
+        pytest.skip("needs Linux's /sys")
+    with pytest.raises(ValueError) as error:
+        storage.check_output(str(output), LOCAL)
+    assert str(error.value).startswith(f"output {str(output)!r} {says.format(tmp=tmp_path)}")
+    assert "\n" not in str(error.value)
+
+
+def test_check_output_creates_a_missing_folder_and_leaves_nothing_in_it(tmp_path: Path):
+    output = tmp_path / "new" / "shards"
+    storage.check_output(str(output), LOCAL)
+    storage.check_output(str(output), LOCAL)  # and an existing one passes
+    assert output.is_dir() and os.listdir(output) == []
+
+
 def test_local_copy_delete_and_exists_locally(tree: Path):
     with storage.local_copy(str(tree / "a/clip.mp4"), LOCAL) as path:
         assert path == tree / "a/clip.mp4"
@@ -454,6 +483,18 @@ def test_s3_failed_upload_leaves_no_object_and_empty_prefix_is_an_error(bucket, 
     assert not storage.exists(f"s3://{name}/shards/shard.tar", config)
     with pytest.raises(ValueError, match=f"s3://{name}/nothing-here.*does not exist"):
         list_sources(f"s3://{name}/nothing-here", config)
+
+
+def test_check_output_on_s3_leaves_no_object_and_names_a_missing_bucket(bucket: tuple[str, StorageConfig]):
+    name, config = bucket
+    storage.check_output(f"s3://{name}/shards", config)
+    fs, path = storage.resolve(f"s3://{name}", config)
+    # The probe, partial or not, is gone (pyarrow may leave the empty folder marker a delete keeps).
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.type == pafs.FileType.File] == []
+    with pytest.raises(ValueError, match=f"output 's3://{name}-missing/shards' is not writable .*bucket") as error:
+        storage.check_output(f"s3://{name}-missing/shards", config)
+    assert "\n" not in str(error.value)
 
 
 def test_s3_filesystem_and_config_travel_to_workers(s3_server: str):

@@ -30,7 +30,7 @@ from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, 
 from pipelines.core.clock import Clock
 from pipelines.core.columns import object_column
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
-from pipelines.core.storage import StorageConfig, join, local_copy, read_bytes, write_bytes_atomic
+from pipelines.core.storage import StorageConfig, check_output, join, local_copy, read_bytes, write_bytes_atomic
 from pipelines.samples import npy_bytes, tar_bytes
 from pipelines.shards.format import encode_faces
 from pipelines.shards.reader import Segment, iter_segments, list_shards
@@ -241,6 +241,7 @@ def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
 
 def curate(config: CurateConfig) -> dict:
     started = time.perf_counter()
+    check_output(config.output, config.storage)
     if "://" not in config.score.checkpoint:  # actors may run in another working directory
         config = replace(config, score=replace(config.score, checkpoint=str(Path(config.score.checkpoint).resolve())))
     units = list_units(config)

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["Listing", "StorageConfig", "Unusable", "atomic_local_path", "delete", "exists", "file_identity", "is_s3",
+__all__ = ["Listing", "StorageConfig", "Unusable", "atomic_local_path", "check_output", "delete", "exists", "file_identity", "is_s3",
            "join", "list_file_sizes", "list_files", "list_folder", "local_copy", "read_bytes", "resolve",
            "upload_file_atomic", "write_bytes_atomic"]
 
@@ -158,6 +158,49 @@ def file_identity(uri: str) -> Hashable:
     except OSError:
         return _local_path(uri)  # nothing there (yet): only its name tells it apart
     return info.st_dev, info.st_ino
+
+
+def check_output(uri: str, config: StorageConfig) -> None:
+    """Raise ValueError, one line naming `uri` and the fix, unless files can be written under it.
+
+    Meant for the start of a command, so that an unusable output costs a message rather than a run that
+    fails once work has begun. A local folder is created if missing, then a probe file is made and removed
+    in it: asking os.access can say yes where a write fails (read-only mounts, ACLs). On S3 a probe object
+    is written and deleted, which also tells a missing bucket or refused credentials. Probes are named as
+    partial files, so one left by a kill is never listed.
+    """
+    probe = f".write-probe-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    if is_s3(uri):
+        try:
+            write_bytes_atomic(join(uri, probe), b"", config)
+            delete(join(uri, probe), config)
+        except OSError as error:
+            raise ValueError(f"output {uri!r} is not writable ({' '.join(str(error).split())}): check the bucket "
+                             f"name, the credentials and --endpoint") from None
+        return
+    path = _local_path(uri)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = _nearest_existing(path)
+        problem = "is not a folder" if blocking == path else f"cannot be created: {blocking!r} is not a folder"
+        raise ValueError(f"output {path!r} {problem}; name a new folder, or one that exists") from None
+    except OSError as error:
+        raise ValueError(f"output {path!r} cannot be created ({error.strerror}): name a folder you may write "
+                         f"to") from None
+    try:
+        os.close(os.open(os.path.join(path, probe), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.unlink(os.path.join(path, probe))
+    except OSError as error:
+        raise ValueError(f"output {path!r} is not writable ({error.strerror}): fix its permissions or name "
+                         f"another folder") from None
+
+
+def _nearest_existing(path: str) -> str:
+    """`path`, or the closest folder above it that exists (or, wrongly, is a file)."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
 
 
 def delete(uri: str, config: StorageConfig) -> None:
