@@ -120,7 +120,8 @@ def _from_path(spec: str, config: StorageConfig) -> list[Source]:
 def _from_glob(spec: str, config: StorageConfig) -> list[Source]:
     root, pattern = _split_glob(_absolute(spec))
     matcher = _glob_regex(pattern)
-    matches = _listed_sources(storage.list_folder(root, config), root, lambda uri: matcher.match(_relative(uri, root)))
+    listing = storage.list_folder(root, config)
+    matches = _listed_sources(listing, root, lambda uri: matcher.match(_relative(uri, root)))
     if not matches:
         raise ValueError(f"glob {spec!r} matched no files: looked for {pattern!r} under {root!r}")
     return matches

@@ -42,8 +42,9 @@ def test_train_refuses_an_output_under_a_file_before_it_starts(tmp_path, capsys)
 
     (tmp_path / "file").write_bytes(b"x")
     assert main(["--shards", str(tmp_path), "--output", str(tmp_path / "file" / "run")]) == 2
-    assert capsys.readouterr().err == f"error: output {str(tmp_path / 'file' / 'run')!r} cannot be created: " \
-                                      f"{str(tmp_path / 'file')!r} is not a folder; name a new folder, or one that exists\n"
+    output, blocking = str(tmp_path / "file" / "run"), str(tmp_path / "file")
+    assert capsys.readouterr().err == f"error: output {output!r} cannot be created: {blocking!r} is not a folder; " \
+                                      f"name a new folder, or one that exists\n"
 
 
 def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):

@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["Listing", "StorageConfig", "Unusable", "atomic_local_path", "check_output", "delete", "exists", "file_identity", "is_s3",
-           "join", "list_file_sizes", "list_files", "list_folder", "local_copy", "read_bytes", "resolve",
-           "upload_file_atomic", "write_bytes_atomic"]
+__all__ = ["Listing", "StorageConfig", "Unusable", "atomic_local_path", "check_output", "delete", "exists",
+           "file_identity", "is_s3", "join", "list_file_sizes", "list_files", "list_folder", "local_copy",
+           "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
 
 S3_PREFIX = "s3://"
 # Hidden and with a suffix no reader asks for, so a half-written local file is never mistaken for output.
