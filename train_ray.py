@@ -37,7 +37,7 @@ from model.offset import offset_curve
 from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import quiet_placement_group_cleaner
-from pipelines.core.storage import StorageConfig
+from pipelines.core.storage import StorageConfig, check_output
 from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 
 # Training pairs, validation pairs and validation's simulated delays draw from entropy [run seed, purpose, ...],
@@ -367,6 +367,7 @@ def train(config: TrainConfig):
     # Ray Train workers run in their own working folder: local paths must not depend on ours.
     config = replace(config, output=str(Path(config.output).resolve()),
                      shards=config.shards if "://" in config.shards else str(Path(config.shards).resolve()))
+    check_output(config.output, config.storage)
     if not list_shards(config.shards, config.storage):
         raise ValueError(f"no shard-*.tar under {config.shards}: run `python -m pipelines.preprocess` first")
     # Here, before any worker starts: a worker's error would be retried --max-failures times, then wrapped by Ray.

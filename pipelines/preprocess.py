@@ -32,13 +32,13 @@ import numpy as np
 from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
-from pipelines.core.storage import StorageConfig
+from pipelines.core.storage import StorageConfig, check_output
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.fan_weights import fan_weights_present
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
-from pipelines.shards.records import EndRecord, records_of
+from pipelines.shards.records import EndRecord, Failure, batch_of, records_of
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
 
@@ -215,15 +215,27 @@ def face_stage_on_gpu(config: PreprocessConfig) -> bool:
 def run(config: PreprocessConfig) -> dict:
     """Process every video not yet in a shard, pack, index; returns the summary."""
     started = time.perf_counter()
+    check_output(config.output, config.storage)
     sources = list_sources(config.input, config.storage)
     done = packed_videos(config.output, config.storage)
     pending = [s for s in sources if s.key not in done]
-    if pending:
+    record_unusable([s for s in pending if s.error], config)
+    readable = [s for s in pending if not s.error]
+    if readable:
         with ray_for_job(config.ray_address, config.num_workers):
-            _process(pending, config)
+            _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)
     return summarize(config, len(sources), len(sources) - len(pending), time.perf_counter() - started)
+
+
+def record_unusable(sources: list[Source], config: PreprocessConfig) -> None:
+    """Inputs the listing already found unusable (a name that is not UTF-8, a broken link) get the end record of a
+    video that failed, written by the part writer here in the driver: packing then counts each as failed with its
+    reason, and none costs a trip through Ray."""
+    if sources:
+        PartWriter(config.output, config.storage)(batch_of(
+            [(EndRecord(key=s.key, uri=s.uri, chunks=0, failure=Failure(s.error, s.detail)), b"") for s in sources]))
 
 
 def _process(pending: list[Source], config: PreprocessConfig) -> None:

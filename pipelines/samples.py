@@ -17,7 +17,7 @@ from pipelines.audio import AudioConfig, segment_mel, separate_voice
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import CONTEXT_FRAMES
 from pipelines.faces.tracks import landmark_quality, split_and_filter
-from pipelines.shards.format import JPEG_QUALITY
+from pipelines.shards.format import JPEG_QUALITY, sample_key
 from pipelines.shards.records import ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part
 
 
@@ -61,7 +61,7 @@ class SampleStage:
         """Frames [begin, end) of the chunk as a sample: faces, mel, and what its json records of them."""
         start_frame = int(row["start_frame"]) + begin
         meta = {
-            "key": f"{row['key']}_f{start_frame:07d}",
+            "key": sample_key(str(row["key"]), start_frame),
             "source": str(row["uri"]),
             "source_key": str(row["key"]),
             "start_frame": start_frame,

@@ -11,6 +11,11 @@ A run's input is one string, the `spec`, which is one of:
   that does not exist is still returned (with size 0): the pipeline records it as failed, with a reason,
   rather than letting it vanish from the counts.
 
+In a local folder or glob, one file is one input, however many names lead to it: links are followed, a
+folder already listed through another link is not listed again (so a link up the tree ends), and of the
+names of one file the first by path stays. Entries that name no file one could read, a name that is not
+UTF-8 or a link that leads nowhere, are returned with their reason in `error`, to be recorded as failed.
+
 Each input gets a key that names its samples in the WebDataset shards. It is derived from the path
 relative to the input root (the folder, the glob's fixed prefix, or the manifest's folder), so it is
 the same on every run and on every machine that sees the same tree, and it survives moving the whole
@@ -26,8 +31,8 @@ import json
 import os
 import posixpath
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core import storage
 from pipelines.core.storage import StorageConfig
+from pipelines.shards.format import MAX_VIDEO_KEY_CHARS
 
 __all__ = ["MANIFEST_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "list_sources", "make_key"]
 
@@ -46,9 +52,9 @@ GLOB_CHARACTERS = frozenset("*?[")
 # 10 hex digits (40 bits): the hash only has to tell apart paths whose sanitised forms are equal, which
 # is rare to begin with; list_sources still checks that keys are unique.
 KEY_HASH_CHARS = 10
-# Keys become tar member names and log lines; deep trees would make them unwieldy. The hash covers the
-# whole relative path, so cutting the readable part keeps keys unique.
-KEY_READABLE_CHARS = 120
+# Keys name the shards' tar members, which have a byte limit (pipelines.shards.format); keys are ASCII, so
+# characters are bytes. The hash covers the whole relative path, so cutting the readable part keeps keys unique.
+KEY_READABLE_CHARS = MAX_VIDEO_KEY_CHARS - len("_") - KEY_HASH_CHARS
 _UNSAFE_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -61,6 +67,8 @@ class Source:
     speaker: str | None
     split: str | None  # from a manifest's `split` column, else None
     size_bytes: int  # 0 for a manifest entry whose file does not exist
+    error: str = ""  # why the listing already knows the input unusable (storage.BAD_NAME, BROKEN_LINK), or ""
+    detail: str = ""
 
 
 def make_key(relative_path: str) -> str:
@@ -68,6 +76,7 @@ def make_key(relative_path: str) -> str:
 
     WebDataset splits a member name at its first dot into key and field, so dots must go; "/" becomes "__"
     so that the folder structure stays readable. ``a/clip.mp4`` -> ``a__clip_mp4_<hash of "a/clip.mp4">``.
+    At most MAX_VIDEO_KEY_CHARS characters, however deep the path, so that every member name of its samples fits.
     """
     readable = _UNSAFE_KEY_CHARACTERS.sub("_", relative_path.replace("/", "__"))[:KEY_READABLE_CHARS]
     digest = hashlib.sha1(relative_path.encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]
@@ -82,7 +91,7 @@ def list_sources(spec: str, config: StorageConfig) -> list[Source]:
         sources = _from_glob(spec, config)
     else:
         sources = _from_path(spec, config)
-    _check_unique(spec, sources)
+    _check_unique(spec, sources, lambda source: source.key)
     return sorted(sources, key=lambda source: source.key)
 
 
@@ -91,25 +100,25 @@ def _from_path(spec: str, config: StorageConfig) -> list[Source]:
     if not storage.exists(root, config):
         raise ValueError(f"{spec!r} does not exist: expected a folder, a video file, a glob, a manifest "
                          f"({', '.join(MANIFEST_EXTENSIONS)}) or s3://bucket/prefix")
-    files = storage.list_file_sizes(root, config)
-    if [uri for uri, _ in files] == [root]:
+    listing = storage.list_folder(root, config)
+    if [uri for uri, _ in listing.files] == [root]:
         # A single file: its folder is the root, so it keys the same as when its folder is listed.
-        return [_source(root, posixpath.dirname(root), files[0][1])]
-    videos = [(uri, size) for uri, size in files if uri.lower().endswith(VIDEO_EXTENSIONS)]
+        return [_source(root, posixpath.dirname(root), listing.files[0][1])]
+    videos = _listed_sources(listing, root, lambda uri: uri.lower().endswith(VIDEO_EXTENSIONS))
     if not videos:
         raise ValueError(f"no video files under {spec!r}: looked recursively for {', '.join(VIDEO_EXTENSIONS)} "
-                         f"among {len(files)} files")
-    return [_source(uri, root, size) for uri, size in videos]
+                         f"among {len(listing.files)} files")
+    return videos
 
 
 def _from_glob(spec: str, config: StorageConfig) -> list[Source]:
     root, pattern = _split_glob(_absolute(spec))
     matcher = _glob_regex(pattern)
-    matches = [(uri, size) for uri, size in storage.list_file_sizes(root, config)
-               if matcher.match(_relative(uri, root))]
+    listing = storage.list_folder(root, config)
+    matches = _listed_sources(listing, root, lambda uri: matcher.match(_relative(uri, root)))
     if not matches:
         raise ValueError(f"glob {spec!r} matched no files: looked for {pattern!r} under {root!r}")
-    return [_source(uri, root, size) for uri, size in matches]
+    return matches
 
 
 def _from_manifest(spec: str, config: StorageConfig) -> list[Source]:
@@ -129,18 +138,48 @@ def _from_manifest(spec: str, config: StorageConfig) -> list[Source]:
             raise ValueError(f"manifest {spec!r}: row {line} has an empty 'path'")
         entries.append((_manifest_uri(path, root), _text(row.get("speaker")), _text(row.get("split"))))
     sizes = _file_sizes([uri for uri, _, _ in entries], config)
-    return [_source(uri, root, sizes.get(uri, 0), speaker, split) for uri, speaker, split in entries]
+    sources = [_source(uri, root, sizes.get(uri, 0), speaker, split) for uri, speaker, split in entries]
+    # Rows name files on purpose, with their own speaker and split, so two names of one file (a link and
+    # its target) are the operator's mistake to resolve, not ours to pick from.
+    _check_unique(spec, sources, lambda source: storage.file_identity(source.uri))
+    return sources
 
 
-def _source(uri: str, root: str, size: int, speaker: str | None = None, split: str | None = None) -> Source:
-    return Source(uri=uri, key=make_key(_relative(uri, root)), speaker=speaker, split=split, size_bytes=size)
+def _listed_sources(listing: storage.Listing, root: str, wanted: Callable[[str], object]) -> list[Source]:
+    """The listed files `wanted` picks by URI, one per file, then the unusable entries it picks, as failed."""
+    files = _one_per_file([_source(uri, root, size) for uri, size in listing.files if wanted(uri)])
+    return files + [_source(entry.uri, root, 0, error=entry.reason, detail=entry.detail)
+                    for entry in listing.unusable if wanted(entry.uri)]
 
 
-def _check_unique(spec: str, sources: list[Source]) -> None:
-    repeated = sorted(key for key, count in Counter(source.key for source in sources).items() if count > 1)
+def _one_per_file(sources: list[Source]) -> list[Source]:
+    """Drop every name but the first (by path) of a file listed under several: a link to a file, or a hard
+    link, would otherwise make it two videos, perhaps one in each split."""
+    seen: set[Hashable] = set()
+    kept = []
+    for source in sorted(sources, key=lambda s: s.uri):
+        identity = storage.file_identity(source.uri)
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(source)
+    return kept
+
+
+def _source(uri: str, root: str, size: int, speaker: str | None = None, split: str | None = None,
+            error: str = "", detail: str = "") -> Source:
+    return Source(uri=uri, key=make_key(_relative(uri, root)), speaker=speaker, split=split, size_bytes=size,
+                  error=error, detail=detail)
+
+
+def _check_unique(spec: str, sources: list[Source], identity: Callable[[Source], Hashable]) -> None:
+    """Raise if two sources have the same `identity`, naming some of them."""
+    uris: dict[Hashable, list[str]] = defaultdict(list)
+    for source in sources:
+        uris[identity(source)].append(source.uri)
+    repeated = sorted(names for names in uris.values() if len(names) > 1)
     if repeated:
-        uris = sorted({source.uri for source in sources if source.key in repeated})
-        raise ValueError(f"{spec!r} lists the same input more than once ({len(repeated)} keys), e.g. {uris[:3]}")
+        raise ValueError(f"{spec!r} lists the same input more than once ({len(repeated)} inputs), e.g. "
+                         f"{repeated[0]}")
 
 
 # --- paths ------------------------------------------------------------------------------------------------

@@ -147,6 +147,64 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
     assert len(sources) == 2
 
 
+def test_a_video_under_a_very_long_path_gives_samples(tiny_corpus, tmp_path):
+    # Its key names the samples' tar members, which a USTAR tar holds to 100 bytes: a key cut too long once
+    # made the writer raise inside Ray, ending the run.
+    folder = tmp_path / "in" / "/".join(["a long folder name, with spaces"] * 6)
+    folder.mkdir(parents=True)
+    shutil.copy(sorted(tiny_corpus.glob("*"))[0], folder / "the interview, recorded one sunny afternoon.mp4")
+    assert len(str(next((tmp_path / "in").rglob("*.mp4")).relative_to(tmp_path / "in"))) > 200
+    summary = run(PreprocessConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), num_workers=2,
+                                   progress=False, faces=FaceConfig(aligner="dlib"),
+                                   decode=DecodeConfig(chunk_seconds=2.0)))
+    assert summary["videos_ok"] == 1 and summary["segments"] == len(all_segments(str(tmp_path / "out"))) > 0
+
+
+def test_unusable_names_are_failed_videos_and_a_linked_file_one_video(tiny_corpus, tmp_path):
+    """A name that is not UTF-8, a link to nothing or to itself: each a failed video with its reason, the rest
+    processed. A link to a video is not a second video (it could land in the other split), a loop ends."""
+    videos, corpus = sorted(tiny_corpus.glob("*")), tmp_path / "in"
+    (corpus / "real").mkdir(parents=True)
+    shutil.copy(videos[0], corpus / "real" / "clip.mp4")
+    (corpus / "same.mp4").symlink_to("real/clip.mp4")
+    (corpus / "loop").symlink_to(".")
+    (corpus / "gone.mp4").symlink_to("nowhere.mp4")
+    (corpus / "self.mp4").symlink_to("self.mp4")
+    with open(os.fsencode(corpus) + b"/caf\xe9.mp4", "wb") as out:  # Latin-1, not UTF-8
+        out.write(videos[1].read_bytes())
+    config = PreprocessConfig(input=str(corpus), output=str(tmp_path / "out"), num_workers=2, progress=False,
+                              faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=2.0))
+    summary = run(config)
+    assert (summary["videos_listed"], summary["videos_ok"]) == (4, 1)
+    assert summary["videos_failed"] == {"bad_name": 1, "broken_link": 2}
+    index = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
+    failures = {Path(r["source"]).name: (r["reason"], r["detail"]) for r in index if r["kind"] == "failure"}
+    assert {name: reason for name, (reason, _) in failures.items()} == \
+        {"caf\\xe9.mp4": "bad_name", "gone.mp4": "broken_link", "self.mp4": "broken_link"}
+    assert "nowhere.mp4" in failures["gone.mp4"][1]
+    assert {r["source"] for r in index if r["kind"] == "sample"} == {str(corpus / "real" / "clip.mp4")}
+    assert run(config)["videos_skipped_already_done"] == 4  # failures are recorded for good, like any other
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "not writable"])
+def test_an_unusable_output_is_one_line_and_exit_2_before_ray_starts(tmp_path, kind, monkeypatch, capsys):
+    import pipelines.preprocess as preprocess
+
+    def no_ray(*args):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(preprocess, "ray_for_job", no_ray)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "clip.mp4").write_bytes(b"not decoded: the output is refused first")
+    (tmp_path / "file").write_bytes(b"x")
+    output = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "shards", "not writable": Path("/sys")}
+    if kind == "not writable" and not output[kind].is_dir():
+        pytest.skip("needs Linux's /sys, which no one (root included) may write to")
+    assert preprocess.main(["--input", str(tmp_path / "in"), "--output", str(output[kind]), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: output {str(output[kind])!r} ") and error.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_clean(tiny_corpus, tmp_path_factory) -> Path:
     """The tiny corpus in 1 s chunks (several per video), in one run with the default (fused) stages."""

@@ -6,21 +6,25 @@ server on loopback (tests/s3_server.py), the same HTTP API pyarrow speaks to AWS
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
 import shutil
+import tarfile
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.core import storage
-from pipelines.sources import Source, list_sources, make_key
 from pipelines.core.storage import StorageConfig
+from pipelines.shards.format import MEL, sample_key
+from pipelines.sources import Source, list_sources, make_key
 from s3_server import make_bucket
 
 LOCAL = StorageConfig()
@@ -67,10 +71,21 @@ def test_key_is_readable_webdataset_safe_and_distinguishes_paths_that_sanitise_a
     assert make_key("a/clip.mp4") == make_key("a/clip.mp4")
 
 
-def test_key_of_a_very_deep_path_stays_short_and_unique():
-    deep = "/".join(["folder"] * 100)
-    assert len(make_key(deep + "/x.mp4")) < 150
-    assert make_key(deep + "/x.mp4") != make_key(deep + "/y.mp4")
+@pytest.mark.parametrize("relative", [
+    "/".join(["folder"] * 100) + "/x.mp4",
+    "/".join(["dossier été"] * 20) + "/entretien à Zürich.mp4",  # 2-byte UTF-8 characters
+    "/".join(["講演"] * 60) + "/録画.mp4",  # 3-byte ones
+    "x" * 250 + ".mp4",
+])
+def test_key_of_a_long_path_names_tar_members_that_fit_ustar(relative: str):
+    key = make_key(relative)
+    assert KEY_PATTERN.match(key) and len(key.encode("utf-8")) == len(key)
+    # The longest member a sample of this input gets, written as the shards write it.
+    longest = f"{sample_key(key, 9_999_999)}.{MEL}"
+    info = tarfile.TarInfo(longest)
+    with tarfile.open(fileobj=io.BytesIO(), mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b""))
+    assert make_key(relative) != make_key(relative.replace(".mp4", ".mkv"))  # the cut part still counts
 
 
 # --- folders and globs ------------------------------------------------------------------------------------
@@ -191,6 +206,65 @@ def test_manifest_paths_resolve_against_its_own_folder(tree: Path):
     assert (source.uri, source.size_bytes) == (str(tree / "a/clip.mp4"), 10)
 
 
+# --- names that are not text, links ----------------------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_a_failed_input_named_with_escapes(tree: Path):
+    root = os.fsencode(tree)
+    os.mkdir(root + b"/caf\xe9")  # Latin-1, as an old archive might hold
+    for name in (b"/bad\xff.mp4", b"/caf\xe9/talk.mkv", b"/notes\xff.txt"):
+        with open(root + name, "wb") as out:
+            out.write(b"v")
+    sources = list_sources(str(tree), LOCAL)
+    assert sorted(s.uri for s in sources if not s.error) == sorted(str(tree / v) for v in VIDEOS)
+    failed = {s.uri: s for s in sources if s.error}
+    assert sorted(failed) == [f"{tree}/bad\\xff.mp4", f"{tree}/caf\\xe9/talk.mkv"]  # not notes: not a video
+    for source in failed.values():
+        assert source.error == storage.BAD_NAME and source.uri in source.detail and "UTF-8" in source.detail
+        assert KEY_PATTERN.match(source.key) and source.key == make_key(os.path.relpath(source.uri, tree))
+    assert [s.uri for s in list_sources(f"{tree}/*.mp4", LOCAL)] == [f"{tree}/bad\\xff.mp4"]
+    assert storage.list_files(str(tree), LOCAL) == sorted(str(tree / p) for p in TREE)  # outputs: files only
+
+
+def test_a_file_under_several_names_is_one_input_the_first_by_path(tree: Path):
+    (tree / "b" / "same.mp4").symlink_to(tree / "a" / "clip.mp4")
+    os.link(tree / "b" / "clip.mp4", tree / "c" / "hard.mp4")
+    (tree / "0first.webm").symlink_to("c/talk.webm")  # a link before its target: the link stays
+    sources = list_sources(str(tree), LOCAL)
+    assert [os.path.relpath(s.uri, tree) for s in sorted(sources, key=lambda s: s.uri)] == \
+        ["0first.webm", "a/clip.mp4", "b/clip.mp4", "b/deep/take.1.MKV"]
+    assert by_uri(sources)[str(tree / "0first.webm")].size_bytes == len(TREE["c/talk.webm"])
+    assert [s.uri for s in list_sources(f"{tree}/b/same.*", LOCAL)] == [str(tree / "b/same.mp4")]  # alone
+
+
+def test_a_link_loop_ends_and_a_link_out_of_the_tree_is_followed(tree: Path, tmp_path: Path):
+    (tree / "dirloop").symlink_to(".")
+    (tree / "c" / "alias").symlink_to("../a")  # a folder of the tree, under a second name
+    write_tree(tmp_path / "elsewhere", {"x/far.mp4": b"far"})
+    (tree / "c" / "linked").symlink_to(tmp_path / "elsewhere")
+    sources = list_sources(str(tree), LOCAL)
+    expected = [str(tree / v) for v in VIDEOS] + [str(tree / "c/linked/x/far.mp4")]
+    assert sorted(s.uri for s in sources) == sorted(expected)
+
+
+def test_broken_and_self_links_are_failed_inputs(tree: Path):
+    (tree / "gone.mp4").symlink_to("nowhere/gone.mp4")
+    (tree / "b" / "self.mkv").symlink_to("self.mkv")
+    (tree / "gone.txt").symlink_to("nowhere.txt")  # not a video: not an input
+    failed = {os.path.relpath(s.uri, tree): s for s in list_sources(str(tree), LOCAL) if s.error}
+    assert sorted(failed) == ["b/self.mkv", "gone.mp4"]
+    assert {s.error for s in failed.values()} == {storage.BROKEN_LINK}
+    assert "nowhere/gone.mp4" in failed["gone.mp4"].detail and "self.mkv" in failed["b/self.mkv"].detail
+    assert {s.size_bytes for s in failed.values()} == {0}
+
+
+def test_manifest_naming_a_file_and_a_link_to_it_is_an_error(tree: Path):
+    (tree / "alias.mp4").symlink_to(tree / "a" / "clip.mp4")
+    manifest = write_manifest(tree / "aliased.csv", [{"path": "a/clip.mp4"}, {"path": "alias.mp4"}])
+    with pytest.raises(ValueError, match="more than once.*alias.mp4"):
+        list_sources(str(manifest), LOCAL)
+
+
 # --- errors -----------------------------------------------------------------------------------------------
 
 
@@ -301,6 +375,34 @@ def test_list_files_recursive_sorted_with_suffix_and_without_temporaries(tree: P
     assert storage.list_files(str(tree / "absent"), LOCAL) == []
 
 
+UNWRITABLE = Path("/sys")  # sysfs: no one, root included, may create files in it (chmod does not stop root)
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("a file", "is not a folder; name a new folder"),
+    ("under a file", "cannot be created: '{tmp}/file' is not a folder; name a new folder"),
+    ("not writable", "is not writable (Permission denied): fix its permissions or name another folder"),
+    ("not creatable", "cannot be created (Operation not permitted): name a folder you may write to"),
+])
+def test_check_output_names_the_path_and_the_fix_in_one_line(tmp_path: Path, kind: str, says: str):
+    (tmp_path / "file").write_bytes(b"x")
+    output = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "shards" / "new",
+              "not writable": UNWRITABLE, "not creatable": UNWRITABLE / "shards"}[kind]
+    if not UNWRITABLE.is_dir() and kind.startswith("not"):
+        pytest.skip("needs Linux's /sys")
+    with pytest.raises(ValueError) as error:
+        storage.check_output(str(output), LOCAL)
+    assert str(error.value).startswith(f"output {str(output)!r} {says.format(tmp=tmp_path)}")
+    assert "\n" not in str(error.value)
+
+
+def test_check_output_creates_a_missing_folder_and_leaves_nothing_in_it(tmp_path: Path):
+    output = tmp_path / "new" / "shards"
+    storage.check_output(str(output), LOCAL)
+    storage.check_output(str(output), LOCAL)  # and an existing one passes
+    assert output.is_dir() and os.listdir(output) == []
+
+
 def test_local_copy_delete_and_exists_locally(tree: Path):
     with storage.local_copy(str(tree / "a/clip.mp4"), LOCAL) as path:
         assert path == tree / "a/clip.mp4"
@@ -383,6 +485,18 @@ def test_s3_failed_upload_leaves_no_object_and_empty_prefix_is_an_error(bucket, 
     assert not storage.exists(f"s3://{name}/shards/shard.tar", config)
     with pytest.raises(ValueError, match=f"s3://{name}/nothing-here.*does not exist"):
         list_sources(f"s3://{name}/nothing-here", config)
+
+
+def test_check_output_on_s3_leaves_no_object_and_names_a_missing_bucket(bucket: tuple[str, StorageConfig]):
+    name, config = bucket
+    storage.check_output(f"s3://{name}/shards", config)
+    fs, path = storage.resolve(f"s3://{name}", config)
+    # The probe, partial or not, is gone (pyarrow may leave the empty folder marker a delete keeps).
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.type == pafs.FileType.File] == []
+    with pytest.raises(ValueError, match=f"output 's3://{name}-missing/shards' is not writable .*bucket") as error:
+        storage.check_output(f"s3://{name}-missing/shards", config)
+    assert "\n" not in str(error.value)
 
 
 def test_s3_filesystem_and_config_travel_to_workers(s3_server: str):

@@ -258,6 +258,15 @@ def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert
     assert not list((tmp_path / "report").glob("shard-*"))
 
 
+def test_curate_refuses_an_output_that_is_a_file_before_it_starts(tmp_path, capsys):
+    (tmp_path / "report").write_bytes(b"x")
+    argv = ["curate", "--input", str(tmp_path), "--checkpoint", str(tmp_path / "none.pt"), "--output",
+            str(tmp_path / "report")]
+    assert sync_main(argv) == 2
+    assert capsys.readouterr().err == f"error: output {str(tmp_path / 'report')!r} is not a folder; name a new " \
+                                      f"folder, or one that exists\n"
+
+
 # --- the Python API for generator training ----------------------------------------------------------------------
 
 def test_expert_from_checkpoint_is_frozen_and_scores_raw_windows(trained_expert):

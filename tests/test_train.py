@@ -42,6 +42,16 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_train_refuses_an_output_under_a_file_before_it_starts(tmp_path, capsys):
+    from train_ray import main
+
+    (tmp_path / "file").write_bytes(b"x")
+    assert main(["--shards", str(tmp_path), "--output", str(tmp_path / "file" / "run")]) == 2
+    output, blocking = str(tmp_path / "file" / "run"), str(tmp_path / "file")
+    assert capsys.readouterr().err == f"error: output {output!r} cannot be created: {blocking!r} is not a folder; " \
+                                      f"name a new folder, or one that exists\n"
+
+
 def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     assert len(list(shards.glob("shard-*.tar"))) == 1  # fewer shards than workers: the classic hang
     result = train(TrainConfig(shards=str(shards), output=str(tmp_path / "run"), num_workers=2, max_steps=20,

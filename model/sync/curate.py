@@ -33,7 +33,7 @@ from model.offset import OffsetResult, offset_curve
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
 from pipelines.core.clock import Clock
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
-from pipelines.core.storage import StorageConfig, join, local_copy, write_bytes_atomic
+from pipelines.core.storage import StorageConfig, check_output, join, local_copy, write_bytes_atomic
 from pipelines.shards.reader import Segment, iter_segments, list_shards, read_stats
 from pipelines.shards.records import RECORD, ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part, records_of
 from pipelines.shards.writer import (PartWriter, ShardConfig, pack, packed_videos, shard_stats, video_verdict,
@@ -253,6 +253,7 @@ def _shard_videos(uri: str, storage: StorageConfig) -> set[str]:
 
 def curate(config: CurateConfig) -> dict:
     started = time.perf_counter()
+    check_output(config.output, config.storage)
     if "://" not in config.score.checkpoint:  # actors may run in another working directory
         config = replace(config, score=replace(config.score, checkpoint=str(Path(config.score.checkpoint).resolve())))
     units = list_units(config)

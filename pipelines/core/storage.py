@@ -24,9 +24,10 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["StorageConfig", "atomic_local_path", "delete", "exists", "is_s3", "join", "list_file_sizes",
-           "list_files", "local_copy", "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
+__all__ = ["Listing", "StorageConfig", "Unusable", "atomic_local_path", "check_output", "delete", "exists",
+           "file_identity", "is_s3", "join", "list_file_sizes", "list_files", "list_folder", "local_copy",
+           "read_bytes", "resolve", "upload_file_atomic", "write_bytes_atomic"]
 
 S3_PREFIX = "s3://"
 # Hidden and with a suffix no reader asks for, so a half-written local file is never mistaken for output.
@@ -44,6 +46,9 @@ PARTIAL_SUFFIX = ".partial"
 # Big enough that per-call overhead vanishes next to the transfer, small enough to stay out of the way
 # of a worker's memory budget.
 COPY_CHUNK_BYTES = 8 * 1024 * 1024
+# Why a listed entry names no usable file; they become failure reasons of inputs.
+BAD_NAME = "bad_name"  # not valid UTF-8, so it cannot be text in a URI, a record or the index
+BROKEN_LINK = "broken_link"  # a symbolic link to nothing, or to itself
 
 
 @dataclass(frozen=True)
@@ -105,19 +110,97 @@ def list_files(uri: str, config: StorageConfig, suffix: str | None = None) -> li
 def list_file_sizes(uri: str, config: StorageConfig, suffix: str | None = None,
                     recursive: bool = True) -> list[tuple[str, int]]:
     """Like :func:`list_files`, with each file's size in bytes: one listing gives both, no extra requests."""
+    wanted = suffix.lower() if suffix else None
+    return [(file_uri, size) for file_uri, size in list_folder(uri, config, recursive).files
+            if wanted is None or file_uri.lower().endswith(wanted)]
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A local directory entry that names no file one could read, found while listing."""
+
+    uri: str  # printable: bytes of the name that are not UTF-8 appear as backslash escapes (\xff)
+    reason: str  # BAD_NAME or BROKEN_LINK
+    detail: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[tuple[str, int]]  # (uri, size in bytes), sorted
+    unusable: list[Unusable]  # sorted by uri; always empty on S3, whose keys are UTF-8 and have no links
+
+
+def list_folder(uri: str, config: StorageConfig, recursive: bool = True) -> Listing:
+    """Every file under `uri`, as :func:`list_file_sizes`, and the entries that name no usable file.
+
+    Locally each folder is entered once, however many links lead to it, so a link back up the tree ends
+    rather than listing the same files again at every depth; a link to a file counts as a file.
+    """
     fs, path = resolve(uri, config)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        infos = [info]
-    elif info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    else:
-        return []
-    wanted = suffix.lower() if suffix else None
-    found = [(_to_uri(uri, i.path), i.size) for i in infos
-             if i.type == pafs.FileType.File and not _is_partial(i.base_name)
-             and (wanted is None or i.base_name.lower().endswith(wanted))]
-    return sorted(found)
+        return Listing([(_to_uri(uri, info.path), info.size)], [])
+    if info.type != pafs.FileType.Directory:
+        return Listing([], [])
+    if not is_s3(uri):
+        return _list_local(path, recursive)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    return Listing(sorted((_to_uri(uri, i.path), i.size) for i in infos
+                          if i.type == pafs.FileType.File and not _is_partial(i.base_name)), [])
+
+
+def file_identity(uri: str) -> Hashable:
+    """Equal for two URIs that name the same file: a link and its target, or two hard links, locally."""
+    if is_s3(uri):
+        return uri
+    try:
+        info = os.stat(_local_path(uri))
+    except OSError:
+        return _local_path(uri)  # nothing there (yet): only its name tells it apart
+    return info.st_dev, info.st_ino
+
+
+def check_output(uri: str, config: StorageConfig) -> None:
+    """Raise ValueError, one line naming `uri` and the fix, unless files can be written under it.
+
+    Meant for the start of a command, so that an unusable output costs a message rather than a run that
+    fails once work has begun. A local folder is created if missing, then a probe file is made and removed
+    in it: asking os.access can say yes where a write fails (read-only mounts, ACLs). On S3 a probe object
+    is written and deleted, which also tells a missing bucket or refused credentials. Probes are named as
+    partial files, so one left by a kill is never listed.
+    """
+    probe = f".write-probe-{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}"
+    if is_s3(uri):
+        try:
+            write_bytes_atomic(join(uri, probe), b"", config)
+            delete(join(uri, probe), config)
+        except OSError as error:
+            raise ValueError(f"output {uri!r} is not writable ({' '.join(str(error).split())}): check the bucket "
+                             f"name, the credentials and --endpoint") from None
+        return
+    path = _local_path(uri)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = _nearest_existing(path)
+        problem = "is not a folder" if blocking == path else f"cannot be created: {blocking!r} is not a folder"
+        raise ValueError(f"output {path!r} {problem}; name a new folder, or one that exists") from None
+    except OSError as error:
+        raise ValueError(f"output {path!r} cannot be created ({error.strerror}): name a folder you may write "
+                         f"to") from None
+    try:
+        os.close(os.open(os.path.join(path, probe), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.unlink(os.path.join(path, probe))
+    except OSError as error:
+        raise ValueError(f"output {path!r} is not writable ({error.strerror}): fix its permissions or name "
+                         f"another folder") from None
+
+
+def _nearest_existing(path: str) -> str:
+    """`path`, or the closest folder above it that exists (or, wrongly, is a file)."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
 
 
 def delete(uri: str, config: StorageConfig) -> None:
@@ -242,6 +325,58 @@ def _local_path(uri: str) -> str:
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     return os.path.abspath(os.path.expanduser(uri))
+
+
+def _list_local(root: str, recursive: bool) -> Listing:
+    # Walked by bytes: a name need not be UTF-8, and pyarrow's own listing stops at the first that is not,
+    # naming none. Links are followed, as data often lives elsewhere; a folder already entered (by another
+    # link, or through a link to a folder above) is skipped, which is what ends a loop. Names are taken in
+    # sorted order, so which of two ways into a folder lists its files does not depend on the filesystem.
+    files: list[tuple[str, int]] = []
+    unusable: list[Unusable] = []
+    entered: set[tuple[int, int]] = set()
+    folders = [(os.fsencode(root), os.stat(root))]
+    while folders:
+        folder, here = folders.pop()
+        if (here.st_dev, here.st_ino) in entered:
+            continue
+        entered.add((here.st_dev, here.st_ino))
+        with os.scandir(folder) as listed:
+            entries = sorted(listed, key=lambda entry: entry.name)
+        below = []
+        for entry in entries:
+            try:
+                info = entry.stat()  # of what a link leads to
+            except OSError as error:
+                if entry.is_symlink():
+                    unusable.append(_broken_link(entry.path, error))
+                continue  # otherwise removed since the folder was read: nothing there to list
+            if stat.S_ISDIR(info.st_mode) and recursive:
+                below.append((entry.path, info))
+            elif stat.S_ISREG(info.st_mode) and not _is_partial(_printable(entry.name)):
+                try:
+                    files.append((entry.path.decode("utf-8"), info.st_size))
+                except UnicodeDecodeError:
+                    unusable.append(_bad_name(entry.path))
+        folders += reversed(below)  # the stack pops them in sorted order
+    return Listing(sorted(files), sorted(unusable, key=lambda u: u.uri))
+
+
+def _printable(path: bytes) -> str:
+    """A name as text, whatever its bytes: those that are not UTF-8 become backslash escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _bad_name(path: bytes) -> Unusable:
+    name = _printable(path)
+    return Unusable(name, BAD_NAME, f"the name '{name}' is not valid UTF-8 (bytes shown as \\x escapes); "
+                                    f"rename the file to use it")
+
+
+def _broken_link(path: bytes, error: OSError) -> Unusable:
+    name = _printable(path)
+    return Unusable(name, BROKEN_LINK, f"'{name}' is a link to '{_printable(os.readlink(path))}', which leads "
+                                       f"to no file ({error.strerror})")
 
 
 def _to_uri(like: str, path: str) -> str:

@@ -47,6 +47,11 @@ JPEG_QUALITY = 95
 META_TYPES = {"split": str, "source_key": str, "speaker": str, "crop_size": int, "num_frames": int,
               "fps": (int, float), "mel_fps": (int, float)}
 
+# A shard is a USTAR tar, whose member name field holds tarfile.LENGTH_NAME (100) bytes; the 155-byte prefix field
+# takes only what precedes a "/", and member names have none. The longest name a sample gets is its video's key,
+# the sample's suffix (`sample_key`) and the longest extension: video keys are cut to fit (pipelines.sources).
+MAX_VIDEO_KEY_CHARS = tarfile.LENGTH_NAME - len("_f0000000") - len("." + max(MEMBERS, key=len))
+
 PARTS = "_parts"
 INDEX_FILE = "index.parquet"
 END_PART = "end.json"
@@ -55,6 +60,11 @@ _KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # --- paths ---------------------------------------------------------------------------------------------
+
+def sample_key(video_key: str, start_frame: int) -> str:
+    """The key of a video's sample that starts at `start_frame` (7 digits: over 110 hours at 25 fps)."""
+    return f"{video_key}_f{start_frame:07d}"
+
 
 def is_safe_key(key: str) -> bool:
     """Whether `key` may name a sample or a video: no dots, no slashes, so it can pick no other path."""
