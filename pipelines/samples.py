@@ -38,11 +38,22 @@ class SampleStage:
                          for i in range(len(batch["key"]))])
 
     def chunk_samples(self, row: dict) -> tuple[Record, bytes]:
-        """One row's record and the tar bytes of its samples (b"" for none)."""
+        """One row's record and the tar bytes of its samples (b"" for none). A failure here or in an earlier stage
+        (the row's `error`) is the record's: it fails the row's video, and the run goes on."""
         key, uri = str(row["key"]), str(row["uri"])
+        failure = Failure(str(row["error"]), str(row["detail"])) if row["error"] else None
         if row["end"]:
-            failure = Failure(str(row["error"]), str(row["detail"])) if row["error"] else None
             return EndRecord(key=key, uri=uri, chunks=int(row["chunk"]), failure=failure), b""
+        if failure is None:
+            try:
+                return self.encode_chunk(row)
+            except Exception as error:  # an unforeseen failure costs its video, not the run (as in decoding)
+                failure = Failure("samples_error", f"{type(error).__name__}: {error}")
+        return ChunkRecord(key=key, uri=uri, chunk=int(row["chunk"]), frames=len(row["faces"]), failure=failure), b""
+
+    def encode_chunk(self, row: dict) -> tuple[ChunkRecord, bytes]:
+        """A chunk's samples as one tar, and its record."""
+        key, uri = str(row["key"]), str(row["uri"])
         # Tracks never outrun their chunk; a chunk's tail shorter than a window yields only a counted drop.
         tracks = [(int(start), int(end)) for start, end in row["tracks"]]
         longest = max(len(row["faces"]), self.config.min_segment_frames)

@@ -19,6 +19,7 @@ from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig, list_files
 from pipelines.decode import CONTEXT_FRAMES, DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
+from pipelines.faces.stage import FaceStage
 from pipelines.faces.tracks import face_tracks
 from pipelines.preprocess import PreprocessConfig, run
 from pipelines.samples import SampleConfig, SampleStage
@@ -134,6 +135,47 @@ def tiny_corpus(tmp_path_factory) -> Path:
     generate_corpus(SyntheticConfig(out=out, num_videos=4, seed=11, heldout_fraction=0, min_seconds=3.0,
                                     max_seconds=3.5, workers=2), progress=False)
     return out / "videos"
+
+
+class FailsOnCall:
+    """Wraps a stage's callable so that its `fail_on`-th call (counted from 0) raises, as a bug or bad data would."""
+
+    def __init__(self, call, fail_on: int):
+        self.call, self.fail_on, self.calls = call, fail_on, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls - 1 == self.fail_on:
+            raise RuntimeError("boom")
+        return self.call(*args)
+
+
+@pytest.mark.parametrize("stage, method, reason", [(1, "align", "faces_error"), (2, "segment_sample", "samples_error")])
+def test_a_stage_failing_on_one_video_fails_that_video_alone(tiny_corpus, tmp_path, stage, method, reason):
+    """An error inside the face or the sample stage on one chunk is its video's failure, with the reason and the
+    error, and every other video is processed: a raise would have ended the Ray job and every video with it."""
+    from pipelines.preprocess import FusedStages, source_rows
+    from pipelines.shards.writer import PartWriter, ShardConfig, pack
+    from pipelines.sources import list_sources
+
+    config = PreprocessConfig(input=str(tiny_corpus), output=str(tmp_path), faces=FaceConfig(aligner="dlib"),
+                              decode=DecodeConfig(chunk_seconds=1.0))
+    audio = AudioConfig()
+    fused = FusedStages([(DecodeStage, (config.decode, audio, config.storage)), (FaceStage, (config.faces,)),
+                         (SampleStage, (audio, config.samples)), (PartWriter, (config.output, config.storage))], 1.0)
+    target = fused.stages[stage]
+    setattr(target, method, FailsOnCall(getattr(target, method), fail_on=1))  # the first video's 2nd chunk
+    rows = source_rows(list_sources(config.input, config.storage), config.val_fraction)
+    for row in rows:
+        for _ in fused({name: np.array([value]) for name, value in row.items()}):
+            pass
+    pack(config.output, config.storage, ShardConfig())
+    videos = {video["key"]: video for stats in shard_stats(config.output, LOCAL) for video in stats["videos"]}
+    failed = [video for video in videos.values() if video["status"] != "ok"]
+    assert len(videos) == len(rows) == 4 and len(failed) == 1
+    assert failed[0]["key"] == rows[0]["key"] and failed[0]["reason"] == reason
+    assert failed[0]["detail"] == "RuntimeError: boom" and failed[0]["samples"] == []
+    assert all(video["samples"] for video in videos.values() if video["status"] == "ok")
 
 
 def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):

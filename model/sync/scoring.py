@@ -47,6 +47,8 @@ FAILURE_MESSAGES = {
     "truncated": "is cut off (incomplete download or copy?)",
     "corrupt": "fails to decode midway",
     "decode_error": "failed to decode",
+    "faces_error": "failed in the face stage",
+    "samples_error": "failed while its samples were cut",
 }
 
 
@@ -215,6 +217,9 @@ class VideoScorer:
             seen["face_counts"].update(self.faces.aligner.count_faces(frames[::FACE_COUNT_EVERY]).tolist())
             aligned = self.faces(row)
             record, tar = self.samples.chunk_samples({name: column[0] for name, column in aligned.items()})
+            if record.failure is not None:
+                reason = record.failure.reason
+                raise ScoreError(reason, f"{video} {FAILURE_MESSAGES.get(reason, reason)} ({record.failure.detail})")
             seen["frames"] += record.frames
             seen["frames_with_face"] += record.frames_with_face
             seen["dropped_short"] += record.dropped_short

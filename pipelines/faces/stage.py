@@ -23,24 +23,31 @@ class FaceStage:
         self.aligner = make_aligner(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        crops, landmarks, scores, tracks = [], [], [], []
-        for frames in batch["frames"]:
-            points, score = self.aligner(frames) if len(frames) else _no_faces(0)
-            runs = face_tracks(points, self.config.max_center_jump)
-            # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
-            points = smooth_landmarks(points, tracks=runs)
-            crops.append(crop_faces(frames, points, self.config.crop_size) if len(frames)
-                         else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8))
-            landmarks.append(points)
-            scores.append(score)
-            tracks.append(np.array(runs, np.int64).reshape(-1, 2))
+        columns = {"faces": [], "landmarks": [], "scores": [], "tracks": []}
+        errors, details = list(batch["error"]), list(batch["detail"])
+        for i, frames in enumerate(batch["frames"]):
+            try:
+                found = self.align(frames)
+            except Exception as failure:  # an unforeseen failure costs its video, not the run (as in decoding)
+                found = self.align(frames[:0])
+                errors[i], details[i] = "faces_error", f"{type(failure).__name__}: {failure}"
+            for name, value in zip(columns, found):
+                columns[name].append(value)
         out = {name: value for name, value in batch.items() if name != "frames"}
-        out["faces"] = object_column(crops)
-        out["landmarks"] = object_column(landmarks)
-        out["scores"] = object_column(scores)
-        out["tracks"] = object_column(tracks)
-        out["aligner"] = np.array([self.aligner.name] * len(crops))
+        out.update({name: object_column(values) for name, values in columns.items()})
+        out["error"], out["detail"] = np.array(errors, dtype=str), np.array(details, dtype=str)
+        out["aligner"] = np.array([self.aligner.name] * len(errors))
         return out
+
+    def align(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A chunk's frames -> crops, landmarks, scores and tracks (see the module docstring)."""
+        points, score = self.aligner(frames) if len(frames) else _no_faces(0)
+        runs = face_tracks(points, self.config.max_center_jump)
+        # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
+        points = smooth_landmarks(points, tracks=runs)
+        crops = crop_faces(frames, points, self.config.crop_size) if len(frames) \
+            else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8)
+        return crops, points, score, np.array(runs, np.int64).reshape(-1, 2)
 
 
 def _no_faces(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -57,6 +57,7 @@ class ChunkRecord:
     frames_with_face: int = 0
     dropped_short: int = 0  # face segments shorter than the minimum
     annotations: tuple[dict, ...] = ()  # the producer's own notes (JSON objects), stored in the stats unread
+    failure: Failure | None = None  # what stopped a stage on this chunk: the whole video fails with it
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ def record_from_json(text: str | bytes) -> Record:
     if kind == "chunk":
         samples = tuple(SampleSummary(**sample) for sample in data.pop("samples"))
         annotations = tuple(data.pop("annotations"))
-        return ChunkRecord(**data, samples=samples, annotations=annotations)
+        failure = data.pop("failure", None)  # absent from the records of earlier versions
+        return ChunkRecord(**data, samples=samples, annotations=annotations,
+                           failure=Failure(**failure) if failure else None)
     raise ValueError(f"unknown record kind {kind!r}")
 
 

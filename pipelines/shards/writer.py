@@ -87,8 +87,9 @@ def video_verdict(records: list[Record]) -> dict:
     annotations = [note for r in chunks for note in r.annotations]
     if annotations:
         verdict["annotations"] = annotations
-    if end.failure is not None:
-        verdict.update(status="failed", reason=end.failure.reason, detail=end.failure.detail, samples=[])
+    failure = next((r.failure for r in [*chunks, end] if r.failure is not None), None)
+    if failure is not None:
+        verdict.update(status="failed", reason=failure.reason, detail=failure.detail, samples=[])
     elif not samples:
         reason = end.empty_reason or ("no_face" if verdict["frames_with_face"] == 0 else "too_short")
         verdict.update(status="failed", reason=reason,
