@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 from dataclasses import asdict
 
 import cv2
@@ -19,6 +20,7 @@ from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig
 from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, shard_number, stats_of,
                                      tar_bytes)
+from pipelines.shards import reader
 from pipelines.shards.reader import ShardWarning, iter_segments, list_shards
 from pipelines.shards.records import (ChunkRecord, EndRecord, Failure, SampleSummary, batch_of, chunk_part,
                                       records_of)
@@ -176,3 +178,50 @@ def test_records_go_through_a_batch_and_the_part_writer_to_verdicts(tmp_path):
     index = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
     assert [(r["kind"], r["key"], r["source_key"], r["num_frames"]) for r in index if r["kind"] == "sample"] == \
         [("sample", "ok_f0000000", "ok", 8), ("sample", "ok_f0000030", "ok", 6)]
+
+
+def claiming(part: bytes, name: str, size: int) -> bytes:
+    """The tar `part` with one more member, `name`, whose header claims `size` bytes (GNU base-256 sizes reach
+    2**63), and a little data after it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(part)) as source:
+        tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT)
+        for member in source.getmembers():
+            tar.addfile(member, source.extractfile(member))
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return buffer.getvalue() + info.tobuf(tarfile.GNU_FORMAT) + b"\0" * 4096  # tar never closed: no end blocks
+
+
+def read_in_thread(uris: list[str], counters: dict) -> list:
+    """iter_segments' keys, read in a thread so that a reader that hangs fails the test instead of stalling it."""
+    keys: list = []
+    reader = threading.Thread(target=lambda: keys.extend(s.key for s in iter_segments(uris, LOCAL, None,
+                                                                                      counters=counters)),
+                              daemon=True)
+    with pytest.warns(ShardWarning) as caught:
+        reader.start()
+        reader.join(timeout=60)
+    assert not reader.is_alive(), "the reader hangs on a member's claim"
+    return keys, " ".join(str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("name", ["a_f0000010.pad", "a_f0000010.jpg"])  # passed over, and read
+def test_a_member_that_claims_more_than_the_shard_holds_is_a_bad_shard(tmp_path, name):
+    for number, key in enumerate(["a_f0000000", "b_f0000000"]):
+        (tmp_path / f"shard-00000{number * 2}.tar").write_bytes(chunk_part([sample(key, 6)], EXPERT_CLOCK)[0])
+    part, _ = chunk_part([sample("c_f0000000", 6)], EXPERT_CLOCK)
+    (tmp_path / "shard-000001.tar").write_bytes(claiming(part, name, 2 ** 62))
+    counters: dict = {}
+    keys, messages = read_in_thread(list_shards(str(tmp_path), LOCAL), counters)
+    assert keys == ["a_f0000000", "b_f0000000"]  # c_f0000000 was still being grouped: lost with its shard
+    assert counters["bad_shards"] == 1 and f"{name}' claims {2 ** 62} bytes" in messages
+
+
+def test_a_member_bigger_than_any_the_format_holds_is_a_bad_shard(tmp_path, monkeypatch):
+    part, _ = chunk_part([sample("a_f0000000", 6)], EXPERT_CLOCK)
+    (tmp_path / "shard-000000.tar").write_bytes(part)
+    monkeypatch.setattr(reader, "MAX_MEMBER_BYTES", 1000)  # a real bound's worth of test data would be 1 GiB
+    counters: dict = {}
+    keys, messages = read_in_thread(list_shards(str(tmp_path), LOCAL), counters)
+    assert keys == [] and counters["bad_shards"] == 1 and "more than a member may hold (1000)" in messages
