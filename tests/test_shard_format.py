@@ -8,6 +8,7 @@ import json
 import tarfile
 import threading
 from dataclasses import asdict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,9 +18,9 @@ import pytest
 from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from pipelines.core.clock import EXPERT_CLOCK, Clock
-from pipelines.core.storage import StorageConfig
-from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, shard_number, stats_of,
-                                     tar_bytes)
+from pipelines.core.storage import StorageConfig, join
+from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, sample_members,
+                                     shard_number, stats_of, tar_bytes)
 from pipelines.shards import reader
 from pipelines.shards.reader import ShardWarning, iter_segments, list_shards
 from pipelines.shards.records import (ChunkRecord, EndRecord, Failure, SampleSummary, batch_of, chunk_part,
@@ -225,3 +226,32 @@ def test_a_member_bigger_than_any_the_format_holds_is_a_bad_shard(tmp_path, monk
     counters: dict = {}
     keys, messages = read_in_thread(list_shards(str(tmp_path), LOCAL), counters)
     assert keys == [] and counters["bad_shards"] == 1 and "more than a member may hold (1000)" in messages
+
+
+def test_no_path_built_from_what_a_shard_says_leaves_the_output(tmp_path):
+    output = tmp_path / "deep" / "out"
+    for part in ("..", "a/../../b", "./a", "a/."):
+        with pytest.raises(ValueError, match="would leave"):
+            join(str(output), "_parts", part)
+    assert join(str(output), "/etc/", "x") == f"{output}/etc/x"  # slashes stripped: a part never resets the path
+
+    # The reader passes over samples whose key or source_key is a path, the part writer refuses them.
+    members = {}
+    for key, change in [("a_f0000000", {}), ("b_f0000000", {"source_key": "../../x"}), ("../y", {})]:
+        written, _ = sample_members(*sample("c_f0000000", 6), EXPERT_CLOCK)  # a key, or sample_members refuses
+        by_ext = {name.split(".", 1)[1]: data for name, data in written.items()}
+        by_ext["json"] = json.dumps(json.loads(by_ext["json"]) | change).encode()
+        members |= {f"{key}.{ext}": data for ext, data in by_ext.items()}
+    output.mkdir(parents=True)
+    (output / "shard-000000.tar").write_bytes(tar_bytes(members))
+    counters: dict = {}
+    with pytest.warns(ShardWarning, match="is not a key"):
+        read = list(iter_segments(list_shards(str(output), LOCAL), LOCAL, None, counters=counters))
+    assert [s.key for s in read] == ["a_f0000000"] and counters["bad_samples"] == 2
+    for key in ("../x", "../../x"):
+        batch = batch_of([(ChunkRecord(key, "/in/x.mp4", 0, frames=3), b"part"),
+                          (EndRecord(key, "/in/x.mp4", chunks=1), b"")])
+        with pytest.raises(ValueError, match="is not a key"):
+            PartWriter(str(output), LOCAL)(batch)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == \
+        [Path("deep"), Path("deep/out"), Path("deep/out/shard-000000.tar")]
