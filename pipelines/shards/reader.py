@@ -87,9 +87,12 @@ class Segment:
 def list_shards(shards: str, storage: StorageConfig) -> list[str]:
     """Sorted URIs of the finished `shard-NNNNNN.tar` files under `shards` (a folder or s3:// prefix).
 
-    Per-chunk parts under `_parts/` are work in progress of the packer, never shards.
+    A shard is finished once its stats json is there: the packer writes it last, as the completion marker, so
+    a tar without one is a run killed while packing, which the next run packs again. Per-chunk parts under
+    `_parts/` are work in progress of the packer, never shards.
     """
-    return sorted(uri for uri in list_files(shards, storage, suffix=".tar") if shard_number(uri, "tar") is not None)
+    files = set(list_files(shards, storage))
+    return sorted(uri for uri in files if shard_number(uri, "tar") is not None and stats_of(uri) in files)
 
 
 def split_shards(shard_uris: list[str], rank: int, world_size: int) -> list[str]:
