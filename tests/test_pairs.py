@@ -270,7 +270,10 @@ def test_unknown_members_are_never_unpickled(uris, segments, tmp_path):
     members["x.pyd"] = bomb
     finished(tmp_path / "shard-000000.tar", tar_bytes(members))
     counters: dict = {}
-    read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    with pytest.warns(ShardWarning) as caught:
+        read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    assert [str(w.message) for w in caught] == \
+        [f"shard {tmp_path / 'shard-000000.tar'}: members passed over, of extensions pickle, pyd"]
     assert [s.key for s in read] == [segments[0].key]
     assert np.array_equal(read[0].faces, segments[0].faces) and np.array_equal(read[0].mel, segments[0].mel)
     assert counters["ignored_members"] == 2 and "bad_samples" not in counters

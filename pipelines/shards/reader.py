@@ -13,7 +13,7 @@ header would stall a reader for ever. Of each sample only the three members of t
                   clock since format 1: samples of format 0 read as before, on the clock their rates give)
 
 Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is passed over,
-never extracted, and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
+never extracted, counted, and warned about once per shard by extension. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
 the reason) and counted, never fatal:
 
     counters["bad_shards"]        a shard that cannot be opened, ends inside a member, has a member that
@@ -164,6 +164,7 @@ def _tar_files(stream, url: str, size: int, counters: dict | None) -> Iterator[d
     Unknown members are passed over, never extracted or decoded. A claim is checked as soon as its header is
     read: tarfile would act on it when asked for the next member, by reading forward through it.
     """
+    ignored: set[str] = set()
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for info in tar:
             _check_claim(info, size)
@@ -172,9 +173,13 @@ def _tar_files(stream, url: str, size: int, counters: dict | None) -> Iterator[d
             _, ext = base_plus_ext(info.name)
             if ext is None or ext.lower() not in MEMBERS:
                 _count(counters, "ignored_members")
+                ignored.add(ext or "(none)")
                 continue
             yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
             tar.members = []  # a stream of any length: keep no list of the members seen
+    if ignored:  # once per shard: a shard full of them must not drown the log
+        warnings.warn(f"shard {url}: members passed over, of extensions {', '.join(sorted(ignored))}", ShardWarning,
+                      stacklevel=2)
 
 
 def _check_claim(info: tarfile.TarInfo, size: int) -> None:
