@@ -107,16 +107,21 @@ class RaySession:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
 
+    @contextlib.contextmanager
     def latest_checkpoint(self):
+        """The newest checkpoint that loads, as a checkpoint file (None for none): Ray's own, else the run folder's.
+
+        Ray hands the checkpoint it last recorded, loadable or not (a disk that filled up while it was copied).
+        And seen with Ray 2.60: workers restarted after a failure got no checkpoint although one had been
+        reported. The run folder holds every persisted checkpoint, so the newest good one is there."""
         checkpoint = self._train.get_checkpoint()
         if checkpoint is not None:
-            return checkpoint.as_directory()
-        # Seen with Ray 2.60: workers restarted after a failure got no checkpoint although one had been
-        # reported. The run folder holds every persisted checkpoint, so take the newest from there.
-        try:
-            return contextlib.nullcontext(str(find_checkpoint(self.output).parent))
-        except FileNotFoundError:
-            return None
+            with checkpoint.as_directory() as folder:
+                given = _good_checkpoint(folder)
+                if given is not None:
+                    yield given
+                    return
+        yield _good_checkpoint(self.output)
 
     def prepare_model(self, model):
         return self._torch.prepare_model(model)  # DDP when world > 1
@@ -138,8 +143,7 @@ class LocalSession:
         self.device = resolve_device("auto")
 
     def latest_checkpoint(self):
-        found = sorted(self.folder.glob("step_*")) if self.folder.is_dir() else []
-        return contextlib.nullcontext(str(found[-1])) if found else None
+        return contextlib.nullcontext(_good_checkpoint(self.folder))
 
     def prepare_model(self, model):
         return model
@@ -220,14 +224,24 @@ def run_loop(config: TrainConfig, session) -> None:
         bar.close()
 
 
+def _good_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint under `folder` that loads (model.checkpoint.find_checkpoint), None for none."""
+    try:
+        return find_checkpoint(folder)
+    except FileNotFoundError:
+        return None
+
+
 def restore(expert: SyncExpert, optimizer, session) -> int:
-    """Load the newest checkpoint of this run, if any (model.checkpoint.restore_checkpoint); returns the step to
-    continue from."""
-    checkpoint = session.latest_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint as folder:
-        return restore_checkpoint(folder, expert, optimizer)
+    """Load the newest good checkpoint of this run, if any (model.checkpoint.restore_checkpoint); returns the step
+    to continue from."""
+    with session.latest_checkpoint() as path:
+        if path is None:
+            return 0
+        step = restore_checkpoint(path, expert, optimizer)
+    if session.rank == 0:  # whoever reruns a command must see that it went on rather than started over
+        print(f"resuming from step {step} (checkpoint {path})", flush=True)
+    return step
 
 
 def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device) -> dict:

@@ -3,7 +3,8 @@
 A checkpoint is a file `expert.pt`, a `torch.save`d dict (readable with `weights_only=True`) holding "format"
 (`FORMAT`) and the fields of `Checkpoint`, `model_config` as `ModelConfig.to_dict()`. Format 0 is a file
 without "format", written before there was one: the same fields, `model_config` possibly in the flat form
-that `ModelConfig.from_dict` also reads. A run folder holds many checkpoints; `find_checkpoint` picks one.
+that `ModelConfig.from_dict` also reads. A run folder holds many checkpoints; `find_checkpoint` picks the
+newest that loads, passing over (with a `CheckpointWarning` naming it) any that a full disk or a copy cut short.
 
 This module reads and writes state; `SyncExpert.from_checkpoint` builds the expert from it, so the expert
 depends on the format and not the other way round.
@@ -11,6 +12,9 @@ depends on the format and not the other way round.
 
 from __future__ import annotations
 
+import pickle
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +26,14 @@ from pipelines.core.storage import atomic_local_path
 
 CHECKPOINT_FILE = "expert.pt"
 FORMAT = 1
+# What loading a damaged checkpoint file raises: torch's RuntimeError for a zip cut short ("PytorchStreamReader
+# failed reading zip archive"), the unpickler's errors, and _decode's for fields missing or of another type.
+# A format newer than ours is no damage and is not among them: that needs newer code, not an older checkpoint.
+DAMAGE = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError)
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint file was passed over because it does not load; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ def check_resumable(path: str | Path, config: ModelConfig, checkpoint: Checkpoin
 
 def find_checkpoint(path: str | Path) -> Path:
     """`path` itself if it is a file, else the checkpoint with the highest step anywhere under the folder
-    (Ray Train's checkpoint_* folders and the local launcher's checkpoints/step_* alike)."""
+    (Ray Train's checkpoint_* folders and the local launcher's checkpoints/step_* alike) that loads."""
     path = Path(path)
     if path.is_file():
         return path
@@ -88,7 +100,27 @@ def find_checkpoint(path: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} under {path}: pass a checkpoint file or a training run "
                                 f"folder (python train_ray.py --output RUN)")
-    return max(found, key=lambda p: (read_checkpoint(p).step, p.stat().st_mtime))
+    good = latest_good_checkpoint(found)
+    if good is None:
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} under {path} loads: all {len(found)} are damaged")
+    return good
+
+
+def latest_good_checkpoint(candidates: Iterable[str | Path]) -> Path | None:
+    """Of the checkpoint files `candidates`, the one of the highest step (then the newest) that loads; None if
+    none does. Each that does not load is warned about by name, so that a resume that goes back further than
+    expected says why."""
+    best: tuple[tuple[int, float], Path] | None = None
+    for candidate in map(Path, candidates):
+        try:
+            rank = (read_checkpoint(candidate).step, candidate.stat().st_mtime)
+        except DAMAGE as error:
+            warnings.warn(f"checkpoint {candidate} passed over: it does not load ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''})", CheckpointWarning, stacklevel=2)
+            continue
+        if best is None or rank > best[0]:
+            best = (rank, candidate)
+    return best[1] if best else None
 
 
 def _encode(checkpoint: Checkpoint) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.checkpoint import FORMAT, find_checkpoint, read_checkpoint, restore_checkpoint, save_checkpoint
+from model.checkpoint import (FORMAT, CheckpointWarning, find_checkpoint, read_checkpoint, restore_checkpoint,
+                              save_checkpoint)
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import sync_loss
@@ -94,3 +95,18 @@ def test_restore_continues_training_where_it_stopped_with_the_new_learning_rate(
     assert fresh_optimizer.param_groups[0]["lr"] == 5e-4  # the resumed run's, not the checkpoint's 1e-3
     for restored, saved in zip(fresh.parameters(), expert.parameters()):  # Adam's moments, so the run goes on
         assert torch.equal(fresh_optimizer.state[restored]["exp_avg"], optimizer.state[saved]["exp_avg"])
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_older_good_one(tmp_path):
+    expert, optimizer = _trained()
+    older = save_checkpoint(tmp_path / "checkpoint_10", expert, step=10, optimizer=optimizer)
+    newer = save_checkpoint(tmp_path / "checkpoint_20", expert, step=20, optimizer=optimizer)
+    newer.write_bytes(newer.read_bytes()[: newer.stat().st_size // 2])  # a disk that filled up mid-copy
+    with pytest.warns(CheckpointWarning, match=f"checkpoint {newer} passed over"):
+        assert find_checkpoint(tmp_path) == older
+    fresh = SyncExpert(CONFIG)
+    with pytest.warns(CheckpointWarning, match=str(newer)):
+        assert restore_checkpoint(tmp_path, fresh, torch.optim.AdamW(fresh.parameters())) == 10
+    older.write_bytes(b"not a checkpoint")
+    with pytest.warns(CheckpointWarning), pytest.raises(FileNotFoundError, match="all 2 are damaged"):
+        find_checkpoint(tmp_path)

@@ -21,7 +21,7 @@ from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.shards.format import tar_bytes
+from pipelines.shards.format import stats_of, tar_bytes
 from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.shards.writer import ShardConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
@@ -54,6 +54,12 @@ def segments(uris) -> list[Segment]:
     assert len(uris) == 4 and len(found) == 4
     assert {s.split for s in found} == {"train", "val"}, "the fixture needs both splits"
     return found
+
+
+def finished(shard: Path, data: bytes) -> None:
+    """Write a shard as the packer finishes one: the tar, then its stats json, the completion marker."""
+    shard.write_bytes(data)
+    Path(stats_of(str(shard))).write_text("{}")
 
 
 def shard_members(uri: str) -> dict[str, bytes]:
@@ -262,9 +268,12 @@ def test_unknown_members_are_never_unpickled(uris, segments, tmp_path):
     key = next(iter(members)).split(".")[0]
     members[f"{key}.pickle"] = bomb
     members["x.pyd"] = bomb
-    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes(members))
+    finished(tmp_path / "shard-000000.tar", tar_bytes(members))
     counters: dict = {}
-    read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    with pytest.warns(ShardWarning) as caught:
+        read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    assert [str(w.message) for w in caught] == \
+        [f"shard {tmp_path / 'shard-000000.tar'}: members passed over, of extensions pickle, pyd"]
     assert [s.key for s in read] == [segments[0].key]
     assert np.array_equal(read[0].faces, segments[0].faces) and np.array_equal(read[0].mel, segments[0].mel)
     assert counters["ignored_members"] == 2 and "bad_samples" not in counters
@@ -274,8 +283,8 @@ def test_truncated_and_garbage_shards_are_skipped_and_counted(shards, uris, segm
     for path in sorted(shards.glob("shard-*")):
         shutil.copy(path, tmp_path / path.name)
     whole = Path(uris[2]).read_bytes()
-    (tmp_path / "shard-000004.tar").write_bytes(whole[: int(len(whole) * 0.6)])
-    (tmp_path / "shard-000099.tar").write_bytes(b"this is not a tar archive " * 100)
+    finished(tmp_path / "shard-000004.tar", whole[: int(len(whole) * 0.6)])
+    finished(tmp_path / "shard-000099.tar", b"this is not a tar archive " * 100)
     counters: dict = {}
     with pytest.warns(ShardWarning) as caught:
         read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
@@ -290,12 +299,12 @@ def test_truncation_at_a_member_boundary_and_bad_samples(uris, tmp_path):
     names = list(members)
     keys = list(dict.fromkeys(n.split(".")[0] for n in names))
     # Ends cleanly after 3 of 4 samples: only the stats json reveals it.
-    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes({n: members[n] for n in names[:9]}))
+    finished(tmp_path / "shard-000000.tar", tar_bytes({n: members[n] for n in names[:9]}))
     (tmp_path / "shard-000000.json").write_text('{"samples": 4}')
     # One sample with a JPEG that is not one, one without its mel.
     damaged = dict(members, **{f"{keys[0]}.jpg": b"\xff\xd8 not really a jpeg"})
     del damaged[f"{keys[1]}.mel.npy"]
-    (tmp_path / "shard-000001.tar").write_bytes(tar_bytes(damaged))
+    finished(tmp_path / "shard-000001.tar", tar_bytes(damaged))
     counters: dict = {}
     with pytest.warns(ShardWarning) as caught:
         read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
@@ -307,12 +316,14 @@ def test_truncation_at_a_member_boundary_and_bad_samples(uris, tmp_path):
 
 
 def test_list_shards_sees_only_finished_shards(tmp_path):
-    for name in ("shard-000001.tar", "shard-000000.tar", "shard-000000.json", "notes.tar", "shard-1.tar",
-                 "_parts/video/shard-000007.tar", "_parts/video/c00000.tar"):
+    # shard-000001.tar has no stats json: a run killed while packing it, not a shard yet.
+    for name in ("shard-000002.tar", "shard-000001.tar", "shard-000000.tar", "shard-000000.json", "shard-000002.json",
+                 "shard-000003.json", "notes.tar", "notes.json", "shard-1.tar", "shard-1.json",
+                 "_parts/video/shard-000007.tar", "_parts/video/shard-000007.json", "_parts/video/c00000.tar"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     assert list_shards(str(tmp_path), LOCAL) == [str(tmp_path / "shard-000000.tar"),
-                                                 str(tmp_path / "shard-000001.tar")]
+                                                 str(tmp_path / "shard-000002.tar")]
 
 
 # --- S3 ------------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 from dataclasses import asdict
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,9 +18,10 @@ import pytest
 from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from pipelines.core.clock import EXPERT_CLOCK, Clock
-from pipelines.core.storage import StorageConfig
-from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, shard_number, stats_of,
-                                     tar_bytes)
+from pipelines.core.storage import StorageConfig, join
+from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, sample_members,
+                                     shard_number, stats_of, tar_bytes)
+from pipelines.shards import reader
 from pipelines.shards.reader import ShardWarning, iter_segments, list_shards
 from pipelines.shards.records import (ChunkRecord, EndRecord, Failure, SampleSummary, batch_of, chunk_part,
                                       records_of)
@@ -26,6 +29,12 @@ from pipelines.shards.writer import PartWriter, ShardConfig, complete_videos, pa
 
 LOCAL = StorageConfig()
 CROP = 32
+
+
+def finished(shard: Path, data: bytes) -> None:
+    """Write a shard as the packer finishes one: the tar, then its stats json, the completion marker."""
+    shard.write_bytes(data)
+    Path(stats_of(str(shard))).write_text("{}")
 
 
 def grey_faces(frames: int, level: int) -> np.ndarray:
@@ -65,12 +74,12 @@ def old_layout_tar(samples: list[tuple], mel_fps: float) -> bytes:
 
 def test_shards_of_the_old_layout_read_as_before(tmp_path):
     samples = [sample("a_f0000000", 7), sample("a_f0000020", 12, start_frame=20, level=90)]
-    (tmp_path / "shard-000000.tar").write_bytes(old_layout_tar(samples, mel_fps=80.0))
+    finished(tmp_path / "shard-000000.tar", old_layout_tar(samples, mel_fps=80.0))
     part, summaries = chunk_part(samples, EXPERT_CLOCK)
-    (tmp_path / "shard-000001.tar").write_bytes(part)
+    finished(tmp_path / "shard-000001.tar", part)
     # A version-0 shard at another mel rate: its clock is derived from its rates, at 16 kHz.
     other = Clock(hop_length=160)
-    (tmp_path / "shard-000002.tar").write_bytes(old_layout_tar([sample("b_f0000000", 9, clock=other)], 100.0))
+    finished(tmp_path / "shard-000002.tar", old_layout_tar([sample("b_f0000000", 9, clock=other)], 100.0))
 
     counters: dict = {}
     old, new, other_rate = [list(iter_segments([uri], LOCAL, None, counters=counters))
@@ -93,7 +102,7 @@ def test_training_refuses_samples_of_another_clock(tmp_path):
     """The rates alone (25 fps, 80 columns/s) agree; the sample rate they were computed at does not."""
     at_48k = Clock(sample_rate=48000, hop_length=600)
     part, _ = chunk_part([sample("a_f0000000", 30, clock=at_48k)], at_48k)
-    (tmp_path / "shard-000000.tar").write_bytes(part)
+    finished(tmp_path / "shard-000000.tar", part)
     uris = list_shards(str(tmp_path), LOCAL)
     assert [s.mel.shape for s in iter_segments(uris, LOCAL, None)] == [(80, 96)]
     stream = PairStream(uris, LOCAL, None, PairConfig(), EXPERT_CLOCK, batch_size=4, seed=0, repeat=False)
@@ -112,7 +121,7 @@ def test_unknown_versions_and_keys_that_are_paths_are_skipped(tmp_path):
                 if member.name.endswith(".json"):
                     data = json.dumps(json.loads(data) | change).encode()
                 members[member.name] = data
-    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes(members))
+    finished(tmp_path / "shard-000000.tar", tar_bytes(members))
     counters: dict = {}
     with pytest.warns(ShardWarning) as caught:
         read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
@@ -176,3 +185,97 @@ def test_records_go_through_a_batch_and_the_part_writer_to_verdicts(tmp_path):
     index = pq.read_table(tmp_path / "out" / "index.parquet").to_pylist()
     assert [(r["kind"], r["key"], r["source_key"], r["num_frames"]) for r in index if r["kind"] == "sample"] == \
         [("sample", "ok_f0000000", "ok", 8), ("sample", "ok_f0000030", "ok", 6)]
+
+
+def claiming(part: bytes, name: str, size: int) -> bytes:
+    """The tar `part` with one more member, `name`, whose header claims `size` bytes (GNU base-256 sizes reach
+    2**63), and a little data after it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(part)) as source:
+        tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT)
+        for member in source.getmembers():
+            tar.addfile(member, source.extractfile(member))
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return buffer.getvalue() + info.tobuf(tarfile.GNU_FORMAT) + b"\0" * 4096  # tar never closed: no end blocks
+
+
+def read_in_thread(uris: list[str], counters: dict) -> list:
+    """iter_segments' keys, read in a thread so that a reader that hangs fails the test instead of stalling it."""
+    keys: list = []
+    reader = threading.Thread(target=lambda: keys.extend(s.key for s in iter_segments(uris, LOCAL, None,
+                                                                                      counters=counters)),
+                              daemon=True)
+    with pytest.warns(ShardWarning) as caught:
+        reader.start()
+        reader.join(timeout=60)
+    assert not reader.is_alive(), "the reader hangs on a member's claim"
+    return keys, " ".join(str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("name", ["a_f0000010.pad", "a_f0000010.jpg"])  # passed over, and read
+def test_a_member_that_claims_more_than_the_shard_holds_is_a_bad_shard(tmp_path, name):
+    for number, key in enumerate(["a_f0000000", "b_f0000000"]):
+        finished(tmp_path / f"shard-00000{number * 2}.tar", chunk_part([sample(key, 6)], EXPERT_CLOCK)[0])
+    part, _ = chunk_part([sample("c_f0000000", 6)], EXPERT_CLOCK)
+    finished(tmp_path / "shard-000001.tar", claiming(part, name, 2 ** 62))
+    counters: dict = {}
+    keys, messages = read_in_thread(list_shards(str(tmp_path), LOCAL), counters)
+    assert keys == ["a_f0000000", "b_f0000000"]  # c_f0000000 was still being grouped: lost with its shard
+    assert counters["bad_shards"] == 1 and f"{name}' claims {2 ** 62} bytes" in messages
+
+
+def test_a_member_bigger_than_any_the_format_holds_is_a_bad_shard(tmp_path, monkeypatch):
+    part, _ = chunk_part([sample("a_f0000000", 6)], EXPERT_CLOCK)
+    finished(tmp_path / "shard-000000.tar", part)
+    monkeypatch.setattr(reader, "MAX_MEMBER_BYTES", 1000)  # a real bound's worth of test data would be 1 GiB
+    counters: dict = {}
+    keys, messages = read_in_thread(list_shards(str(tmp_path), LOCAL), counters)
+    assert keys == [] and counters["bad_shards"] == 1 and "more than a member may hold (1000)" in messages
+
+
+def test_no_path_built_from_what_a_shard_says_leaves_the_output(tmp_path):
+    output = tmp_path / "deep" / "out"
+    for part in ("..", "a/../../b", "./a", "a/."):
+        with pytest.raises(ValueError, match="would leave"):
+            join(str(output), "_parts", part)
+    assert join(str(output), "/etc/", "x") == f"{output}/etc/x"  # slashes stripped: a part never resets the path
+
+    # The reader passes over samples whose key or source_key is a path, the part writer refuses them.
+    members = {}
+    for key, change in [("a_f0000000", {}), ("b_f0000000", {"source_key": "../../x"}), ("../y", {})]:
+        written, _ = sample_members(*sample("c_f0000000", 6), EXPERT_CLOCK)  # a key, or sample_members refuses
+        by_ext = {name.split(".", 1)[1]: data for name, data in written.items()}
+        by_ext["json"] = json.dumps(json.loads(by_ext["json"]) | change).encode()
+        members |= {f"{key}.{ext}": data for ext, data in by_ext.items()}
+    output.mkdir(parents=True)
+    finished(output / "shard-000000.tar", tar_bytes(members))
+    counters: dict = {}
+    with pytest.warns(ShardWarning, match="is not a key"):
+        read = list(iter_segments(list_shards(str(output), LOCAL), LOCAL, None, counters=counters))
+    assert [s.key for s in read] == ["a_f0000000"] and counters["bad_samples"] == 2
+    for key in ("../x", "../../x"):
+        batch = batch_of([(ChunkRecord(key, "/in/x.mp4", 0, frames=3), b"part"),
+                          (EndRecord(key, "/in/x.mp4", chunks=1), b"")])
+        with pytest.raises(ValueError, match="is not a key"):
+            PartWriter(str(output), LOCAL)(batch)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == \
+        [Path("deep"), Path("deep/out"), Path("deep/out/shard-000000.json"), Path("deep/out/shard-000000.tar")]
+
+
+def test_parts_a_killed_run_left_of_packed_videos_are_deleted_when_packing_starts(tmp_path):
+    output = str(tmp_path / "out")
+
+    def parts_of(key: str) -> dict:
+        part, summaries = chunk_part([sample(f"{key}_f0000000", 6)], EXPERT_CLOCK)
+        return batch_of([(ChunkRecord(key, f"/in/{key}.mp4", 0, samples=summaries, frames=6, frames_with_face=6),
+                          part), (EndRecord(key, f"/in/{key}.mp4", chunks=1), b"")])
+
+    PartWriter(output, LOCAL)(parts_of("a"))
+    [first] = pack(output, LOCAL, ShardConfig())
+    PartWriter(output, LOCAL)(parts_of("a"))  # as a run killed after the stats json, before the deletion, left them
+    PartWriter(output, LOCAL)(parts_of("b"))
+    [second] = pack(output, LOCAL, ShardConfig())
+    assert [v["key"] for v in first["videos"]] == ["a"] and [v["key"] for v in second["videos"]] == ["b"]
+    assert list((tmp_path / "out" / "_parts").iterdir()) == []
+    assert [s.key for s in iter_segments(list_shards(output, LOCAL), LOCAL, None)] == ["a_f0000000", "b_f0000000"]

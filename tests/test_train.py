@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import find_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointWarning, find_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
 from pipelines.core.clock import Clock
@@ -152,6 +152,19 @@ def test_resuming_with_another_model_stops_and_says_what_to_do(tmp_path, theirs,
     message = str(error.value)
     assert str(path) in message and named in message
     assert "--preset" in message and "another --output" in message
+
+
+def test_a_local_resume_says_where_it_goes_on_from_and_passes_over_a_truncated_checkpoint(tmp_path, capsys):
+    session = LocalSession(str(tmp_path / "run"))
+    expert = SyncExpert(PRESETS["cpu-small"])
+    good = save_checkpoint(session.folder / "step_0000010", expert, step=10,
+                           optimizer=torch.optim.AdamW(expert.parameters()))
+    bad = save_checkpoint(session.folder / "step_0000020", expert, step=20,
+                          optimizer=torch.optim.AdamW(expert.parameters()))
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.warns(CheckpointWarning, match=str(bad)):
+        assert restore(expert, torch.optim.AdamW(expert.parameters()), session) == 10
+    assert f"resuming from step 10 (checkpoint {good})" in capsys.readouterr().out
 
 
 def test_the_command_refuses_a_mismatched_resume_before_any_worker_starts(shards, tmp_path, capsys):

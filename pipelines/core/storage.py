@@ -72,9 +72,16 @@ def resolve(uri: str, config: StorageConfig) -> tuple[pafs.FileSystem, str]:
 
 
 def join(uri: str, *parts: str) -> str:
-    """`uri` with `parts` appended by "/"; a part's own leading or trailing slashes do not reset the path."""
-    pieces = [uri.rstrip("/")] + [part.strip("/") for part in parts if part.strip("/")]
-    return "/".join(pieces)
+    """`uri` with `parts` appended by "/"; a part's own leading or trailing slashes do not reset the path.
+
+    Raises ValueError for a part with a "." or ".." segment: parts may come from what inputs and shards say,
+    and a path built from them must stay under `uri`.
+    """
+    pieces = [part.strip("/") for part in parts if part.strip("/")]
+    for part in pieces:
+        if {".", ".."} & set(part.split("/")):
+            raise ValueError(f"path part {part!r} would leave {uri!r}: it has a '.' or '..' segment")
+    return "/".join([uri.rstrip("/")] + pieces)
 
 
 def exists(uri: str, config: StorageConfig) -> bool:

@@ -1,8 +1,10 @@
 """Segments out of WebDataset shards: read only what the pipeline writes, never unpickle, survive bad shards.
 
-A shard is streamed member by member with WebDataset's own tar iteration (`tar_file_expander`, then
-`group_by_keys`), over a stream we open through `pipelines.core.storage`, so local folders and s3:// read the same
-way and no shell command is ever built from a file name. Of each sample only the three members of the format
+A shard is streamed member by member with tarfile, grouped into samples by WebDataset's `group_by_keys`, over a
+stream we open through `pipelines.core.storage`, so local folders and s3:// read the same way and no shell
+command is ever built from a file name. Every member's claimed size is checked before tarfile acts on it: a
+header may claim up to 2**63 bytes, and tarfile reads its way forward through what it skips, so one hostile
+header would stall a reader for ever. Of each sample only the three members of the format
 (`pipelines.shards.format`) are decoded, by its codecs:
 
     KEY.jpg       faces, one JPEG strip
@@ -11,11 +13,12 @@ way and no shell command is ever built from a file name. Of each sample only the
                   clock since format 1: samples of format 0 read as before, on the clock their rates give)
 
 Any other member (`.pyd`, `.pickle`, ... which WebDataset's default decoders would unpickle) is passed over,
-never extracted, and counted. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
+never extracted, counted, and warned about once per shard by extension. Damage is skipped, warned about once (a `ShardWarning` naming the shard and
 the reason) and counted, never fatal:
 
-    counters["bad_shards"]        a shard that cannot be opened, ends inside a member, or holds fewer
-                                  samples than its stats json (`shard-NNNNNN.json`) records
+    counters["bad_shards"]        a shard that cannot be opened, ends inside a member, has a member that
+                                  claims more than MAX_MEMBER_BYTES or than is left of the shard, or holds
+                                  fewer samples than its stats json (`shard-NNNNNN.json`) records
     counters["bad_samples"]       a sample with a member missing or undecodable, with shapes that disagree,
                                   a format version this reader does not know, or a key that is no key
     counters["ignored_members"]   members with an extension we do not read
@@ -30,13 +33,12 @@ import io
 import json
 import tarfile
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from pipelines.core.storage import StorageConfig, list_files, read_bytes, resolve
 from pipelines.shards.format import META, MEMBERS, decode_arrays, decode_meta, is_safe_key, shard_number, stats_of
@@ -44,10 +46,13 @@ from pipelines.shards.format import META, MEMBERS, decode_arrays, decode_meta, i
 __all__ = ["Segment", "ShardWarning", "iter_segments", "list_shards", "read_stats", "segments_in_tar",
            "shards_holding", "split_shards"]
 
-# What a damaged or unreadable shard raises while streaming: tarfile's own errors, I/O errors from the
-# filesystem (pyarrow raises OSError subclasses, FileNotFoundError among them), a gzip stream cut short,
-# and WebDataset's ValueError for a member name repeated within one sample.
-SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+# What a damaged or unreadable shard raises while streaming: tarfile's own errors (a member's claim too
+# big among them), I/O errors from the filesystem (pyarrow raises OSError subclasses, FileNotFoundError among
+# them), and WebDataset's ValueError for a member name repeated within one sample.
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
+# The most one member may hold: far above any real one (a 10 s segment's JPEG strip is a few MB), and small
+# enough that reading a member whole never asks for more memory than a worker has.
+MAX_MEMBER_BYTES = 2 ** 30
 # What decoding one sample's members may raise; anything else is a bug and should surface.
 SAMPLE_ERRORS = (ValueError, KeyError, TypeError, OSError, EOFError, cv2.error)
 
@@ -82,9 +87,12 @@ class Segment:
 def list_shards(shards: str, storage: StorageConfig) -> list[str]:
     """Sorted URIs of the finished `shard-NNNNNN.tar` files under `shards` (a folder or s3:// prefix).
 
-    Per-chunk parts under `_parts/` are work in progress of the packer, never shards.
+    A shard is finished once its stats json is there: the packer writes it last, as the completion marker, so
+    a tar without one is a run killed while packing, which the next run packs again. Per-chunk parts under
+    `_parts/` are work in progress of the packer, never shards.
     """
-    return sorted(uri for uri in list_files(shards, storage, suffix=".tar") if shard_number(uri, "tar") is not None)
+    files = set(list_files(shards, storage))
+    return sorted(uri for uri in files if shard_number(uri, "tar") is not None and stats_of(uri) in files)
 
 
 def split_shards(shard_uris: list[str], rank: int, world_size: int) -> list[str]:
@@ -142,8 +150,7 @@ def segments_in_tar(data: bytes, name: str, counters: dict | None = None) -> lis
     """The segments of a tar held in memory (a chunk's samples as the sample stage wrote them), decoded as a
     shard's are; `name` labels warnings."""
     segments = []
-    for members in group_by_keys(tar_file_expander([{"url": name, "stream": io.BytesIO(data)}],
-                                                   select_files=_wanted_member(counters))):
+    for members in group_by_keys(_tar_files(io.BytesIO(data), name, len(data), counters)):
         meta = _sample_meta(members, name, counters)
         segment = _decode_segment(members, meta, name, counters) if meta is not None else None
         if segment is not None:
@@ -151,16 +158,37 @@ def segments_in_tar(data: bytes, name: str, counters: dict | None = None) -> lis
     return segments
 
 
-def _wanted_member(counters: dict | None):
-    def wanted(name: str) -> bool:
-        # Called before a member is extracted: unknown members are passed over, never extracted or decoded.
-        _, ext = base_plus_ext(name)
-        if ext is not None and ext.lower() in MEMBERS:
-            return True
-        _count(counters, "ignored_members")
-        return False
+def _tar_files(stream, url: str, size: int, counters: dict | None) -> Iterator[dict]:
+    """The members we read of the plain tar `stream` (`size` bytes), as `group_by_keys` takes them.
 
-    return wanted
+    Unknown members are passed over, never extracted or decoded. A claim is checked as soon as its header is
+    read: tarfile would act on it when asked for the next member, by reading forward through it.
+    """
+    ignored: set[str] = set()
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for info in tar:
+            _check_claim(info, size)
+            if not info.isreg():
+                continue
+            _, ext = base_plus_ext(info.name)
+            if ext is None or ext.lower() not in MEMBERS:
+                _count(counters, "ignored_members")
+                ignored.add(ext or "(none)")
+                continue
+            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+            tar.members = []  # a stream of any length: keep no list of the members seen
+    if ignored:  # once per shard: a shard full of them must not drown the log
+        warnings.warn(f"shard {url}: members passed over, of extensions {', '.join(sorted(ignored))}", ShardWarning,
+                      stacklevel=2)
+
+
+def _check_claim(info: tarfile.TarInfo, size: int) -> None:
+    if info.size > MAX_MEMBER_BYTES:
+        raise tarfile.ReadError(f"member {info.name!r} claims {info.size} bytes, more than a member may hold "
+                                f"({MAX_MEMBER_BYTES})")
+    if info.offset_data + info.size > size:
+        raise tarfile.ReadError(f"member {info.name!r} claims {info.size} bytes, "
+                                f"{max(size - info.offset_data, 0)} are left")
 
 
 def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> Iterator[dict[str, bytes]]:
@@ -169,9 +197,9 @@ def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> I
     read = 0
     try:
         fs, path = resolve(uri, storage)
+        size = fs.get_file_info(path).size  # None for nothing there: opening it then raises FileNotFoundError
         with fs.open_input_stream(path) as stream:
-            files = tar_file_expander([{"url": uri, "stream": stream}], select_files=_wanted_member(counters))
-            for sample in group_by_keys(files):
+            for sample in group_by_keys(_tar_files(stream, uri, size or 0, counters)):
                 read += 1
                 _count(counters, "samples")
                 yield sample

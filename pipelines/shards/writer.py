@@ -9,7 +9,8 @@ Two steps, after datatrove and video2dataset (file names in `pipelines.shards.fo
    packed, in key order, into `shard-NNNNNN.tar`; then `shard-NNNNNN.json` (the shard's stats and the verdicts
    of its videos, failures included) is written; only then are the parts deleted. The stats json is the
    shard's completion marker and the list of videos it holds, so a rerun skips those videos, and a run killed
-   while packing redoes exactly the unfinished shard from the parts still there.
+   while packing redoes exactly the unfinished shard from the parts still there. Parts of videos a finished
+   shard holds (a run killed before it deleted them) are deleted when packing starts.
 The corpus index (`index.parquet`) is rebuilt from the stats jsons at the end of every run.
 
 A video's verdict (`video_verdict`) is ok, or failed with a reason: the producer's failure, else, when no
@@ -98,15 +99,20 @@ def video_verdict(records: list[Record]) -> dict:
     return verdict
 
 
-def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[Record]]:
-    """Videos whose parts are all written, with their records, by key."""
+def part_files(output: str, storage: StorageConfig) -> dict[str, dict[str, str]]:
+    """The files under `_parts/`, {file name: URI} by video key, complete or not."""
     by_video: dict[str, dict[str, str]] = {}
-    for path in list_files(join(output, PARTS), storage, suffix=".json"):
+    for path in list_files(join(output, PARTS), storage):
         key, name = path.rsplit("/", 2)[-2:]
         if is_safe_key(key):  # anything else under _parts/ is no video's
             by_video.setdefault(key, {})[name] = path
+    return by_video
+
+
+def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[Record]]:
+    """Videos whose parts are all written, with their records, by key."""
     complete = {}
-    for key, files in sorted(by_video.items()):
+    for key, files in sorted(part_files(output, storage).items()):
         if END_PART not in files:
             continue
         try:
@@ -122,6 +128,8 @@ def complete_videos(output: str, storage: StorageConfig) -> dict[str, list[Recor
 def pack(output: str, storage: StorageConfig, config: ShardConfig) -> list[dict]:
     """Pack every complete, not yet packed video into new shards; returns the stats of the shards written."""
     done = packed_videos(output, storage)
+    for key in done & part_files(output, storage).keys():
+        delete(part_folder(output, key), storage)
     existing = [shard_number(f, "json") for f in list_files(output, storage, suffix=".json")]
     number = max((n for n in existing if n is not None), default=-1) + 1
     videos = {k: v for k, v in complete_videos(output, storage).items() if k not in done}
