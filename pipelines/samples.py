@@ -27,6 +27,11 @@ class SampleConfig:
     min_segment_frames: int = field(default=EXPERT_CLOCK.window_frames, metadata={"help": "face segments shorter than this (one expert window) are dropped"})
     jpeg_quality: int = field(default=JPEG_QUALITY, metadata={"help": "JPEG quality of the stored face crops"})
 
+    def __post_init__(self):
+        if self.min_segment_frames < 1 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--min-segment-frames must be at least 1 and --jpeg-quality in [1, 100], got "
+                             f"{self.min_segment_frames} and {self.jpeg_quality}")
+
 
 class SampleStage:
     def __init__(self, audio_config: AudioConfig, sample_config: SampleConfig):
