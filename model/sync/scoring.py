@@ -47,6 +47,9 @@ FAILURE_MESSAGES = {
     "truncated": "is cut off (incomplete download or copy?)",
     "corrupt": "fails to decode midway",
     "decode_error": "failed to decode",
+    "too_few_frames": "has too few picture frames to score (a single picture, or a header that states a wrong "
+                      "frame rate?)",
+    "still_picture": "shows a still picture, not a moving face: too few distinct frames behind its length",
 }
 
 
