@@ -67,6 +67,45 @@ def resample_indices(source_times: np.ndarray, fps: float, duration_s: float) ->
     return np.where(closer_left, left, right)
 
 
+def picture_end_s(frame_times: np.ndarray, declared_fps: float) -> float:
+    """When the video's own picture ends: its last frame's timestamp plus one frame duration, the median gap
+    between frames (robust to a variable rate), or the declared rate's period when there is a single frame."""
+    if len(frame_times) == 0:
+        return 0.0
+    if len(frame_times) > 1:
+        frame_s = float(np.median(np.diff(frame_times)))
+    else:
+        frame_s = 1.0 / declared_fps if declared_fps > 0 else 0.0
+    return float(frame_times[-1]) + frame_s
+
+
+def output_picks(info: MediaInfo, audio_s: float, fps: int) -> np.ndarray:
+    """The source frame behind each output frame, over the span that picture, container and audio all cover.
+
+    The picture's own end bounds the output: a clip whose picture stops early (a single frame, a header claiming
+    1000 fps) would otherwise be stretched over its whole soundtrack by repeating its last frame, a frozen face
+    that trains as an in-sync positive. One output frame of grace past that end, because streams are cut in whole
+    frames: the picture and audio of one ordinary recording end up to a frame apart, and that frame is kept.
+    """
+    picture_s = picture_end_s(info.frame_times, info.fps) + 1.0 / fps
+    return resample_indices(info.frame_times, fps, min(info.duration_s, audio_s, picture_s))
+
+
+def picture_problem(picks: np.ndarray, window_frames: int) -> str | None:
+    """Why the picked source frames cannot show a moving face, or None.
+
+    ``too_few_frames``: shorter than one window of the expert. ``still_picture``: fewer distinct source frames
+    than a window has frames, or on average less than one new picture per window, so most windows would show a
+    frozen face.
+    """
+    if len(picks) < window_frames:
+        return "too_few_frames"
+    distinct = len(np.unique(picks))
+    if distinct < window_frames or distinct * window_frames < len(picks):
+        return "still_picture"
+    return None
+
+
 def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     """Apply the display rotation (clockwise degrees) that phones record as metadata."""
     turns = (rotation // 90) % 4
@@ -91,12 +130,17 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
     samples, rate = read_audio(path)
     audio = prepare(samples, rate, audio_config)
     del samples  # the native-rate audio can be ten times the size of the 16 kHz mono we keep
-    source_times = info.frame_times
-    duration = min(info.duration_s, len(audio) / audio_config.clock.sample_rate)
     clock = audio_config.clock
-    picks = resample_indices(source_times, clock.fps, duration)
+    audio_s = len(audio) / clock.sample_rate
+    picks = output_picks(info, audio_s, clock.fps)
     if len(picks) == 0:
         raise MediaError("truncated", path, "no decodable frames")
+    problem = picture_problem(picks, clock.window_frames)
+    if problem:
+        raise MediaError(problem, path, f"{info.frame_count} frame(s) at a stated {info.fps:g} fps end at "
+                                        f"{picture_end_s(info.frame_times, info.fps):.3f} s, the audio at "
+                                        f"{audio_s:.3f} s: {len(np.unique(picks))} distinct picture(s) behind "
+                                        f"{len(picks)} frames at {clock.fps} fps")
 
     chunk_frames = max(int(config.chunk_seconds * clock.fps), 1)
     samples_per_frame = clock.samples_per_frame

@@ -64,7 +64,9 @@ class MediaError(Exception):
 
     Reasons: ``missing`` (no such file), ``unreadable`` (empty, not media, or no decodable
     streams), ``truncated`` (cut off, e.g. an mp4 without its index), ``corrupt`` (opens but fails
-    while decoding), ``no_video`` and ``no_audio`` (the stream asked for is absent).
+    while decoding), ``no_video`` and ``no_audio`` (the stream asked for is absent). Decoding onto the
+    expert's clock (`pipelines.decode`) adds ``too_few_frames`` and ``still_picture``: a picture that cannot
+    show a moving face.
     """
 
     def __init__(self, reason: str, path: str | Path, detail: str = "") -> None:

@@ -79,4 +79,15 @@ def trained_expert(small_corpus, tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.fixture(scope="session")
+def untrained_scorer(tmp_path_factory):
+    """A scorer (offline aligner) with a random-weight cpu-small expert: for what scoring finds without depending
+    on what an expert learnt (inputs refused, face segments, messages), minus the minutes `trained_expert` takes."""
+    from bench.scoring import random_checkpoint
+    from model.sync.scoring import ScoreConfig, VideoScorer
+
+    checkpoint = random_checkpoint("cpu-small", tmp_path_factory.mktemp("untrained"))
+    return VideoScorer(ScoreConfig(checkpoint=checkpoint, device="cpu", faces=FaceConfig(aligner="dlib")))
+
+
 from s3_server import s3_server  # noqa: E402,F401  (a session fixture: a moto S3 server on loopback)

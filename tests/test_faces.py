@@ -20,9 +20,10 @@ from pipelines.faces.align import align_matrix, anchor_points, crop_faces, smoot
 from pipelines.faces.base import Aligner, FaceConfig
 from pipelines.faces.factory import make_aligner
 from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_present
-from pipelines.faces.tracks import face_tracks, landmark_quality, split_and_filter
+from pipelines.faces.tracks import face_tracks, follow_face, landmark_quality, split_and_filter
 from pipelines.media import iter_frames
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
+from pipelines.synthetic.face import REST, FaceRenderer, HeadPose, random_identity
 
 FRAMES_PER_CLIP = 6
 CROP = 96
@@ -133,6 +134,20 @@ def test_fan_aligner_threshold_leaves_nan(fan_weights, small_frames, no_network,
                                       min_score=0.999))
     landmarks, scores = aligner(small_frames)
     assert landmarks.shape == (3, 68, 2) and np.isnan(landmarks).all() and np.isnan(scores).all()
+
+
+def test_fan_aligner_keeps_to_the_face_it_follows(fan_weights, small_frames, monkeypatch, no_network):
+    """Two detections per frame whose sizes take turns being larger: the box follows the first frame's largest."""
+    aligner = make_aligner(FaceConfig(aligner="face-alignment", face_weights=fan_weights, device="cpu"))
+    left, right = np.array([10.0, 10, 60, 60]), np.array([80.0, 10, 130, 60])
+
+    def two_faces(images):
+        grow = [np.array([-1.0, -1, 1, 1]) * (2 if i % 2 else -2) for i in range(len(images))]
+        return [np.array([[*(left + g), 0.9], [*(right - g), 0.9]], dtype=np.float32) for g in grow]
+
+    monkeypatch.setattr(aligner, "_candidates", two_faces)
+    centres = (aligner.detect(small_frames)[:, 0] + aligner.detect(small_frames)[:, 2]) / 2
+    assert np.allclose(centres, 105)  # frame 0's larger face is the right one, and it stays followed
 
 
 def test_missing_weight_file_is_named(tmp_path, fan_weights, no_network):
@@ -264,6 +279,36 @@ def test_tracks_split_where_the_face_is_missing_or_jumps(clips):
     assert face_tracks(sequence, max_center_jump=0.3) == [(0, 8), (10, 17), (17, 24)]
     assert face_tracks(sequence, max_center_jump=0.8) == [(0, 8), (10, 24)]
     assert face_tracks(np.full((5, 68, 2), np.nan), 0.3) == []
+
+
+def test_follow_face_keeps_to_the_followed_box_and_starts_with_the_largest():
+    boxes = np.array([[0.0, 0, 100, 100], [120, 0, 230, 110], [40, 20, 60, 40]])
+    assert follow_face(boxes, None) == 1  # nothing followed: the largest
+    assert follow_face(boxes, np.array([5.0, 5, 105, 105])) == 0  # the followed face, though another is larger
+    assert follow_face(boxes, np.array([25.0, 10, 75, 60])) == 2  # the nearest of the two centred inside it
+    assert follow_face(boxes, np.array([300.0, 300, 400, 400])) == 1  # the followed face is gone: the largest
+
+
+def two_speakers(count: int) -> np.ndarray:
+    """Frames [count, 256, 512, 3] of two synthetic people side by side who take turns being the larger, by up to
+    a fifth, a cycle a second (dlib's boxes come in size steps: smaller differences read as equal sizes)."""
+    rng = np.random.default_rng(5)
+    people = [FaceRenderer(random_identity(rng), (256, 256)) for _ in range(2)]
+    frames = []
+    for k in range(count):
+        swing = 0.1 * np.sin(2 * np.pi * k / 25)
+        poses = [HeadPose(angle_deg=0.0, scale=0.8 * (1 + sign * swing), center=(128.0, 128.0)) for sign in (1, -1)]
+        frames.append(np.concatenate([person.render(pose, REST) for person, pose in zip(people, poses)], axis=1))
+    return np.stack(frames)
+
+
+def test_dlib_track_keeps_to_one_of_two_nearly_equal_faces():
+    from pipelines.faces.dlib_aligner import DlibAligner
+
+    landmarks, _ = DlibAligner()(two_speakers(50))
+    centres = landmarks.mean(axis=1)[:, 0]
+    assert face_tracks(landmarks, max_center_jump=0.3) == [(0, 50)]
+    assert (centres < 256).all() or (centres > 256).all()
 
 
 def test_split_and_filter_counts():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +21,7 @@ from model.loss import SyncLoss
 from model.offset import median_filter, offset_from_grid
 from model.sync.cli import main as sync_main
 from model.sync.curate import CurateConfig, curate, realign
-from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
+from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer, too_short_message
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig
 from pipelines.faces.base import FaceConfig
@@ -38,6 +40,30 @@ def heldout(corpus) -> list[dict]:
 def video_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as container:
         return [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
+    """One frame showing two people: `left` as it is, `right` scaled by `scale` beside it."""
+    height, width = left.shape[:2]
+    small = cv2.resize(right, (round(width * scale) // 2 * 2, round(height * scale) // 2 * 2))
+    canvas = np.zeros((height, width + small.shape[1], 3), np.uint8)
+    canvas[:, :width] = left
+    canvas[:small.shape[0], width:] = small
+    return canvas
+
+
+def write_two_people(target: Path, speaker: Path, other: Path, scale: float, frames: int | None = None) -> None:
+    """A 25 fps clip of `speaker` (picture and sound) with `other`'s picture, scaled by `scale`, beside it; its
+    first `frames` frames and their audio only, when given."""
+    from pipelines.media import iter_frames, read_audio
+    from pipelines.synthetic.container import CONTAINERS, write_clip
+
+    pairs = list(zip(iter_frames(speaker), iter_frames(other)))[:frames]
+    audio, rate = read_audio(speaker)
+    if frames is not None:
+        audio = audio[:, :round(frames / 25 * rate)]
+    write_clip(target, (side_by_side(a, b, scale) for (_, a), (_, b) in pairs), [t for (t, _), _ in pairs],
+               audio, rate, CONTAINERS["mkv"], Fraction(25))
 
 
 # --- pure parts -----------------------------------------------------------------------------------------------
@@ -186,28 +212,57 @@ def test_score_says_why_a_video_cannot_be_scored(small_corpus, scorer, kind, rea
 
 def test_several_faces_score_the_largest_and_say_so(small_corpus, scorer, tmp_path):
     """Two people side by side: the speaker at full size and a smaller copy of the same clip."""
-    from pipelines.media import iter_frames, read_audio
-    from pipelines.synthetic.container import CONTAINERS, write_clip
-
     out, rows = small_corpus
     row = next(r for r in heldout(small_corpus) if r["fps"] == 25.0 and abs(r["offset_frames"]) < 15)
-    times, frames = zip(*iter_frames(out / row["path"]))
-    import cv2
-
-    def two_people(frame):
-        small = cv2.resize(frame, (frame.shape[1] * 2 // 3, frame.shape[0] * 2 // 3))
-        canvas = np.zeros((frame.shape[0], frame.shape[1] + small.shape[1], 3), np.uint8)
-        canvas[:, :frame.shape[1]] = frame
-        canvas[:small.shape[0], frame.shape[1]:] = small
-        return canvas
-
-    audio, rate = read_audio(out / row["path"])
     target = tmp_path / "two.mkv"
-    write_clip(target, (two_people(f) for f in frames), times, audio, rate, CONTAINERS["mkv"], Fraction(25))
+    write_two_people(target, out / row["path"], out / row["path"], scale=2 / 3)
     score = scorer.score(target)
     assert max(score.face_counts) == 2
     assert any("faces in view" in note for note in score.notes())
     assert score.result.offset_frames == pytest.approx(row["offset_frames"], abs=1)
+
+
+def two_speakers(corpus) -> tuple[Path, Path]:
+    """Two 25 fps clips of different speakers."""
+    out, rows = corpus
+    first = next(r for r in rows if not r["corrupt"] and r["fps"] == 25.0)
+    second = next(r for r in rows if not r["corrupt"] and r["fps"] == 25.0 and r["speaker"] != first["speaker"])
+    return out / first["path"], out / second["path"]
+
+
+def test_two_nearly_equal_faces_give_one_track_and_a_score(small_corpus, untrained_scorer, tmp_path):
+    """Side by side at 97% of each other's size: the track keeps to one face instead of flipping between them
+    (which cut it into 5-25-frame pieces, too short to score)."""
+    target = tmp_path / "two.mkv"
+    write_two_people(target, *two_speakers(small_corpus), scale=0.97)
+    score = untrained_scorer.score(target)
+    assert max(score.face_counts) == 2 and any("faces in view" in note for note in score.notes())
+    assert score.frames_with_face == score.frames
+    assert [s.num_frames for s in score.segments] == [score.frames]
+    assert len(score.result.window_starts) == score.frames - score.window_frames - 2 * score.max_offset + 1
+
+
+def test_too_short_says_what_is_true_and_which_offset_fits():
+    counts = Counter({1: 3})
+    message = too_short_message("clip.mp4", [25, 12], window_frames=5, max_offset=15, fps=25, face_counts=counts)
+    assert "2 segment(s), the longest 25 frames (1.00 s)" in message and "35 needed" in message
+    assert "--max-offset 10 fits" in message and "faces in view" not in message
+    # Only 6 frames at once, two people in view: no offset fits, so none is suggested.
+    message = too_short_message("clip.mp4", [6, 6, 5], window_frames=5, max_offset=15, fps=25,
+                                face_counts=Counter({2: 4, 1: 1}))
+    assert "--max-offset" not in message and "up to 2 faces in view (80% of sampled frames)" in message
+    assert "never seen long enough" in message
+
+
+def test_a_short_clip_is_too_short_and_names_the_offset_that_fits(small_corpus, untrained_scorer, tmp_path):
+    target = tmp_path / "short.mkv"
+    write_two_people(target, *two_speakers(small_corpus), scale=0.97, frames=25)
+    with pytest.raises(ScoreError) as failure:
+        untrained_scorer.score(target)
+    message = str(failure.value)
+    assert failure.value.reason == "too_short" and target.name in message
+    assert "1 segment(s), the longest 25 frames" in message and "--max-offset 10 fits" in message
+    assert "up to 2 faces in view" in message
 
 
 def test_curate_keeps_segments_in_sync_and_realigns_them(small_corpus, trained_expert, tmp_path):

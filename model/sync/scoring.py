@@ -49,6 +49,9 @@ FAILURE_MESSAGES = {
     "decode_error": "failed to decode",
     "faces_error": "failed in the face stage",
     "samples_error": "failed while its samples were cut",
+    "too_few_frames": "has too few picture frames to score (a single picture, or a header that states a wrong "
+                      "frame rate?)",
+    "still_picture": "shows a still picture, not a moving face: too few distinct frames behind its length",
 }
 
 
@@ -79,6 +82,34 @@ class ScoreError(Exception):
     def __init__(self, reason: str, message: str):
         self.reason = reason
         super().__init__(message)
+
+
+def several_faces(face_counts: Counter) -> float:
+    """Share of the sampled frames (faces detected -> frames) that show more than one face."""
+    sampled = sum(face_counts.values())
+    return sum(n for faces, n in face_counts.items() if faces > 1) / sampled if sampled else 0.0
+
+
+def faces_in_view(face_counts: Counter) -> str:
+    return f"up to {max(face_counts)} faces in view ({several_faces(face_counts):.0%} of sampled frames)"
+
+
+def too_short_message(video, segment_frames: list[int], window_frames: int, max_offset: int, fps: int,
+                      face_counts: Counter) -> str:
+    """Why no face segment can be searched, from what is true of this video; it names the --max-offset that fits
+    the longest segment only when some offset does (a window needs `window_frames` plus the shifts either way)."""
+    longest = max(segment_frames)
+    parts = [f"{video}: no face segment is long enough to search +-{max_offset} frames "
+             f"({window_frames + 2 * max_offset} needed): {len(segment_frames)} segment(s), the longest "
+             f"{longest} frames ({longest / fps:.2f} s)"]
+    if several_faces(face_counts) > 0:
+        parts.append(f"{faces_in_view(face_counts)}; a face track breaks where another face comes close")
+    fitting = (longest - window_frames) // 2
+    if fitting >= 1:
+        parts.append(f"--max-offset {fitting} fits the longest segment")
+    else:
+        parts.append("the face is never seen long enough at once to measure an offset")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -128,18 +159,11 @@ class VideoScore:
         """Centre of each scored window, in seconds from the start of the video."""
         return (self.result.window_starts + self.window_frames / 2) / self.fps
 
-    @property
-    def several_faces(self) -> float:
-        """Share of the sampled frames that show more than one face."""
-        sampled = sum(self.face_counts.values())
-        return sum(n for faces, n in self.face_counts.items() if faces > 1) / sampled if sampled else 0.0
-
     def notes(self) -> list[str]:
         notes = []
-        if self.several_faces > 0:
-            most = max(self.face_counts)
-            notes.append(f"up to {most} faces in view ({self.several_faces:.0%} of sampled frames): scored the "
-                         f"largest face's track, assumed to be the speaker")
+        if several_faces(self.face_counts) > 0:
+            notes.append(f"{faces_in_view(self.face_counts)}: scored the face that was the largest where its "
+                         f"track starts, assumed to be the speaker")
         short = [s for s in self.segments if s.result is None]
         if short:
             notes.append(f"{len(short)} face segment(s) too short for +-{self.max_offset} frames left out")
@@ -248,10 +272,9 @@ class VideoScorer:
         scored = self.score_segments(segments)
         usable = [s for s in scored if s.result is not None]
         if not usable:
-            longest = max(s.num_frames for s in scored)
-            need = self.expert.config.window_frames + 2 * self.config.max_offset
-            raise ScoreError("too_short", f"{video}: the longest face segment has {longest} frames, searching "
-                                          f"+-{self.config.max_offset} frames needs {need}; lower --max-offset")
+            raise ScoreError("too_short", too_short_message(video, [s.num_frames for s in scored],
+                                                            self.expert.config.window_frames,
+                                                            self.config.max_offset, self.fps, seen["face_counts"]))
         pooled = offset_from_grid(usable[0].grid[0],
                                   np.concatenate([s.grid[1] + s.start_frame for s in usable]),
                                   np.concatenate([s.grid[2] for s in usable], axis=1))

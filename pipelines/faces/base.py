@@ -32,8 +32,9 @@ class Aligner(Protocol):
         ...
 
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
-        """RGB uint8 [N, H, W, 3] -> faces detected per frame, int [N]. Landmarks follow only the largest face,
-        so this is how a caller learns that a video shows several people; it detects on every frame given."""
+        """RGB uint8 [N, H, W, 3] -> faces detected per frame, int [N]. Landmarks follow one face (the largest
+        where its track starts), so this is how a caller learns that a video shows several people; it detects on
+        every frame given."""
         ...
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.faces.tracks import follow_face
+
 NUM_LANDMARKS = 68
 
 
@@ -38,7 +40,7 @@ class DlibAlignerConfig:
 
 
 class DlibAligner:
-    """Finds the largest face in each frame and places 68 landmarks on it.
+    """Follows one face through the frames (the largest where it starts) and places 68 landmarks on it.
 
     `__call__` maps RGB frames uint8 [N, H, W, 3] to landmarks float32 [N, 68, 2] in (x, y) pixel
     coordinates, NaN for frames without a face, and detection scores float32 [N] (NaN likewise).
@@ -46,6 +48,7 @@ class DlibAligner:
     The HOG detector costs ~50x the shape predictor, so frames are consecutive video frames and the detector
     runs on every `redetect_every`-th of them (and whenever the face was lost); between detections the box is
     carried by the landmarks of the previous frame. A tracked frame reports the score of its last detection.
+    A re-detection keeps to the face being followed (`tracks.follow_face`), not to whichever face is largest.
     """
 
     name = "dlib"
@@ -69,7 +72,7 @@ class DlibAligner:
         for i, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame)
             if track is None or since_detection >= self.config.redetect_every:
-                found = self.detect(frame)
+                found = self.detect(frame, None if track is None else self._follow(landmarks[i - 1], track))
                 if found is None:
                     track = None
                     continue
@@ -95,13 +98,15 @@ class DlibAligner:
                     break
         return counts
 
-    def detect(self, frame: np.ndarray):
-        """The largest face's box and score; native scale first, upsampled only if that finds nothing."""
+    def detect(self, frame: np.ndarray, followed=None):
+        """Box and score of the face that continues `followed` (the followed face's dlib rectangle), or of the
+        largest face when nothing is followed or it is gone; native scale first, upsampled only if that finds
+        nothing."""
         for upsample in sorted({0, self.config.upsample}):
             boxes, scores, _ = self._detector.run(frame, upsample, self.config.min_score)
             if boxes:
-                # The main speaker is assumed to be the largest face: the usual case in talking-head footage.
-                best = max(range(len(boxes)), key=lambda k: boxes[k].area())
+                best = follow_face(np.array([_corners(box) for box in boxes], dtype=np.float64),
+                                   None if followed is None else np.array(_corners(followed), dtype=np.float64))
                 return boxes[best], float(scores[best])
         return None
 
@@ -123,3 +128,8 @@ class DlibAligner:
         cx, cy, half = centroid[0] + dx * eyes, centroid[1] + dy * eyes, side * eyes / 2
         return self._rectangle(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)),
                                int(round(cy + half)))
+
+
+def _corners(box) -> tuple[int, int, int, int]:
+    """A dlib rectangle as (x1, y1, x2, y2)."""
+    return box.left(), box.top(), box.right(), box.bottom()

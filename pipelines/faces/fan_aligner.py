@@ -4,7 +4,7 @@ The library's own `FaceAlignment` detects a batch at once but then runs FAN one 
 fetches missing weights from the internet. Here the library supplies the networks, its crop and its constants;
 this module supplies the batching:
 
-    frames uint8 [B, H, W, 3] --S3FD, one forward pass--> largest face box per frame
+    frames uint8 [B, H, W, 3] --S3FD, one forward pass--> the followed face's box per frame
     boxes --crop (the library's `crop` geometry, on the device)--> FAN inputs [F, 3, 256, 256] (F <= B)
     FAN, one forward pass --> heatmaps [F, 68, 64, 64] --> landmarks in frame pixels [F, 68, 2]
 
@@ -32,6 +32,7 @@ from face_alignment.utils import CENTER_Y_OFFSET, CROP_RESOLUTION, REFERENCE_SCA
 from pipelines.core.device import resolve_device
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_dir, missing_fan_weights
+from pipelines.faces.tracks import follow_face
 
 NUM_LANDMARKS = 68
 FAN_STACKS = 4  # 2D-FAN-4: four stacked hourglasses; the last one's heatmaps are the prediction
@@ -96,15 +97,13 @@ def plausible_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
             & (centre_y < height) & (sides > 1) & (sides <= max(height, width)))
 
 
-def pick_largest_face(candidates: np.ndarray) -> np.ndarray | None:
-    """Candidates [K, 5] (box, score) of one frame -> the largest box that survives NMS, or None.
-
-    The main speaker is assumed to be the largest face, as in the dlib aligner."""
+def pick_face(candidates: np.ndarray, followed: np.ndarray | None) -> np.ndarray | None:
+    """Candidates [K, 5] (box, score) of one frame -> the box surviving NMS that continues the `followed` box
+    [4] of the previous frame, else the largest (`tracks.follow_face`); None without candidates."""
     if len(candidates) == 0:
         return None
     kept = candidates[nms(candidates, NMS_OVERLAP)]
-    areas = (kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])
-    return kept[np.argmax(areas)]
+    return kept[follow_face(kept[:, :4], followed)]
 
 
 def fan_crop_params(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +161,8 @@ def cells_to_frame(cells: np.ndarray, heatmap_size: int, centres: np.ndarray, sc
 
 
 class FanAligner:
-    """S3FD + FAN landmarks for the largest face in each frame; the contract of `pipelines.faces.base.Aligner`.
+    """S3FD + FAN landmarks for one face followed through the frames (the largest where it starts); the contract
+    of `pipelines.faces.base.Aligner`.
 
     Weights are read from `fan_weights_dir(config.face_weights)` only; a missing file raises FileNotFoundError before anything
     else happens. Frames of one call share their size (they come as one array).
@@ -188,10 +188,12 @@ class FanAligner:
             raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
+        followed = None  # the face box on the last frame of the previous batch: the track goes on across batches
         with torch.inference_mode():
             for start in range(0, len(frames), self.config.batch_size):
                 images = self._to_tensor(frames[start:start + self.config.batch_size])  # one upload for both stages
-                faces = self._detect(images)
+                faces = self._detect(images, followed)
+                followed = faces[-1, :4] if np.isfinite(faces[-1, 4]) else None
                 found = np.flatnonzero(np.isfinite(faces[:, 4]))
                 scores[start:start + len(images)] = faces[:, 4]
                 if len(found):
@@ -201,7 +203,7 @@ class FanAligner:
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray) -> np.ndarray:
-        """RGB uint8 [B, H, W, 3] -> the largest face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
+        """RGB uint8 [B, H, W, 3] -> the followed face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
         frame pixels; a row of NaN where no box scores above `min_score`."""
         return self._detect(self._to_tensor(frames))
 
@@ -227,11 +229,13 @@ class FanAligner:
         tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
         return tensor.permute(0, 3, 1, 2).float().contiguous(memory_format=self._memory_format)
 
-    def _detect(self, images: torch.Tensor) -> np.ndarray:
-        """Frames as float [B, 3, H, W] on the device -> faces [B, 5] as `detect`."""
+    def _detect(self, images: torch.Tensor, followed: np.ndarray | None = None) -> np.ndarray:
+        """Frames as float [B, 3, H, W] on the device -> faces [B, 5] as `detect`; `followed` is the face box [4]
+        on the frame before the first (None: no face there)."""
         faces = np.full((len(images), 5), np.nan, dtype=np.float32)
         for i, found in enumerate(self._candidates(images)):
-            face = pick_largest_face(found)
+            face = pick_face(found, followed)
+            followed = None if face is None else face[:4]
             if face is not None:
                 faces[i] = face
         return faces

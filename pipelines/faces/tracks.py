@@ -44,6 +44,23 @@ def face_tracks(landmarks: np.ndarray, max_center_jump: float) -> list[tuple[int
     return list(zip(np.flatnonzero(starts).tolist(), (np.flatnonzero(ends) + 1).tolist()))
 
 
+def follow_face(boxes: np.ndarray, followed: np.ndarray | None) -> int:
+    """Which of a frame's detections [K, 4] (x1, y1, x2, y2), K >= 1, continues the face being followed, whose box
+    was `followed` [4] (None when no face is followed): the detection whose centre is nearest to that box's centre
+    among those whose centre lies inside it; the largest when none does or nothing is followed.
+
+    Taking the largest on every detection would flip between two people of nearly equal size and break the track
+    into pieces too short to score; the largest is the speaker's best guess only where a track starts.
+    """
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    if followed is not None:
+        inside = np.all((centres >= followed[:2]) & (centres <= followed[2:4]), axis=1)
+        if inside.any():
+            distances = np.linalg.norm(centres - (followed[:2] + followed[2:4]) / 2, axis=1)
+            return int(np.argmin(np.where(inside, distances, np.inf)))
+    return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+
+
 def split_track(start: int, end: int, min_frames: int, max_frames: int) -> list[tuple[int, int]]:
     """Cut [start, end) into pieces of at most `max_frames`: equal pieces when all can have `min_frames`,
     else full `max_frames` pieces and a short remainder (which then keeps the most frames)."""
