@@ -40,10 +40,11 @@ from pipelines.core.ray_session import quiet_placement_group_cleaner
 from pipelines.core.storage import StorageConfig, check_output
 from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 
-# Training pairs, validation pairs and validation's simulated delays draw from entropy [run seed, purpose, ...],
-# as the loader's streams do (model/loader/stream.py): none repeats another, and the same run validates on the
-# same pairs and delays at every validation.
-TRAINING_PAIRS, VALIDATION_PAIRS, VALIDATION_DELAYS = 1, 2, 3
+# Training pairs draw from entropy [run seed, the step the run resumed from, ...], validation's pairs and simulated
+# delays from [run seed, purpose, ...], as the loader's streams do (model/loader/stream.py): the same run validates
+# on the same pairs and delays at every validation. The purposes lie above any step a run reaches, so that no
+# resumed run draws validation's stream.
+VALIDATION_PAIRS, VALIDATION_DELAYS = 2**32 - 1, 2**32 - 2  # one 32-bit word each: SeedSequence splits larger ints
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def run_loop(config: TrainConfig, session) -> None:
     validation = validation_data(config, shard_uris, expert.config.clock)
     # The step a run resumes from is part of the seed, so a resumed run does not replay the same pairs.
     stream = PairBatches(shard_uris, config.storage, "train", config.pairs, expert.config.clock, config.batch_size,
-                         seed=(config.seed, TRAINING_PAIRS, step), rank=rank, world_size=world, repeat=True)
+                         seed=(config.seed, step), rank=rank, world_size=world, repeat=True)
     batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.loader_workers,
                                                persistent_workers=config.loader_workers > 0))
     log = RunLog(Path(config.output)) if rank == 0 else None

@@ -3,7 +3,7 @@
     python -m bench.preprocess [--size N] [--workers 1 2] [--clips DIR] [--out runs/bench/preprocess.json]
 
 Makes (or reuses, under runs/bench/preprocess_corpus/) a synthetic corpus with the project's generator, or with
-`--clips DIR` takes the real clips in DIR (the 1x corpus is `--size` copies of them, linked from a temp folder so
+`--clips DIR` takes the real clips in DIR (the 1x corpus is `--size` copies of them, copied into a temp folder so
 that nothing derived from them lands in the repository), then runs each system in its own subprocess on the same
 clips:
 
@@ -157,9 +157,10 @@ def make_corpus(config: PreprocessBenchConfig) -> tuple[Path, list[dict]]:
     return folder, rows
 
 
-def link_clips(config: PreprocessBenchConfig, folder: Path) -> tuple[Path, list[dict]]:
-    """The real clips of `config.clips`, linked `size * copies` times under `folder/copyK/` (each copy then has
-    its own keys for ours and its own output folder for the reference); rows as the synthetic corpus gives them
+def copy_clips(config: PreprocessBenchConfig, folder: Path) -> tuple[Path, list[dict]]:
+    """The real clips of `config.clips`, copied `size * copies` times under `folder/copyK/` (each copy then has
+    its own keys for ours and its own output folder for the reference; links would not do: preprocessing reads a
+    file once however many names it has); rows as the synthetic corpus gives them
     (path relative to `folder`, speaker, duration_s), copy by copy, so the first `size` copies are the 1x corpus."""
     from pipelines.media import probe
     from pipelines.sources import VIDEO_EXTENSIONS
@@ -172,10 +173,10 @@ def link_clips(config: PreprocessBenchConfig, folder: Path) -> tuple[Path, list[
     rows = []
     for copy in range(config.size * config.copies):
         for clip in clips:
-            link = folder / f"copy{copy}" / clip.relative_to(root)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(clip)
-            rows.append({"path": str(link.relative_to(folder)), "speaker": clip.stem, "duration_s": durations[clip]})
+            target = folder / f"copy{copy}" / clip.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(clip, target)
+            rows.append({"path": str(target.relative_to(folder)), "speaker": clip.stem, "duration_s": durations[clip]})
     return folder, rows
 
 
@@ -635,7 +636,7 @@ def run_bench(config: PreprocessBenchConfig) -> dict:
             folder, all_rows = make_corpus(config)
             base_rows = all_rows[:config.synthetic_clips]
         else:
-            folder, all_rows = link_clips(config, scratch / "clips")
+            folder, all_rows = copy_clips(config, scratch / "clips")
             base_rows = all_rows[:len(all_rows) // config.copies]
         base = write_subset(folder, base_rows, f"bench_{len(base_rows)}")
         seconds = video_seconds(base_rows)

@@ -236,7 +236,7 @@ def cluster_run(cluster, corpus, s3_server, tmp_path_factory):
     try:
         output = submit(cluster, ["-m", "pipelines.preprocess", "--input", "s3://cluster/videos",
                                   "--output", "s3://cluster/shards", "--endpoint", s3_server,
-                                  "--max-cpus", str(MAX_CPUS), "--aligner", PREPROCESS["aligner"],
+                                  "--max-cpus", str(MAX_CPUS), "--aligner", PREPROCESS["faces"].aligner,
                                   "--num-workers", str(PREPROCESS["num_workers"]),
                                   "--val-fraction", str(PREPROCESS["val_fraction"]), "--no-progress"],
                         tmp_path_factory.mktemp("preprocess_job") / "output.log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
 import tarfile
@@ -313,6 +314,20 @@ def test_truncation_at_a_member_boundary_and_bad_samples(uris, tmp_path):
     assert "not a JPEG" in messages[1] and "no mel.npy member" in messages[2]
     assert [s.key for s in read] == keys[:3] + keys[2:]
     assert counters["bad_shards"] == 1 and counters["bad_samples"] == 2
+
+
+def test_a_cut_after_a_whole_sample_keeps_that_sample(uris, tmp_path):
+    members = {n: d for uri in uris for n, d in shard_members(uri).items()}
+    names = list(members)
+    keys = list(dict.fromkeys(n.split(".")[0] for n in names))
+    data = tar_bytes({n: members[n] for n in names[:9]})  # 3 samples of 3 members
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        third = tar.getmembers()[6]  # the third sample's first member
+    finished(tmp_path / "shard-000000.tar", data[:third.offset_data + 10])  # cut in its data
+    counters: dict = {}
+    with pytest.warns(ShardWarning, match="skipped after 2 samples"):
+        read = list(iter_segments(list_shards(str(tmp_path), LOCAL), LOCAL, None, counters=counters))
+    assert [s.key for s in read] == keys[:2] and counters["bad_shards"] == 1
 
 
 def test_list_shards_sees_only_finished_shards(tmp_path):

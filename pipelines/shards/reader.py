@@ -191,20 +191,32 @@ def _check_claim(info: tarfile.TarInfo, size: int) -> None:
                                 f"{max(size - info.offset_data, 0)} are left")
 
 
+def _until_damage(files: Iterator[dict], damage: list) -> Iterator[dict]:
+    """The members of `files` up to the first that cannot be read, whose error goes to `damage`. Ending there
+    rather than raising lets `group_by_keys` hand on the sample it holds: whole, if the damage begins after it
+    (a sample it holds in part is missing a member, and is skipped as such)."""
+    try:
+        yield from files
+    except SHARD_ERRORS as error:
+        damage.append(error)
+
+
 def _shard_samples(uri: str, storage: StorageConfig, counters: dict | None) -> Iterator[dict[str, bytes]]:
     """One shard's samples as {"__key__": key, ext: bytes} for the extensions we read; damage is warned."""
     _count(counters, "shards")
-    read = 0
+    read, damage = 0, []
     try:
         fs, path = resolve(uri, storage)
         size = fs.get_file_info(path).size  # None for nothing there: opening it then raises FileNotFoundError
         with fs.open_input_stream(path) as stream:
-            for sample in group_by_keys(_tar_files(stream, uri, size or 0, counters)):
+            for sample in group_by_keys(_until_damage(_tar_files(stream, uri, size or 0, counters), damage)):
                 read += 1
                 _count(counters, "samples")
                 yield sample
     except SHARD_ERRORS as error:
-        _skip(counters, "bad_shards", f"shard {uri} skipped after {read} samples: {_reason(error)}")
+        damage.append(error)
+    if damage:
+        _skip(counters, "bad_shards", f"shard {uri} skipped after {read} samples: {_reason(damage[0])}")
         return
     expected = _recorded_samples(uri, storage)
     if expected is not None and read < expected:
