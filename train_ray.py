@@ -392,7 +392,7 @@ def train(config: TrainConfig):
         run_loop(config, LocalSession(config.output))
         return None
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     own_ray = not ray.is_initialized()
@@ -406,7 +406,10 @@ def train(config: TrainConfig):
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(name=output.name, storage_path=str(output.parent),
                              failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # Ray Train's own progress lines (every report of every rank) stay in its log files
+                             # under /tmp/ray/session_*/logs/train: the user reads our bar and metrics.
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:
         return trainer.fit()
