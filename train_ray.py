@@ -407,8 +407,8 @@ def train(config: TrainConfig):
         run_config=RunConfig(name=output.name, storage_path=str(output.parent),
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # Ray Train's own progress lines (every report of every rank) stay in its log files
-                             # under /tmp/ray/session_*/logs/train: the user reads our bar and metrics.
+                             # Ray Train's worker-group lines stay in its log files (/tmp/ray/session_*/logs/train);
+                             # its "Reporting training result" line is logged outside `ray.train` and still shows.
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:

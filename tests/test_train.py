@@ -56,10 +56,8 @@ def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     assert len(list(shards.glob("shard-*.tar"))) == 1  # fewer shards than workers: the classic hang
     result = train(TrainConfig(shards=str(shards), output=str(tmp_path / "run"), num_workers=2, max_steps=20,
                                lr=1e-3, scale_lr=True, **FAST))
-    # Without the dashboard, Ray Train's placement-group cleaner used to log this every second of the run; and Ray
-    # Train's own lines (every report of every rank) belong in its log files, not between our progress lines.
-    printed = "".join(capfd.readouterr())
-    assert "Failed to query Ray Train Controller" not in printed and "Reporting training result" not in printed
+    # Without the dashboard, Ray Train's placement-group cleaner used to log this every second of the run.
+    assert "Failed to query Ray Train Controller" not in "".join(capfd.readouterr())
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     assert all(r["steps_per_rank"] == [r["step"], r["step"]] for r in rows)
