@@ -85,9 +85,10 @@ def restore_checkpoint(path: str | Path, expert: nn.Module, optimizer: torch.opt
 def check_resumable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
     """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`
     (its preset or its clock); FileNotFoundError when there is none."""
+    path = find_checkpoint(path)  # once: a folder's search loads every candidate
     checkpoint = checkpoint or read_checkpoint(path)
     if checkpoint.model_config != config:
-        raise ValueError(_mismatch(find_checkpoint(path), checkpoint.model_config, config))
+        raise ValueError(_mismatch(path, checkpoint.model_config, config))
 
 
 def find_checkpoint(path: str | Path) -> Path:
