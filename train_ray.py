@@ -1,8 +1,9 @@
 """`python train_ray.py --shards DST --output RUN [options]`: train the sync expert on Ray Train.
 
-Each of `--num-workers` workers (DDP over gloo on CPU, NCCL on GPU) streams pairs from its own share of the
-shards (model/loader/windows.py): in-sync face/mel windows and shifted ones, balanced. Every rank runs exactly
-`--max-steps` steps from an endless stream, so no rank ever waits at an epoch end for another.
+Each of `--num-workers` workers (DDP over gloo on CPU, NCCL on GPU) streams segments from its own share of the
+shards into a pool on its device and draws its batches there (model/loader/): in-sync face/mel windows and
+shifted ones, balanced. Every rank runs exactly `--max-steps` steps from an endless stream, so no rank ever waits
+at an epoch end for another.
 
 Rank 0 logs loss, accuracy and samples/s every `--log-every` steps, validates every `--val-every` steps
 (validation BCE and accuracy on the fixed, seeded validation pairs; offset accuracy on validation segments
@@ -30,7 +31,8 @@ import torch
 from model.checkpoint import check_resumable, find_checkpoint, restore_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
-from model.loader.stream import PairBatches, PairStream
+from model.loader.pool import PoolConfig
+from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
@@ -45,6 +47,8 @@ from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 # on the same pairs and delays at every validation. The purposes lie above any step a run reaches, so that no
 # resumed run draws validation's stream.
 VALIDATION_PAIRS, VALIDATION_DELAYS = 2**32 - 1, 2**32 - 2  # one 32-bit word each: SeedSequence splits larger ints
+# Decoding for the pool loader at the default windows per segment: what keeps one H200's step fed (bench/README.md).
+LOADER_PROCESSES_PER_GPU = 4
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class TrainConfig:
     preset: str = field(default="cpu-small", metadata={"help": "model size", "choices": sorted(PRESETS)})
     num_workers: int = field(default=2, metadata={"help": "data-parallel workers (one per GPU with --use-gpu)"})
     use_gpu: bool = field(default=False, metadata={"help": "train on GPUs (bf16 autocast, channels_last)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (GPU)"})
+    compile: bool = field(default=True, metadata={"help": "torch.compile the model on GPUs (about 40 s once, at the "
+                                                     "first step; 1.3x the steps per second after); not on CPUs"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps (each rank)"})
     batch_size: int = field(default=64, metadata={"help": "pairs per step per worker"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
@@ -67,13 +72,15 @@ class TrainConfig:
     val_batches: int = field(default=8, metadata={"help": "validation batches for BCE and accuracy"})
     val_segments: int = field(default=32, metadata={"help": "validation segments for offset accuracy"})
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
-    loader_workers: int = field(default=1, metadata={"help": "DataLoader processes per training worker decoding shards"})
+    loader_workers: int = field(default=-1, metadata={"help": "DataLoader processes per training worker decoding "
+                                                              "shards (-1: 4 per GPU, 1 on a CPU)"})
     max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
     launcher: str = field(default="ray", metadata={"help": "ray: Ray Train workers; local: this process alone (one device, no Ray)",
                                                    "choices": ["ray", "local"]})
     seed: int = field(default=0, metadata={"help": "seed for initialisation and pair sampling"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "training pairs"})
+    pool: PoolConfig = field(default_factory=PoolConfig, metadata={"help": "decoded segments on the training device"})
     storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage for s3:// shards"})
 
     def __post_init__(self):
@@ -168,30 +175,37 @@ def run_loop(config: TrainConfig, session) -> None:
     if on_gpu:
         expert = expert.to(memory_format=torch.channels_last)
     lr = config.lr * world if config.scale_lr else config.lr
-    optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay, fused=on_gpu)
     step = restore(expert, optimizer, session)
     model = session.prepare_model(expert)
-    if config.compile:
+    compiled = config.compile and on_gpu
+    if compiled:
         model = torch.compile(model)
 
     shard_uris = list_shards(config.shards, config.storage)
-    validation = validation_data(config, shard_uris, expert.config.clock)
+    validation = validation_data(config, shard_uris, expert.config.clock, device)
     # The step a run resumes from is part of the seed, so a resumed run does not replay the same pairs.
-    stream = PairBatches(shard_uris, config.storage, "train", config.pairs, expert.config.clock, config.batch_size,
-                         seed=(config.seed, step), rank=rank, world_size=world, repeat=True)
-    batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.loader_workers,
-                                               persistent_workers=config.loader_workers > 0))
+    stream = PairStream(shard_uris, config.storage, "train", config.pairs, expert.config.clock, config.batch_size,
+                        seed=(config.seed, step), rank=rank, world_size=world, repeat=True, device=device,
+                        pool=config.pool, loader_workers=loader_processes(config))
+    batches = iter(stream)
     log = RunLog(Path(config.output)) if rank == 0 else None
+    if rank == 0 and compiled and config.progress:
+        print("compiling the model at the first step (about 40 s, once)", flush=True)
     bar = _progress(config, step) if rank == 0 else None
-    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+    window = _window(device)
+    announce = rank == 0 and config.progress
 
     while step < config.max_steps:
         batch = next(batches)
-        faces = expert.prepare_faces(batch["faces"].to(device, non_blocking=True))
+        if announce:
+            print(pool_summary(stream.counters, device), flush=True)
+            announce = False
+        faces = expert.prepare_lower_faces(batch["faces"])
         if on_gpu:
             faces = faces.contiguous(memory_format=torch.channels_last)
-        mels = expert.prepare_mels(batch["mels"].to(device, non_blocking=True))
-        labels = batch["labels"].to(device).float()
+        mels = expert.prepare_mels(batch["mels"])
+        labels = batch["labels"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
             similarity = model(faces, mels)
         loss = sync_loss(similarity.float(), labels)
@@ -200,9 +214,11 @@ def run_loop(config: TrainConfig, session) -> None:
         optimizer.step()
         step += 1
 
-        window["loss"] += loss.item() * len(labels)
-        window["correct"] += accuracy(similarity.detach().float(), labels).item() * len(labels)
+        # Summed on the device: reading a number back every step would make the host wait for the GPU each time.
+        window["loss"] += loss.detach() * len(labels)
+        window["correct"] += accuracy(similarity.detach().float(), labels) * len(labels)
         window["pairs"] += len(labels)
+        window["segments"] = batch["segments"]
         if bar is not None:
             bar.update()
 
@@ -210,8 +226,8 @@ def run_loop(config: TrainConfig, session) -> None:
                (("log", config.log_every), ("val", config.val_every), ("checkpoint", config.checkpoint_every))}
         if not any(due.values()):
             continue
-        metrics = {"step": step, **_reduce(window, rank, world, step, device)}
-        window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+        metrics = {"step": step, **_reduce(window, rank, world, step, device), **loader_metrics(stream.counters)}
+        window = _window(device)
         if due["val"]:
             metrics.update(validate(expert, config, validation))
         checkpoint_dir = tempfile.mkdtemp() if due["checkpoint"] and rank == 0 else None
@@ -223,6 +239,37 @@ def run_loop(config: TrainConfig, session) -> None:
         session.report(metrics, checkpoint_dir)
     if bar is not None:
         bar.close()
+
+
+def loader_processes(config: TrainConfig) -> int:
+    if config.loader_workers >= 0:
+        return config.loader_workers
+    return LOADER_PROCESSES_PER_GPU if config.use_gpu else 1
+
+
+def _window(device: torch.device) -> dict:
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return {"loss": zero.clone(), "correct": zero.clone(), "pairs": 0, "segments": 0, "started": time.perf_counter()}
+
+
+def pool_summary(counters: dict, device: torch.device) -> str:
+    """One line on the pool: what it holds and its bound (the bound is a flag, so a user must see it)."""
+    held, bound = counters.get("pool_allocated_bytes", 0) / 2**30, counters.get("pool_max_bytes", 0) / 2**30
+    return (f"pair pool on {device}: {counters.get('pool_segments', 0)} segments "
+            f"({counters.get('pool_frames', 0)} frames, {held:.2f} GiB) at the first batch; it grows to at most "
+            f"{bound:.2f} GiB (--memory-gib)")
+
+
+LOADER_METRICS = ("segments_admitted", "pool_segments", "pool_tickets", "shards", "bad_shards", "bad_samples",
+                  "ignored_members", "short_segments")
+
+
+def loader_metrics(counters: dict) -> dict:
+    """This rank's loader counts for metrics.jsonl (rank 0's; each rank reads its own share)."""
+    found = {name: counters[name] for name in LOADER_METRICS if name in counters}
+    if "pool_allocated_bytes" in counters:
+        found["pool_gib"] = round(counters["pool_allocated_bytes"] / 2**30, 3)
+    return found
 
 
 def _good_checkpoint(folder: str | Path) -> Path | None:
@@ -248,10 +295,12 @@ def restore(expert: SyncExpert, optimizer, session) -> int:
 def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device) -> dict:
     """Training metrics averaged over every rank's pairs since the last report, and each rank's step count
     (equal on every rank, or DDP would have hung: recorded so that a test can see it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the window's steps done, not only queued, before the clock is read
     elapsed = time.perf_counter() - window["started"]
     # On the training device: NCCL, the GPU backend, reduces nothing else.
-    totals = torch.tensor([window["loss"], window["correct"], window["pairs"], elapsed], dtype=torch.float64,
-                          device=device)
+    counts = torch.tensor([window["pairs"], elapsed], dtype=torch.float64, device=device)
+    totals = torch.cat([torch.stack([window["loss"], window["correct"]]), counts])
     steps = torch.zeros(world, dtype=torch.float64, device=device)
     steps[rank] = step
     if world > 1 and torch.distributed.is_initialized():
@@ -259,7 +308,8 @@ def _reduce(window: dict, rank: int, world: int, step: int, device: torch.device
         torch.distributed.all_reduce(steps)
     loss, correct, pairs, elapsed = totals.tolist()
     return {"loss": loss / max(pairs, 1), "accuracy": correct / max(pairs, 1),
-            "samples_per_s": pairs / max(elapsed / world, 1e-9), "steps_per_rank": [int(x) for x in steps]}
+            "samples_per_s": pairs / max(elapsed / world, 1e-9), "steps_per_rank": [int(x) for x in steps],
+            "batch_segments": window["segments"]}
 
 
 # --- validation ------------------------------------------------------------------------------------------------
@@ -273,10 +323,12 @@ class ValidationData:
     pairs: PairStream | None
 
 
-def validation_data(config: TrainConfig, shard_uris: list[str], clock: Clock) -> ValidationData:
+def validation_data(config: TrainConfig, shard_uris: list[str], clock: Clock,
+                    device: torch.device = torch.device("cpu")) -> ValidationData:
     held = shards_holding(shard_uris, config.storage, "val")
     pairs = PairStream(held, config.storage, "val", config.pairs, clock, config.batch_size,
-                       seed=(config.seed, VALIDATION_PAIRS), repeat=False) if held else None
+                       seed=(config.seed, VALIDATION_PAIRS), repeat=False, device=device,
+                       pool=config.pool) if held else None
     return ValidationData(held, pairs)
 
 
@@ -291,10 +343,9 @@ def validate(expert: SyncExpert, config: TrainConfig, validation: ValidationData
     for index, batch in enumerate(validation.pairs or ()):
         if index == config.val_batches:
             break
-        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
-        similarity = expert(expert.prepare_faces(batch["faces"].to(device)),
+        similarity = expert(expert.prepare_lower_faces(batch["faces"].to(device)),
                             expert.prepare_mels(batch["mels"].to(device))).float()
-        labels = batch["labels"].to(device).float()
+        labels = batch["labels"].to(device)
         losses += sync_loss(similarity, labels).item() * len(labels)
         correct += accuracy(similarity, labels).item() * len(labels)
         pairs += len(labels)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import bench_main
+from model.loader.windows import PairConfig
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,15 @@ class ScalingConfig:
     preset: str = field(default="cpu-small", metadata={"help": "model size", "choices": ["cpu-small", "full"]})
     batch_size: int = field(default=32, metadata={"help": "pairs per step per worker"})
     steps: int = field(default=60, metadata={"help": "steps per run"})
-    loader_workers: int = field(default=0, metadata={"help": "loader processes per worker"})
-    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
+    loader_workers: int = field(default=-1, metadata={"help": "loader processes per worker (-1: training's default)"})
+    windows_per_segment: int = field(default=PairConfig.windows_per_segment,
+                                     metadata={"help": "pairs drawn from each decoded segment"})
     scale_lr: bool = field(default=True, metadata={"help": "learning rate times the workers (train_ray --scale-lr), "
                                                    "so that equal samples seen should give equal loss"})
     out: Path = field(default=Path("runs/bench/ddp_scaling.json"), metadata={"help": "JSON results"})
 
 
 def run_one(config: ScalingConfig, workers: int, folder: Path) -> list[dict]:
-    from model.loader.windows import PairConfig
     from train_ray import TrainConfig, train
 
     log_every = max(config.steps // 6, 1)

@@ -10,10 +10,12 @@ Tables, all measured in one run on one device:
 (a) step: forward + backward + AdamW step on a batch already on the device (uint8 faces converted there, as in
     training), in fp32 eager, bf16 autocast + channels_last, and + torch.compile, at 2-3 batch sizes:
     samples/s, ms/step, peak accelerator memory. The best of them at the end-to-end batch size is the ceiling.
-(b) our loader alone: pairs/s out of a torch DataLoader reading the shards, with 0 and N loader processes:
-    `model.loader.stream.PairBatches` (batches built in shared memory, as `train_ray.py` feeds its DataLoader). With fewer shards than loader processes every process reads every shard and decodes only its
+(b) our loader alone: pairs/s out of `model.loader.stream.PairStream` as `train_ray.py` builds it (segments
+    decoded by 0 or N loader processes into a pool on the device, batches drawn there), with the distinct
+    segments per batch, the pool's memory and the CPU cores the loader processes and the trainer's process
+    used. With fewer shards than loader processes every process reads every shard and decodes only its
     share; the bench then also repacks the same samples into N shards (a corpus large enough to train on has
-    that many) and measures both. Then a cProfile of one loader process: where its time goes.
+    that many) and measures both. Then a cProfile of the loader in one process: where its time goes.
 (c) end to end: our loader feeding the ceiling's step, and its ratio to the ceiling (goal: >= 0.8). Extra
     `--windows-per-segment` values add loader and end-to-end rows at the end (more pairs per decoded segment).
 (d) the research-code loader (`bench.baselines.research_loader`: a JPEG per frame, a wav per segment, the
@@ -44,14 +46,15 @@ import torch
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import sync_loss
-from model.loader.stream import PairBatches, PairStream
+from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from pipelines.core.device import resolve_device
+from train_ray import LOADER_PROCESSES_PER_GPU
 from pipelines.shards.reader import list_shards, shards_holding
 from pipelines.core.storage import StorageConfig
 
 PRECISIONS = ("fp32", "bf16-cl", "bf16-cl-compile")
-GOAL = 0.8  # end to end / step alone
+GOAL = 0.9  # end to end / step alone
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Step:
         self.model = torch.compile(self.expert, dynamic=False) if precision.endswith("compile") else self.expert
 
     def __call__(self, faces: torch.Tensor, mels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        faces = self.expert.prepare_faces(faces)
+        faces = self.expert.prepare_lower_faces(faces)
         if self.channels_last:
             faces = faces.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision != "fp32"):
@@ -106,7 +109,7 @@ class Step:
 def synthetic_batch(config, batch: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     side = config.face_size
-    return {"faces": torch.randint(0, 256, (batch, config.window_frames, side, side, 3), dtype=torch.uint8,
+    return {"faces": torch.randint(0, 256, (batch, config.window_frames, side // 2, side, 3), dtype=torch.uint8,
                                    generator=generator).to(device),
             "mels": (torch.rand(batch, config.mel_bins, config.mel_window, generator=generator) * 8 - 4).to(device),
             "labels": (torch.rand(batch, generator=generator) < 0.5).float().to(device)}
@@ -151,32 +154,71 @@ def _repeat(call, device: torch.device, seconds: float, at_least: int, chunk: in
 
 # --- loaders -------------------------------------------------------------------------------------------------
 
-def our_loader(shard_uris: list[str], preset: str, batch: int, workers: int, pin: bool,
-               windows_per_segment: int, seed: int = 0):
-    """A DataLoader of our pairs (`model.loader.stream.PairBatches`, as training builds it)."""
+def our_loader(shard_uris: list[str], preset: str, batch: int, workers: int, device: torch.device,
+               windows_per_segment: int, seed: int = 0) -> PairStream:
+    """Our pairs as `train_ray.py` streams them (`model.loader.stream.PairStream`, on the training device)."""
     pairs = PairConfig(windows_per_segment=windows_per_segment)
-    dataset = PairBatches(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin)
+    return PairStream(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=seed,
+                      device=device, loader_workers=workers)
+
+
+def on_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The step's inputs on the device; whole crops (the research loader's) cut to their lower halves first."""
+    faces = batch["faces"]
+    if faces.shape[2] == faces.shape[3]:
+        faces = faces[:, :, faces.shape[2] // 2:]
+    return {"faces": faces.to(device, non_blocking=True), "mels": batch["mels"].to(device, non_blocking=True),
+            "labels": batch["labels"].to(device, non_blocking=True)}
 
 
 def measure_loader(batches, size: Size, device: torch.device, step: Step | None = None) -> dict:
-    """Samples/s out of an iterator of batches, alone (step None) or each batch moved to the device and stepped."""
+    """Samples/s out of an iterator of batches, alone (step None) or each batch moved to the device and stepped;
+    with the CPU cores this process and its loader processes used while counting, and the distinct segments
+    per batch where the batches say."""
+    segments = []
+
     def consume() -> int:
         batch = next(batches)
         if step is not None:
-            moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "shifts"}
+            moved = on_device(batch, device)
             step(moved["faces"], moved["mels"], moved["labels"])
+        if "segments" in batch:
+            segments.append(batch["segments"])
         return len(batch["labels"])
 
     started = time.perf_counter()
     first = next(batches)
     first_s = time.perf_counter() - started
     spec = {name: {"dtype": str(value.dtype).replace("torch.", ""), "shape": list(value.shape)}
-            for name, value in first.items()}
+            for name, value in first.items() if isinstance(value, torch.Tensor)}
     _count(consume, device, size.warmup_s, 2)
+    segments.clear()
+    cpu_before = cpu_seconds()
     samples, seconds = _count(consume, device, size.measure_s, size.min_steps)
-    return {"samples_per_s": samples / seconds, "seconds": seconds, "samples": samples, "first_batch_s": first_s,
-            "batch": spec}
+    cpu_after = cpu_seconds()
+    row = {"samples_per_s": samples / seconds, "seconds": seconds, "samples": samples, "first_batch_s": first_s,
+           "batch": spec, "trainer_cores": (cpu_after["self"] - cpu_before["self"]) / seconds,
+           "loader_cores": (cpu_after["children"] - cpu_before["children"]) / seconds}
+    if segments:
+        row["segments_per_batch"] = {"mean": sum(segments) / len(segments), "min": min(segments)}
+    return row
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU-seconds so far of this process (every thread) and of its living child processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    children = []
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        children += [int(pid) for pid in task.read_text().split()]
+    return {"self": of(os.getpid()), "children": sum(of(pid) for pid in children)}
 
 
 def _count(consume, device: torch.device, seconds: float, at_least: int) -> tuple[int, float]:
@@ -191,29 +233,39 @@ def _count(consume, device: torch.device, seconds: float, at_least: int) -> tupl
 
 
 def close(batches) -> None:
-    shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
+    """Stop a batch iterator's loader processes (a generator's, by closing it; a DataLoader's directly)."""
+    for name in ("close", "_shutdown_workers"):
+        stop = getattr(batches, name, None)
+        if stop is not None:
+            stop()
 
 
-def reshard(shard_uris: list[str], out: Path, count: int) -> list[str]:
-    """The samples of local shards repacked round-robin into `count` shards (with stats json) under `out`."""
+def reshard(shard_uris: list[str], out: Path, count: int, copies: int = 1) -> list[str]:
+    """The samples of local shards repacked round-robin into `count` shards (with stats json) under `out`,
+    `copies` times over: copy c > 0 of a sample is renamed (key and source video + `_cC`), so the loader sees
+    it as another segment of another video while decoding the same bytes."""
     out.mkdir(parents=True, exist_ok=True)
     tars = [tarfile.open(out / f"shard-{i:06d}.tar", "w") for i in range(count)]
     splits: list[list[str]] = [[] for _ in range(count)]
     index = -1
-    for uri in shard_uris:
-        with tarfile.open(uri) as source:
-            key = None
-            for member in source:
-                member_key = member.name.split(".", 1)[0]
-                if member_key != key:
-                    key, index = member_key, index + 1
-                data = source.extractfile(member).read()
-                target = index % count
-                tars[target].addfile(member, fileobj=io.BytesIO(data))
-                if member.name.endswith(".json"):
-                    splits[target].append(json.loads(data)["split"])
+    for copy in range(copies):
+        for uri in shard_uris:
+            with tarfile.open(uri) as source:
+                key = None
+                for member in source:
+                    member_key, extension = member.name.split(".", 1)
+                    if member_key != key:
+                        key, index = member_key, index + 1
+                    data = source.extractfile(member).read()
+                    if member.name.endswith(".json"):
+                        meta = json.loads(data)
+                        if copy:
+                            meta.update(key=f"{meta['key']}_c{copy}", source_key=f"{meta['source_key']}_c{copy}")
+                            data = json.dumps(meta).encode()
+                        splits[index % count].append(meta["split"])
+                    renamed = tarfile.TarInfo(f"{member_key}_c{copy}.{extension}" if copy else member.name)
+                    renamed.size, renamed.mtime = len(data), member.mtime
+                    tars[index % count].addfile(renamed, fileobj=io.BytesIO(data))
     for i, tar in enumerate(tars):
         tar.close()
         stats = {"samples": len(splits[i]), "videos": [{"samples": [{"split": s} for s in splits[i]]}]}
@@ -241,7 +293,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
     precisions = args.precisions.split(",") if args.precisions else \
         (list(PRECISIONS) if on_gpu else ["fp32", "bf16-cl"])
     workers = args.loader_workers if args.loader_workers is not None else \
-        max(1, min((os.cpu_count() or 2) - 2, 14)) if on_gpu else max(1, os.cpu_count() or 1)
+        LOADER_PROCESSES_PER_GPU if on_gpu else max(1, os.cpu_count() or 1)
     config = PRESETS[args.preset]
     result: dict = {"date": datetime.date.today().isoformat(), "machine": machine(device),
                     "args": {k: str(v) for k, v in vars(args).items()}, "size": asdict(size),
@@ -279,8 +331,8 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         if not given:
             raise SystemExit(f"no shards with training samples under {args.shards}")
         sources = {"given": given}
-        if len(given) < workers and "://" not in args.shards:
-            sources["resharded"] = reshard(given, scratch / "shards", workers)
+        if (len(given) < workers or args.copies > 1) and "://" not in args.shards:
+            sources["resharded"] = reshard(given, scratch / "shards", max(workers, len(given)), args.copies)
         best_source = "resharded" if "resharded" in sources else "given"
         default_wps, *other_wps = args.windows_per_segment
         loader_rows, e2e_rows = [], []
@@ -291,7 +343,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
                    "windows_per_segment": wps}
             iterator = None
             try:
-                iterator = iter(our_loader(sources[source], args.preset, e2e_batch, count, on_gpu, wps))
+                iterator = iter(our_loader(sources[source], args.preset, e2e_batch, count, device, wps))
                 row.update(measure_loader(iterator, size, device))
                 log(f"loader {kind:12} {row['shards']:15} workers {count:2} windows {wps:3}: "
                     f"{row['samples_per_s']:9.0f} pairs/s")
@@ -315,14 +367,14 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
             loader_rows.append(row)
             save(result)
 
-        measure_our_loader("PairBatches", "given", 0, default_wps, False)
-        measure_our_loader("PairBatches", "given", workers, default_wps, best_source == "given")
+        measure_our_loader("PairStream", "given", 0, default_wps, False)
+        measure_our_loader("PairStream", "given", workers, default_wps, best_source == "given")
         if best_source != "given":
-            measure_our_loader("PairBatches", best_source, workers, default_wps, True)
+            measure_our_loader("PairStream", best_source, workers, default_wps, True)
 
         # where one loader process spends its time
         result["loader_profile"] = profile_loader(sources[best_source], args.preset, e2e_batch, default_wps,
-                                                  size.profile_batches)
+                                                  size.profile_batches, device)
         log("loader profile: " + ", ".join(f"{r['function']} {r['share']:.0%}"
                                            for r in result["loader_profile"]["top"][:4]))
         save(result)
@@ -339,7 +391,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
 
         # what more windows per decoded segment would give (a training choice: more pairs per JPEG decode)
         for wps in other_wps:
-            measure_our_loader("PairBatches", best_source, workers, wps, True)
+            measure_our_loader("PairStream", best_source, workers, wps, True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["summary"] = summarise(result, ceiling, workers)
@@ -368,14 +420,15 @@ def summarise(result: dict, ceiling: dict, workers: int) -> dict:
     return summary
 
 
-def profile_loader(shard_uris: list[str], preset: str, batch: int, windows_per_segment: int, batches: int) -> dict:
-    """cProfile of one loader process's work (in this process): its batches, built in shared memory as a
-    DataLoader worker builds them, and the functions that take the most time of their own."""
+def profile_loader(shard_uris: list[str], preset: str, batch: int, windows_per_segment: int, batches: int,
+                   device: torch.device) -> dict:
+    """cProfile of the loader's work, all in this process (reading and decoding as a loader process does, the
+    pool's admissions and draws as the trainer's process does), and the functions that take the most time of
+    their own."""
     import cProfile
     import pstats
 
-    pairs = PairConfig(windows_per_segment=windows_per_segment)
-    stream = PairStream(shard_uris, StorageConfig(), "train", pairs, PRESETS[preset].clock, batch, seed=0).shared_batches()
+    stream = iter(our_loader(shard_uris, preset, batch, 0, device, windows_per_segment))
     next(stream)  # start-up (imports, the shards' stats) is not the steady state
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -485,8 +538,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/training.json"))
     parser.add_argument("--batch-size", type=int, help="end-to-end batch (default 1024 on a GPU, the largest "
                                                        "step batch on a CPU)")
-    parser.add_argument("--loader-workers", type=int, help="DataLoader processes (default: CPUs - 2, at most 14, "
-                                                           "on a GPU machine; all CPUs on a CPU)")
+    parser.add_argument("--loader-workers", type=int, help=f"loader processes (default: training's "
+                                                           f"{LOADER_PROCESSES_PER_GPU} on a GPU; all CPUs on a CPU)")
     parser.add_argument("--precisions", help=f"comma-separated among {','.join(PRECISIONS)} (default: all on a "
                                              f"GPU; no compile on a CPU)")
     parser.add_argument("--research-layout", help="research layout folder: used if it holds layout.json, else "
@@ -498,6 +551,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--windows-per-segment", default=str(PairConfig.windows_per_segment),
                         help="our loader's pairs per decoded segment; more comma-separated values add rows "
                              "(default: training's)")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="repack the training samples this many times under new keys and videos (a corpus "
+                             "with that many more segments, for the batches' diversity; the bytes repeat)")
     parser.add_argument("--strict", action="store_true", help="stop at a failed measurement (default: record it)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

@@ -46,9 +46,16 @@ class SyncExpert(nn.Module):
                 or windows.shape[2] != windows.shape[3] or windows.shape[2] % 2:
             raise ValueError(f"expected uint8 windows [B, T, S, S, 3] with even S, got {windows.dtype} "
                              f"{list(windows.shape)}")
-        batch, frames, side = windows.shape[:3]
-        lower = windows[:, :, side // 2:]  # [B, T, S/2, S, 3]
-        stacked = lower.permute(0, 1, 4, 2, 3).reshape(batch, 3 * frames, side // 2, side)
+        return SyncExpert.prepare_lower_faces(windows[:, :, windows.shape[2] // 2:])
+
+    @staticmethod
+    def prepare_lower_faces(lower: torch.Tensor) -> torch.Tensor:
+        """The lower halves of the crops, uint8 ``[B, T, S/2, S, 3]`` (what the training loader holds) -> float
+        ``[B, 3*T, S/2, S]`` in [0, 1], as `prepare_faces` gives for the whole crops."""
+        if lower.dtype != torch.uint8 or lower.ndim != 5 or lower.shape[-1] != 3 or lower.shape[3] != 2 * lower.shape[2]:
+            raise ValueError(f"expected uint8 lower halves [B, T, S/2, S, 3], got {lower.dtype} {list(lower.shape)}")
+        batch, frames, height, side = lower.shape[:4]
+        stacked = lower.permute(0, 1, 4, 2, 3).reshape(batch, 3 * frames, height, side)
         return stacked.float().div_(255.0)
 
     def prepare_generated(self, windows: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,8 @@ def test_training_bench_tiny_on_cpu(shards, tmp_path, capsys):
         assert row["steps"] >= 2 and row["samples_per_s"] * row["ms_per_step"] / 1000 == pytest.approx(row["batch"])
 
     loaders = [(r["loader"], r["shards"], r["workers"]) for r in result["loader"]]
-    assert loaders == [("PairBatches", "given (1)", 0), ("PairBatches", "given (1)", 2),
-                       ("PairBatches", "resharded (2)", 2)]
+    assert loaders == [("PairStream", "given (1)", 0), ("PairStream", "given (1)", 2),
+                       ("PairStream", "resharded (2)", 2)]
     for row in result["loader"]:
         assert "error" not in row
         assert_rate_counts_its_samples(row, 8)

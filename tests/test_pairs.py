@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import shutil
 import tarfile
@@ -14,15 +15,16 @@ import torch
 
 from model.config import ModelConfig
 from model.expert import SyncExpert
-from model.loader.stream import PairBatches, PairStream, to_torch
-from model.loader.windows import OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
+from model.loader.pool import PoolConfig, SegmentPool
+from model.loader.stream import PairStream
+from model.loader.windows import KINDS, OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
 from model.loss import sync_loss
 from model.offset import offset_curve
 from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig, write_bytes_atomic
 from pipelines.faces.base import FaceConfig
 from pipelines.preprocess import PreprocessConfig, run
-from pipelines.shards.format import stats_of, tar_bytes
+from pipelines.shards.format import encode_faces, npy_bytes, stats_of, tar_bytes
 from pipelines.shards.reader import Segment, ShardWarning, iter_segments, list_shards, split_shards
 from pipelines.shards.writer import ShardConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
@@ -68,12 +70,28 @@ def shard_members(uri: str) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
 
 
-def take(stream: PairStream, batches: int) -> list[dict[str, np.ndarray]]:
+def take(stream: PairStream, batches: int) -> list[dict]:
     return [batch for _, batch in zip(range(batches), stream)]
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    def equal(x, y) -> bool:
+        return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
+    return len(a) == len(b) and all(equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def check_batch(batch: dict, by_key: dict[str, Segment], config: PairConfig = CONFIG, clock: Clock = CLOCK) -> None:
+    """Every pair of a stream's batch is the window its key, start and column name, inside its segments."""
+    for i, kind in enumerate(batch["kinds"].tolist()):
+        segment, audio = by_key[batch["keys"][i]], by_key[batch["mel_keys"][i]]
+        pair = {"faces": segment.faces[batch["starts"][i]:batch["starts"][i] + clock.window_frames],
+                "mel": batch["mels"][i].numpy(), "label": float(batch["labels"][i]), "shift": int(batch["shifts"][i]),
+                "key": segment.key, "start": int(batch["starts"][i]), "kind": KINDS[kind], "mel_key": audio.key,
+                "mel_column": int(batch["columns"][i])}
+        side = segment.faces.shape[1]
+        assert np.array_equal(batch["faces"][i].numpy(), pair["faces"][:, side // 2:])  # the lower halves
+        check_pair(pair, segment, audio, config, clock)
 
 
 def check_pair(pair: dict, segment: Segment, other: Segment | None, config: PairConfig = CONFIG,
@@ -141,24 +159,44 @@ def test_short_segments_fall_back_and_stay_inside(segments):
 
 # --- the stream ----------------------------------------------------------------------------------------
 
-def test_batches_shapes_balance_and_kinds(uris):
+def test_batches_shapes_balance_and_kinds(uris, segments):
     stream = PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=64, seed=0)
-    batches = take(stream, 32)  # 2048 pairs
+    batches = take(stream, 40)  # 2560 pairs: the 3 training segments' tickets, drawn and replaced ~7 times
     first = batches[0]
-    assert first["faces"].shape == (64, 5, 96, 96, 3) and first["faces"].dtype == np.uint8
-    assert first["mels"].shape == (64, 80, 16) and first["mels"].dtype == np.float32
-    assert first["labels"].dtype == np.float32 and first["shifts"].dtype == np.int64
-    labels = np.concatenate([b["labels"] for b in batches])
-    shifts = np.concatenate([b["shifts"] for b in batches])
+    assert first["faces"].shape == (64, 5, 48, 96, 3) and first["faces"].dtype == torch.uint8
+    assert first["mels"].shape == (64, 80, 16) and first["mels"].dtype == torch.float32
+    assert first["labels"].dtype == torch.float32 and first["shifts"].dtype == torch.int64
+    by_key = {s.key: s for s in segments}
+    for batch in batches[:3] + batches[-2:]:
+        check_batch(batch, by_key)
+    labels = torch.cat([b["labels"] for b in batches])
+    shifts = torch.cat([b["shifts"] for b in batches])
+    kinds = torch.cat([b["kinds"] for b in batches]).numpy()
     assert 0.45 <= labels.mean() <= 0.55
-    assert np.array_equal(labels == 1, shifts == 0)
+    assert torch.equal(labels == 1, shifts == 0)
+    drawn = np.bincount(kinds, minlength=4) / len(kinds)  # in the batches, not only in what was admitted
+    negatives = drawn[1:].sum()
+    assert abs(drawn[1] / negatives - 0.5) < 0.08 and abs(drawn[2] / negatives - 0.25) < 0.08
+    assert abs(drawn[3] / negatives - 0.25) < 0.08
     counts = stream.counters
-    negatives = counts["pairs_hard"] + counts["pairs_easy"] + counts["pairs_other"]
-    assert abs(counts["pairs_hard"] / negatives - 0.5) < 0.08
-    assert abs(counts["pairs_easy"] / negatives - 0.25) < 0.08
-    assert abs(counts["pairs_other"] / negatives - 0.25) < 0.08
-    tensors = to_torch(first)
-    assert tensors["faces"].dtype == torch.uint8 and tensors["mels"].dtype == torch.float32
+    assert sum(counts[f"pairs_{k}"] for k in KINDS) == counts["segments_admitted"] * CONFIG.windows_per_segment
+    assert all(b["segments"] == len(set(b["keys"])) for b in batches)
+    assert max(b["segments"] for b in batches) == 3  # every training segment in one batch
+
+
+def test_every_segment_gives_exactly_its_pairs_and_leaves(uris, segments):
+    """One pass: each segment's windows_per_segment tickets are all drawn, none twice; the pool ends empty."""
+    config = PairConfig(windows_per_segment=40)
+    stream = PairStream(uris, LOCAL, "train", config, CLOCK, batch_size=16, seed=2, repeat=False)
+    batches = list(stream)
+    keys = [key for b in batches for key in b["keys"]]
+    train = [s.key for s in segments if s.split == "train"]
+    assert sorted(set(keys)) == sorted(train) and all(keys.count(k) == 40 for k in train)
+    assert [len(b["labels"]) for b in batches[:-1]] == [16] * (len(batches) - 1)
+    pairs = {(k, int(st), int(c), int(sh)) for b in batches for k, st, c, sh in
+             zip(b["keys"], b["starts"], b["columns"], b["shifts"])}
+    assert len(pairs) > 0.8 * len(keys)  # drawn, not repeated (a few coincide by chance)
+    assert stream.counters["pool_segments"] == 0 and stream.counters["pool_tickets"] == 0
 
 
 def test_a_seven_frame_expert_trains_on_the_same_shards(uris, segments):
@@ -167,14 +205,16 @@ def test_a_seven_frame_expert_trains_on_the_same_shards(uris, segments):
     clock = Clock(window_frames=7)
     assert clock.mel_window == 22  # 7 frames at 25 fps are 22.4 mel columns at 80 per second
     batch = next(iter(PairStream(uris, LOCAL, "train", CONFIG, clock, batch_size=32, seed=0)))
-    assert batch["faces"].shape == (32, 7, 96, 96, 3) and batch["mels"].shape == (32, 80, 22)
+    assert batch["faces"].shape == (32, 7, 48, 96, 3) and batch["mels"].shape == (32, 80, 22)
+    check_batch(batch, {s.key: s for s in segments}, clock=clock)
     for pair in sample_pairs(segments[0], CONFIG, clock, np.random.default_rng(0), segments[1]):
         check_pair(pair, segments[0], segments[1], clock=clock)
     expert = SyncExpert(ModelConfig(clock=clock, width=8))
-    tensors = to_torch(batch)
-    faces, mels = expert.prepare_faces(tensors["faces"]), expert.prepare_mels(tensors["mels"])
+    faces, mels = expert.prepare_lower_faces(batch["faces"]), expert.prepare_mels(batch["mels"])
     assert faces.shape == (32, 21, 48, 96) and mels.shape == (32, 1, 80, 22)
-    loss = sync_loss(expert(faces, mels), tensors["labels"])
+    whole = torch.from_numpy(np.stack([segments[0].faces[:7]] * 2))
+    assert torch.equal(expert.prepare_faces(whole), expert.prepare_lower_faces(whole[:, :, 48:]))
+    loss = sync_loss(expert(faces, mels), batch["labels"])
     loss.backward()
     assert loss.shape == () and torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in expert.parameters())
@@ -182,15 +222,18 @@ def test_a_seven_frame_expert_trains_on_the_same_shards(uris, segments):
     assert result.mean_similarity.shape == (9,) and len(result.window_starts) > 0
 
 
-def test_streams_are_deterministic_and_differ_by_rank(uris):
+def test_streams_are_deterministic_and_differ_by_rank_and_resume(uris):
     def stream(**kw) -> PairStream:
         return PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=32, **kw)
 
-    assert same_batches(take(stream(seed=3), 4), take(stream(seed=3), 4))
+    assert same_batches(take(stream(seed=3), 6), take(stream(seed=3), 6))
     assert not same_batches(take(stream(seed=3), 4), take(stream(seed=4), 4))
+    # A resumed run seeds with the step it resumes from: it does not replay the pairs it trained on.
+    assert not same_batches(take(stream(seed=(3, 0)), 4), take(stream(seed=(3, 200)), 4))
     rank0 = take(stream(seed=3, rank=0, world_size=2), 4)
     rank1 = take(stream(seed=3, rank=1, world_size=2), 4)
     assert not same_batches(rank0, rank1)
+    assert not {k for b in rank0 for k in b["keys"]} & {k for b in rank1 for k in b["keys"]}
 
     validation = PairStream(uris, LOCAL, "val", CONFIG, CLOCK, batch_size=32, seed=0, repeat=False)
     first, second = list(validation), list(validation)
@@ -198,20 +241,17 @@ def test_streams_are_deterministic_and_differ_by_rank(uris):
     assert sum(len(b["labels"]) for b in first) == validation.counters["segments"] * CONFIG.windows_per_segment
 
 
-def test_loader_processes_read_disjoint_shares_in_shared_memory(uris):
-    """PairBatches in a DataLoader: loader process i of 2 gives reader i's batches, as tensors (DataLoader takes
-    batches from its processes in turn)."""
-    dataset = PairBatches(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5)
-    loaded = take(iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)), 4)
-    readers = [take(PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5, rank=r, world_size=2), 2)
-               for r in (0, 1)]
-    for index, batch in enumerate(loaded):
-        assert batch["faces"].dtype == torch.uint8 and batch["mels"].dtype == torch.float32
-        expected = readers[index % 2][index // 2]
-        assert all(np.array_equal(batch[k].numpy(), expected[k]) for k in expected)
-    in_process = next(iter(dataset))  # no loader processes: the reader alone, the same batches as PairStream
-    first = take(PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5), 1)[0]
-    assert all(np.array_equal(in_process[k].numpy(), first[k]) for k in first)
+def test_loader_processes_read_disjoint_shares_deterministically(uris, segments):
+    """Segments decoded in 2 loader processes (each its share: reader i of 2) give the same batches on every run,
+    whatever the processes' timing; the faces cross from the processes through shared memory."""
+    def run() -> list[dict]:
+        return take(PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=16, seed=5, loader_workers=2), 12)
+
+    first = run()
+    assert same_batches(first, run())
+    check_batch(first[-1], {s.key: s for s in segments})
+    train = {s.key for s in segments if s.split == "train"}
+    assert {k for b in first for k in b["keys"]} == train  # both processes' shares reached the pool
 
 
 def test_ranks_split_the_shards_of_their_split_only(uris):
@@ -226,9 +266,83 @@ def test_ranks_split_the_shards_of_their_split_only(uris):
 
 def test_a_rank_with_nothing_to_read_fails_instead_of_spinning(uris):
     stream = PairStream(uris, LOCAL, "no-such-split", CONFIG, CLOCK, batch_size=8, seed=0)
-    with pytest.raises(RuntimeError, match="drew no pairs"):
+    with pytest.raises(RuntimeError, match="found no segment"):
         next(iter(stream))
     assert list(PairStream(uris, LOCAL, "no-such-split", CONFIG, CLOCK, batch_size=8, seed=0, repeat=False)) == []
+
+
+def test_segments_shorter_than_a_window_give_no_pairs(uris, segments, tmp_path):
+    """A shard whose segments are shorter than the window: counted, never admitted; alone, it fails clearly."""
+    short = tmp_path / "short"
+    short.mkdir()
+    members = shard_members(uris[0])
+    meta_name = next(name for name in members if name.endswith(".json"))
+    segment = next(s for s in segments if s.key == meta_name.split(".")[0])
+    key = segment.key + "_short"
+    meta = json.loads(members[meta_name])
+    meta.update(num_frames=4, key=key)
+    cut = {f"{key}.json": json.dumps(meta).encode(), f"{key}.jpg": encode_faces(segment.faces[:4], 95),
+           f"{key}.mel.npy": npy_bytes(segment.mel[:, :CLOCK.mel_column(4)])}
+    finished(short / "shard-000000.tar", tar_bytes(cut))
+    Path(stats_of(str(short / "shard-000000.tar"))).write_text(json.dumps(
+        {"samples": 1, "videos": [{"samples": [{"split": meta["split"]}]}]}))
+    alone = PairStream(list_shards(str(short), LOCAL), LOCAL, meta["split"], CONFIG, CLOCK, batch_size=8, seed=0)
+    with pytest.raises(RuntimeError, match="found no segment of 5\\+ frames"):
+        next(iter(alone))
+    mixed = PairStream([*list_shards(str(short), LOCAL), *uris], LOCAL, meta["split"], CONFIG, CLOCK, batch_size=8,
+                       seed=0, repeat=False)
+    batches = list(mixed)
+    assert key not in {k for b in batches for k in b["keys"]} and mixed.counters["short_segments"] == 1
+
+
+def test_a_corpus_smaller_than_the_pool_is_held_once(uris):
+    stream = PairStream(uris, LOCAL, "train", PairConfig(windows_per_segment=8), CLOCK, batch_size=8, seed=1)
+    sizes = []
+    for batch in take(stream, 60):  # 480 pairs: 20 passes over the 3 training segments' 24 tickets
+        sizes.append(stream.counters["pool_segments"])
+    assert max(sizes) <= 3 + 1 and stream.counters["segments_admitted"] >= 55  # replaced, never piled up
+
+
+def make_segment(frames: int, side: int = 8, bins: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    faces = torch.from_numpy(rng.integers(0, 256, (frames, side // 2, side, 3), dtype=np.uint8))
+    return faces, torch.from_numpy(rng.standard_normal((CLOCK.mel_column(frames), bins)).astype(np.float32))
+
+
+def test_the_pool_mixes_hundreds_of_segments_within_its_memory_bound():
+    """600 segments of 600 videos in a pool bounded to hold ~400: batches of 256 each draw from over 150 distinct
+    segments (median), memory stays under the bound, and every pair is its segment's window."""
+    config = PairConfig(windows_per_segment=64)
+    frames, side, bins = 60, 8, 4
+    per_frame = side // 2 * side * 3 + CLOCK.sample_rate / CLOCK.hop_length / CLOCK.fps * bins * 4
+    bound = int(400 * 64 * per_frame)  # 64 frames a segment once paged
+    pool = SegmentPool(config, CLOCK, torch.device("cpu"), bound)
+    rng = np.random.default_rng(0)
+    stored, admitted, distinct = {}, 0, []
+    for index in range(600):
+        faces, mel = make_segment(frames, side, bins, seed=index)
+        while not pool.fits(len(faces), len(mel)):
+            batch = pool.draw(256, rng)
+            distinct.append(batch["segments"])
+            for i, key in enumerate(batch["keys"]):
+                start = int(batch["starts"][i])
+                assert torch.equal(batch["faces"][i], stored[key][0][start:start + CLOCK.window_frames])
+                column = int(batch["columns"][i])
+                assert torch.equal(batch["mels"][i], stored[batch["mel_keys"][i]][1][column:column + 16].T)
+        pool.admit(faces, mel, video=index, key=f"s{index}", rng=rng)
+        stored[f"s{index}"] = (faces, mel)
+        admitted += 1
+        assert pool.memory()["allocated_bytes"] <= bound
+    assert distinct and np.median(distinct) > 150  # (a draw that frees room for the next admission may see fewer)
+    with pytest.raises(ValueError, match="unlike the stream's first segment"):
+        pool.admit(*make_segment(frames, side=16), video=0, key="odd", rng=rng)
+
+
+def test_a_pool_too_small_for_a_batch_says_what_to_raise(uris):
+    stream = PairStream(uris, LOCAL, "train", CONFIG, CLOCK, batch_size=4096, seed=0,
+                        pool=PoolConfig(memory_gib=0.002))
+    with pytest.raises(ValueError, match="raise --memory-gib"):
+        next(iter(stream))
 
 
 # --- ranks ---------------------------------------------------------------------------------------------

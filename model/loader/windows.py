@@ -1,7 +1,7 @@
 """Training pairs for the sync expert: a window of faces and a window of mel, in sync (label 1) or not (0).
 
-Every pair is cut from one decoded segment (`pipelines.shards.reader.Segment`); many windows are drawn from each
-segment, so shard I/O and the JPEG decode are paid once per `windows_per_segment` pairs. Kinds of pair
+Every pair is cut from one decoded segment (`pipelines.shards.reader.Segment`); `windows_per_segment` pairs are
+drawn from each segment, so shard I/O and the JPEG decode are paid once for all of them. Kinds of pair
 (shift: how many frames the audio window lies after the face window; negative: before):
 
     positive  shift 0                                       label 1
@@ -15,14 +15,14 @@ drawn falls back to the nearest kind that fits:
 
     hard  -> other          (a segment too short for a hard shift has no room for an easy one either)
     easy  -> hard -> other
-    other -> easy -> hard   (no other video's audio seen yet, as for the first segment of a stream)
+    other -> easy -> hard   (no other video's audio at hand, as for the first segment of a stream)
 
 and a negative for which nothing fits (a segment shorter than window + hard_shift_min frames, with no other
 audio) is not drawn. Segments shorter than one window give no pairs.
 
-All of a segment's pairs are drawn at once, as arrays (`draw_windows`), and cut out of it by `cut_windows`; no
-per-pair Python object is built on the way (`sample_pairs` builds them, for inspection and tests). Streaming
-them into batches is `model.loader.stream`'s job.
+All of a segment's pairs are drawn at once, as arrays of positions (`draw_window_arrays`, from lengths alone);
+the training loader (`model.loader.pool`) gathers them out of decoded segments held on the training device.
+`cut_windows` and `sample_pairs` cut them out of a `Segment` in numpy, for inspection, evaluation and tests.
 """
 
 from __future__ import annotations
@@ -34,36 +34,37 @@ import numpy as np
 from pipelines.core.clock import Clock
 from pipelines.shards.reader import Segment
 
-__all__ = ["KINDS", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows", "draw_windows",
-           "sample_pairs"]
+__all__ = ["KINDS", "OTHER_CODE", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows",
+           "audio_windows", "draw_window_arrays", "draw_windows", "sample_pairs"]
 
 OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
 POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
 KINDS = (POSITIVE, HARD, EASY, OTHER)  # a pair's kind as a code: its index here
 _POSITIVE, _HARD, _EASY, _OTHER, _NONE = 0, 1, 2, 3, -1
 FALLBACKS = {HARD: (HARD, OTHER), EASY: (EASY, HARD, OTHER), OTHER: (OTHER, EASY, HARD)}
-POSITIVE_CODE = _POSITIVE
+POSITIVE_CODE, OTHER_CODE = _POSITIVE, _OTHER
 
 
 @dataclass(frozen=True)
 class PairConfig:
     """Which pairs are drawn from a segment (the window itself is the expert's clock)."""
 
-    # Many windows per decoded segment: shard I/O and the JPEG decode are paid once for all of them.
-    windows_per_segment: int = field(default=16, metadata={"help": "pairs drawn from each decoded segment"})
+    # Decoding a segment costs what ~100 steps of a GPU spend on one pair: many pairs must share each decode
+    # (bench/README.md, the pool loader). The segment waits in the pool until they are all drawn, among
+    # thousands of others, so a batch still mixes hundreds of segments.
+    windows_per_segment: int = field(default=128, metadata={"help": "pairs drawn from each decoded segment (it "
+                                                                     "leaves the pool once they are all used)"})
     positive_fraction: float = field(default=0.5, metadata={"help": "share of pairs that are in sync"})
     hard_shift_min: int = field(default=2, metadata={"help": "hard negatives: audio shifted by at least this many frames"})
     hard_shift_max: int = field(default=6, metadata={"help": "... and at most this many"})
     easy_shift_max: int = field(default=75, metadata={"help": "easy negatives: shifts up to this many frames (3 s)"})
     hard_fraction: float = field(default=0.5, metadata={"help": "share of negatives that are hard shifts"})
     easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
-    shuffle_buffer: int = field(default=64, metadata={"help": "pairs left waiting when a batch is drawn: a batch is random "
-                                                              "among batch size + this many"})
 
     def __post_init__(self):
         problems = []
-        if self.windows_per_segment < 1 or self.shuffle_buffer < 0:
-            problems.append("windows_per_segment >= 1 and shuffle_buffer >= 0")
+        if self.windows_per_segment < 1:
+            problems.append("windows_per_segment >= 1")
         if not all(0 <= f <= 1 for f in (self.positive_fraction, self.hard_fraction, self.easy_fraction)):
             problems.append("positive_fraction, hard_fraction and easy_fraction lie in [0, 1]")
         if self.hard_fraction + self.easy_fraction > 1:
@@ -102,17 +103,23 @@ class Windows:
 
 def draw_windows(segment: Segment, config: PairConfig, clock: Clock, rng: np.random.Generator,
                  other: Segment | None) -> Windows:
-    """Up to `windows_per_segment` pairs of `segment`, as arrays (see the module docstring for the kinds).
+    """`draw_window_arrays` for a decoded segment; `other`: a segment of another video for other-audio negatives
+    (only its key and mel are used), or None."""
+    return draw_window_arrays(segment.num_frames, _usable_columns(segment, other, clock), config, clock, rng)
 
-    `other`: a segment of another video for other-audio negatives (only its key and mel are used), or None.
+
+def draw_window_arrays(frames: int, other_columns: int, config: PairConfig, clock: Clock,
+                       rng: np.random.Generator) -> Windows:
+    """Up to `windows_per_segment` pairs of a segment of `frames` frames (see the module docstring for the kinds).
+
+    `other_columns`: how many audio windows another video's segment offers for other-audio negatives (0: none).
     Each pair draws whether it is positive, its kind, then |shift| among the sizes that fit the segment, its
     sign, and the start among those that keep both windows inside: the same as redrawing until they fit,
     without the loop. Other-audio pairs draw a start and a column of the other segment's mel instead.
     """
-    room = segment.num_frames - clock.window_frames  # the largest |shift| and the last start
+    room = frames - clock.window_frames  # the largest |shift| and the last start
     if room < 0:
         return _empty_windows()
-    other_columns = _usable_columns(segment, other, clock)
     count = config.windows_per_segment
     positive = rng.random(count) < config.positive_fraction
     u = rng.random(count)
@@ -158,7 +165,12 @@ def _usable_columns(segment: Segment, other: Segment | None, clock: Clock) -> in
     """How many audio windows `other` offers (0: it cannot serve: absent, the same segment, or too short)."""
     if other is None or other.key == segment.key:
         return 0
-    return max(other.mel.shape[1] - clock.mel_window + 1, 0)
+    return audio_windows(other.mel.shape[1], clock)
+
+
+def audio_windows(columns: int, clock: Clock) -> int:
+    """How many mel windows a segment of `columns` mel columns offers."""
+    return max(columns - clock.mel_window + 1, 0)
 
 
 def _fitting_kind(kind: str, room: int, config: PairConfig, has_other: bool) -> int:
