@@ -237,6 +237,7 @@ def run_loop(config: TrainConfig, session) -> None:
             log.write(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
         session.report(metrics, checkpoint_dir)
+    batches.close()  # stops the loader processes now, not at interpreter exit (a pin-memory thread would complain)
     if bar is not None:
         bar.close()
 

@@ -2,10 +2,10 @@
 
 A segment is admitted once, decoded (the lower half of each crop: all the expert reads) and its log-mel;
 `PairConfig.windows_per_segment` pairs are drawn for it at once, as positions (`draw_window_arrays`), and wait
-as *tickets*. A batch is `batch_size` tickets taken at random among all the pool holds, gathered on the device
-in one indexing per tensor: a batch mixes hundreds of segments, and no pixel crosses to the device twice. A
-segment leaves once its last ticket is drawn (and the last ticket that reads its audio as another video's),
-so every segment gives exactly its pairs, at the rate batches are drawn.
+as *tickets*. A batch is `batch_size` tickets taken from segments picked at random among all the pool holds
+(`Tickets`), gathered on the device in one indexing per tensor: a batch mixes hundreds of segments, and no
+pixel crosses to the device twice. A segment leaves once its last ticket is drawn (and the last ticket that
+reads its audio as another video's), so every segment gives exactly its pairs, at the rate batches are drawn.
 
 Memory: faces and mels live in pages of rows (`PagedRows`: 16 frames, 64 mel columns) so that segments of any
 length share one preallocated-as-needed tensor each without fragmenting it; the pool grows to at most
@@ -136,42 +136,59 @@ class PagedRows:
 
 
 class Tickets:
-    """The pairs drawn but not yet batched: parallel arrays, taken from at random, holes closed from the top."""
+    """The pairs drawn but not yet batched, a stack per slot: [slot, up to windows_per_segment] arrays.
 
-    FIELDS = {"slot": np.int64, "mel_slot": np.int64, "start": np.int64, "column": np.int64, "shift": np.int64,
-              "kind": np.int8}
+    A batch takes its tickets segment first: `count` slots at random among those with tickets left (with
+    replacement), then the top ticket of each slot's stack for each time it was picked. A segment's tickets
+    are independent draws in random order (`draw_window_arrays`), so its top ones are as random as any;
+    picking segments rather than tickets puts the most segments in a batch (about P(1 - exp(-B/P)) of the P
+    in the pool) and spends every segment's tickets at one rate, so segments leave in the order they came.
+    """
 
-    def __init__(self):
-        self.size = 0
-        self.arrays = {name: np.empty(1024, dtype) for name, dtype in self.FIELDS.items()}
+    FIELDS = {"mel_slot": np.int32, "start": np.int32, "column": np.int32, "shift": np.int32, "kind": np.int8}
+
+    def __init__(self, per_slot: int):
+        self.per_slot, self.size = per_slot, 0
+        self.left = np.zeros(0, np.int64)  # tickets left per slot
+        self.arrays = {name: np.zeros((0, per_slot), dtype) for name, dtype in self.FIELDS.items()}
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, **values: np.ndarray) -> None:
-        count = len(values["start"])
-        if self.size + count > len(self.arrays["start"]):
-            capacity = max(2 * len(self.arrays["start"]), self.size + count)
+    def add(self, slot: int, **values: np.ndarray) -> None:
+        if slot >= len(self.left):
+            slots = max(64, 2 * len(self.left), slot + 1)
+            self.left = np.concatenate([self.left, np.zeros(slots - len(self.left), np.int64)])
             for name, array in self.arrays.items():
-                grown = np.empty(capacity, array.dtype)
-                grown[:self.size] = array[:self.size]
+                grown = np.zeros((slots, self.per_slot), array.dtype)
+                grown[:len(array)] = array
                 self.arrays[name] = grown
+        count = len(values["start"])
         for name, array in self.arrays.items():
-            array[self.size:self.size + count] = values[name]
+            array[slot, :count] = values[name]
+        self.left[slot] = count
         self.size += count
 
     def take(self, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """`count` tickets at random, in random order; the rest stay."""
-        picked = rng.choice(self.size, size=count, replace=False)
-        taken = {name: array[picked] for name, array in self.arrays.items()}
-        remaining = self.size - count
-        mask = np.zeros(self.size, bool)
-        mask[picked] = True
-        holes, movers = np.flatnonzero(mask[:remaining]), remaining + np.flatnonzero(~mask[remaining:])
-        for array in self.arrays.values():
-            array[holes] = array[movers]
-        self.size = remaining
-        return taken
+        """`count` tickets (all that are left if fewer), segment first (see the class docstring)."""
+        slots, rows = [], []
+        need = min(count, self.size)
+        while need:
+            active = np.flatnonzero(self.left)
+            picked = np.sort(active[rng.integers(len(active), size=need)])
+            first = np.r_[0, np.flatnonzero(np.diff(picked)) + 1]  # where each slot's run of picks starts
+            rank = np.arange(len(picked)) - np.repeat(first, np.diff(np.r_[first, len(picked)]))
+            fits = rank < self.left[picked]  # picks beyond a slot's last ticket are drawn again
+            slot, rank = picked[fits], rank[fits]
+            slots.append(slot)
+            rows.append(self.left[slot] - 1 - rank)
+            np.subtract.at(self.left, slot, 1)
+            need -= len(slot)
+        slot, row = np.concatenate(slots), np.concatenate(rows)
+        self.size -= len(slot)
+        taken = {name: array[slot, row].astype(np.int64) for name, array in self.arrays.items()}
+        taken["kind"] = taken["kind"].astype(np.int8)
+        return {"slot": slot, **taken}
 
 
 @dataclass
@@ -202,7 +219,7 @@ class SegmentPool:
         self.config, self.clock, self.device, self.max_bytes = config, clock, device, max_bytes
         self.faces: PagedRows | None = None  # [rows, S/2, S, 3] uint8, allocated at the first segment
         self.mels: PagedRows | None = None  # [rows, F] float32
-        self.tickets = Tickets()
+        self.tickets = Tickets(config.windows_per_segment)
         self.segments = Segments()
         self.free_slots: list[int] = []
         # Slots whose last ticket was drawn by the latest batch: still in memory until the next draw (or until
@@ -248,7 +265,7 @@ class SegmentPool:
             s.references[other] += int(is_other.sum())
         self.keys[slot] = key
         self.resident += 1
-        self.tickets.add(slot=np.full(len(windows), slot), mel_slot=np.where(is_other, other, slot),
+        self.tickets.add(slot, mel_slot=np.where(is_other, slot if other is None else other, slot),
                          start=windows.starts, column=windows.columns, shift=windows.shifts, kind=windows.kinds)
         return windows
 

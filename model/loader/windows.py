@@ -49,10 +49,10 @@ POSITIVE_CODE, OTHER_CODE = _POSITIVE, _OTHER
 class PairConfig:
     """Which pairs are drawn from a segment (the window itself is the expert's clock)."""
 
-    # Decoding a segment costs what ~100 steps of a GPU spend on one pair: many pairs must share each decode
-    # (bench/README.md, the pool loader). The segment waits in the pool until they are all drawn, among
-    # thousands of others, so a batch still mixes hundreds of segments.
-    windows_per_segment: int = field(default=128, metadata={"help": "pairs drawn from each decoded segment (it "
+    # One H200 steps 32k pairs/s; 4 loader processes decode ~190 segments/s: 256 pairs per decoded segment keep
+    # the step fed (128 reach 0.8 of it; bench/README.md, the pool loader). The segment waits in the pool until
+    # they are all drawn, among hundreds of others, so a batch still mixes hundreds of segments.
+    windows_per_segment: int = field(default=256, metadata={"help": "pairs drawn from each decoded segment (it "
                                                                      "leaves the pool once they are all used)"})
     positive_fraction: float = field(default=0.5, metadata={"help": "share of pairs that are in sync"})
     hard_shift_min: int = field(default=2, metadata={"help": "hard negatives: audio shifted by at least this many frames"})
