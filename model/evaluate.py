@@ -98,7 +98,7 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> Scored:
             continue
         scored.seconds += score.frames / score.fps
         scored.rows.append(_row(name, row["offset_frames"], score.result))
-        if scored.protocol:
+        if scored.protocol is not None:
             for segment in score.segments:
                 if segment.grid is not None:
                     scored.protocol.add(name, row["offset_frames"], segment.segment, segment.grid)
@@ -121,7 +121,7 @@ def score_shards(config: EvaluateConfig, truth: dict[str, dict] | None) -> Score
             continue
         scored.seconds += expert.config.clock.seconds(segment.num_frames)
         scored.rows.append(_row(name, offset, offset_from_grid(*grid)))
-        if scored.protocol:
+        if scored.protocol is not None:
             scored.protocol.add(name, offset, segment, grid)
     return scored
 
@@ -148,7 +148,7 @@ def evaluate(config: EvaluateConfig) -> dict:
                "within_1": float(np.mean(np.abs(errors) <= 1)) if scored.rows else 0.0,
                "video_seconds": round(scored.seconds, 2), "wall_s": round(wall, 2),
                "video_seconds_per_second": round(scored.seconds / wall, 2) if wall else 0.0, "rows": scored.rows}
-    if scored.protocol:
+    if scored.protocol is not None:
         summary["protocol"] = scored.protocol.summary()
     return summary
 

@@ -4,9 +4,11 @@ Offset figures in the literature (SyncNet, PerfectMatch, VocaLiST, ModEFormer, S
 offsets but per-window ones: every test window of C video frames chooses its offset among -15..+15 frames from
 that window alone, and counts as correct when the choice lies within +-1 frame of the truth; accuracy is given
 for C = 5, 7, 9, 11, 13, 15. An expert that sees T = 5 frames at once scores a window of C > T frames as
-VocaLiST's LRS2 evaluation (`test_lrs2.py`, adapted from syncnet_python) does: the scores of its C - T + 1
-sliding T-frame windows are averaged per offset, and the best mean wins. Here the score is the cosine
-similarity (the best mean similarity is the least mean cosine distance, so the ranking is SyncNet's).
+VocaLiST's released LRS2 evaluation (`test_lrs2.py`, adapted from syncnet_python) does: the scores of its
+C - T + 1 sliding T-frame windows are averaged per offset, and the best mean wins. VocaLiST averages its raw
+scores (logits); syncnet_python, over a whole video, Euclidean distances; here the score is the cosine
+similarity, so the best mean similarity is the least mean cosine distance. (We checked VocaLiST's and
+syncnet_python's code; the other papers describe the same protocol, their code was not checked.)
 
 How it matches and where it differs, from VocaLiST's code:
 
@@ -28,8 +30,8 @@ How it matches and where it differs, from VocaLiST's code:
 Pairs: binary accuracy at similarity `threshold` (0.5, as LatentSync reports its SyncNet's) and BCE, per kind
 of negative: hard (audio 2-6 frames off), easy (7-75 frames) and other (another video's audio), the kinds of
 `model.loader.windows` with its default shifts, each against as many positives: the same face windows with
-their own audio. A segment with a known offset is
-first realigned (`model.sync.curate.realign`), so that a positive is in sync whatever the manifest says.
+their own audio. A segment with a known offset is first realigned (`model.sync.curate.realign`), so that a
+positive is in sync whatever the manifest says.
 
 LSE-D / LSE-C as syncnet_python computes them per video (the curve of mean distance over offsets: its minimum
 and its median minus minimum), averaged over videos as Wav2Lip's evaluation scripts do; on cosine distances
@@ -143,9 +145,10 @@ def lip_sync_errors(grids: list[SegmentGrid]) -> dict:
             "videos": len(results)}
 
 
-def _mean(values) -> float:
+def _mean(values) -> float | None:
+    """The mean, or None of nothing: a figure with nothing behind it is missing, never 0."""
     values = np.asarray(values, dtype=np.float64)
-    return float(values.mean()) if values.size else 0.0
+    return float(values.mean()) if values.size else None
 
 
 # --- the whole protocol over a stream of segments ----------------------------------------------------------
@@ -258,21 +261,23 @@ def pair_figures(similarities: dict[str, list[np.ndarray]], threshold: float) ->
         similarity = torch.from_numpy(np.concatenate([positives, negatives]))
         labels = torch.cat([torch.ones(n), torch.zeros(n)])
         rows.append({"kind": kind, "pairs": 2 * n,
-                     "accuracy": float(accuracy(similarity, labels, threshold)) if n else 0.0,
-                     "bce": float(sync_loss(similarity, labels)) if n else 0.0,
+                     "accuracy": float(accuracy(similarity, labels, threshold)) if n else None,
+                     "bce": float(sync_loss(similarity, labels)) if n else None,
                      "positives_right": _mean(positives > threshold), "negatives_right": _mean(negatives <= threshold)})
     return rows
 
 
 # --- reporting ---------------------------------------------------------------------------------------------
 
-# What `summary()` holds, key by key: the schema the JSON keeps (tests check it).
+# What `summary()` holds, key by key: the schema the JSON keeps (tests check it). A figure with nothing to
+# measure it on (no test window at that context, no pair of that kind) is None, null in the JSON.
+FIGURE = (float, type(None))
 SCHEMA = {
-    "contexts": [{"context": int, "windows": int, "videos": int, "exact": float, "within_1": float,
-                  "pooled_exact": float, "pooled_within_1": float}],
-    "pairs": [{"kind": str, "pairs": int, "accuracy": float, "bce": float, "positives_right": float,
-               "negatives_right": float}],
-    "lse_d": float, "lse_c": float, "videos": int, "segments": int, "max_offset": int, "tolerance": int,
+    "contexts": [{"context": int, "windows": int, "videos": int, "exact": FIGURE, "within_1": FIGURE,
+                  "pooled_exact": FIGURE, "pooled_within_1": FIGURE}],
+    "pairs": [{"kind": str, "pairs": int, "accuracy": FIGURE, "bce": FIGURE, "positives_right": FIGURE,
+               "negatives_right": FIGURE}],
+    "lse_d": FIGURE, "lse_c": FIGURE, "videos": int, "segments": int, "max_offset": int, "tolerance": int,
     "window_frames": int, "threshold": float, "seed": int, "seconds": float,
 }
 
@@ -282,14 +287,20 @@ def format_table(summary: dict) -> str:
     lines = [f"per-window offset accuracy (offsets +-{summary['max_offset']}, correct within "
              f"+-{summary['tolerance']} frame; mean over {summary['videos']} videos, {summary['segments']} segments)",
              f"  {'context':>7}  {'windows':>7}  {'exact':>6}  {'+-1':>6}"]
-    lines += [f"  {row['context']:>7}  {row['windows']:>7}  {row['exact']:>6.1%}  {row['within_1']:>6.1%}"
+    lines += [f"  {row['context']:>7}  {row['windows']:>7}  {_shown(row['exact']):>6}  {_shown(row['within_1']):>6}"
               for row in summary["contexts"]]
-    lines.append(f"pairs at similarity {summary['threshold']}: positives and as many negatives of each kind")
+    lines.append(f"pairs at similarity {summary['threshold']}: each kind of negative, and as many positives "
+                 f"(the same face windows with their own audio)")
     lines.append(f"  {'kind':>7}  {'pairs':>7}  {'acc':>6}  {'BCE':>6}  {'pos ok':>6}  {'neg ok':>6}")
-    lines += [f"  {row['kind']:>7}  {row['pairs']:>7}  {row['accuracy']:>6.1%}  {row['bce']:>6.3f}  "
-              f"{row['positives_right']:>6.1%}  {row['negatives_right']:>6.1%}" for row in summary["pairs"]]
-    lines.append(f"LSE-D {summary['lse_d']:.3f}  LSE-C {summary['lse_c']:.3f}  (cosine distances, mean over videos)")
+    lines += [f"  {row['kind']:>7}  {row['pairs']:>7}  {_shown(row['accuracy']):>6}  {_shown(row['bce'], '.3f'):>6}  "
+              f"{_shown(row['positives_right']):>6}  {_shown(row['negatives_right']):>6}" for row in summary["pairs"]]
+    lines.append(f"LSE-D {_shown(summary['lse_d'], '.3f')}  LSE-C {_shown(summary['lse_c'], '.3f')}  "
+                 f"(cosine distances, mean over videos)")
     return "\n".join(lines)
+
+
+def _shown(value: float | None, spec: str = ".1%") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def plot_protocol(summary: dict, path: Path) -> None:
@@ -302,8 +313,8 @@ def plot_protocol(summary: dict, path: Path) -> None:
     rows = summary["contexts"]
     contexts = [row["context"] for row in rows]
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.plot(contexts, [row["within_1"] for row in rows], "o-", label=f"within +-{summary['tolerance']} frame")
-    axes.plot(contexts, [row["exact"] for row in rows], "s--", label="exact")
+    for key, style, label in (("within_1", "o-", f"within +-{summary['tolerance']} frame"), ("exact", "s--", "exact")):
+        axes.plot(contexts, np.array([row[key] for row in rows], dtype=float), style, label=label)  # None: a gap
     # A guess among the 2K + 1 offsets lands within +-1 of the truth this often: the floor to read the curves by.
     axes.axhline((2 * summary["tolerance"] + 1) / (2 * summary["max_offset"] + 1), color="grey", linestyle=":",
                  label=f"chance, within +-{summary['tolerance']}")

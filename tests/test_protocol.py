@@ -18,7 +18,7 @@ from model.evaluate import EvaluateConfig
 from model.evaluate import main as evaluate_main
 from model.loss import EPS
 from model.offset import similarity_grid
-from model.protocol import SCHEMA, PerWindowProtocol, ProtocolConfig, SegmentGrid, accuracy_by_context
+from model.protocol import SCHEMA, PerWindowProtocol, ProtocolConfig, SegmentGrid, accuracy_by_context, format_table
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.shards.format import sample_members, stats_of, tar_bytes
 from pipelines.shards.reader import Segment
@@ -81,9 +81,9 @@ def coded_segment(video: int, frames: int, truth: int, start: int = 0) -> Segmen
 CORPUS = [("v0", 3, 90, 0), ("v0", 3, 44, 200), ("v1", -7, 70, 0)]
 
 
-def protocol_of(expert, config: ProtocolConfig = ProtocolConfig()) -> dict:
+def protocol_of(expert, config: ProtocolConfig = ProtocolConfig(), corpus=CORPUS) -> dict:
     protocol = PerWindowProtocol(expert, config)
-    for video, truth, frames, start in CORPUS:
+    for video, truth, frames, start in corpus:
         segment = coded_segment(int(video[1]), frames, truth, start)
         protocol.add(video, truth, segment, similarity_grid(expert, segment.faces, segment.mel, 15))
     return protocol.summary()
@@ -152,12 +152,20 @@ def test_the_protocol_is_deterministic_and_its_seed_moves_only_the_pairs():
     assert other_seed["pairs"] != first["pairs"]
 
 
+def test_a_figure_with_nothing_to_measure_it_on_is_missing_not_zero():
+    summary = protocol_of(TimeCodeExpert(), corpus=CORPUS[:2])  # one video: no other video's audio to pair with
+    other = summary["pairs"][-1]
+    assert other["kind"] == "other" and other["pairs"] == 0 and other["accuracy"] is other["bce"] is None
+    assert format_table(summary).splitlines()[-2].split() == ["other", "0", "-", "-", "-", "-"]
+    assert json.loads(json.dumps(summary))["pairs"][-1]["accuracy"] is None
+
+
 def test_short_segments_and_videos_drop_out_of_the_longer_contexts():
     shifts = np.arange(-2, 3)
     similarity = np.zeros((5, 3))
     similarity[2] = 1.0  # every window right at shift 0
     rows = accuracy_by_context([SegmentGrid("a", 0, shifts, similarity)], (5, 7, 9), 5)
-    assert [(r["windows"], r["videos"], r["exact"]) for r in rows] == [(3, 1, 1.0), (1, 1, 1.0), (0, 0, 0.0)]
+    assert [(r["windows"], r["videos"], r["exact"]) for r in rows] == [(3, 1, 1.0), (1, 1, 1.0), (0, 0, None)]
 
 
 def test_settings_are_checked_before_any_work():
@@ -201,6 +209,7 @@ def check_schema(value, schema, where="protocol"):
             check_schema(item, schema[0], f"{where}[]")
     else:
         assert isinstance(value, schema) and not isinstance(value, bool), (where, value)
+        assert value is not None, f"{where}: every figure has something to measure it on here"
 
 
 def test_the_command_prints_the_table_writes_its_json_and_draws_it(tmp_path, capsys):
