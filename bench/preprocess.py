@@ -83,7 +83,7 @@ class PreprocessBenchConfig:
     seed: int = field(default=0, metadata={"help": "synthetic corpus seed"})
     workers: tuple[int, ...] = field(default=(1, 2), metadata={"help": "Ray worker counts to run ours with"})
     aligner: str = field(default="dlib", metadata={"help": "our face aligner (face-alignment needs --face-weights)",
-                                                   "choices": ["auto", "face-alignment", "dlib"]})
+                                                   "choices": ["auto", "retinaface", "face-alignment", "dlib"]})
     face_weights: Path | None = field(default=None, metadata={"help": "folder with face-alignment's weights"})
     ray_cpus: int = field(default=0, metadata={
         "help": "logical CPUs of the Ray instance ours runs on; 0 = the pipeline's own choice (--num-workers, "

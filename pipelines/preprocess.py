@@ -4,7 +4,7 @@ The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_se
 
     list sources (driver: paths only, largest first)
       -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
-      -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
+      -> FaceStage     detect, landmarks (68 or 5), align, crop               (GPU when asked)
       -> SampleStage   voice separation, the face stage's tracks -> segments, log-mel, samples and records
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.

@@ -1,8 +1,10 @@
 """Similarity alignment of faces to a fixed template, the square crops the sync expert reads, and landmark smoothing.
 
-The crop maps three anchors, the two eye centres and the mouth centre, onto fixed positions with one rotation,
-one uniform scale and one shift (no shear: face shape, and so lip shape, is kept). The expert reads the lower
-half of the crop, so the template keeps mouth and chin there and lets the face fill the square.
+The crop maps landmarks onto fixed positions with one rotation, one uniform scale and one shift (no shear: face
+shape, and so lip shape, is kept): for iBUG-68 points three anchors, the two eye centres and the mouth centre
+(TEMPLATE); for RetinaFace-5 points all five (TEMPLATE_5, placed where the iBUG-68 crop puts them, so both layouts
+give the same crop). The expert reads the lower half of the crop, so the template keeps mouth and chin there and
+lets the face fill the square.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipelines.faces.landmarks import RETINAFACE_5, eye_centres, layout, mouth_centre
 from pipelines.faces.tracks import has_face, true_runs
-
-LEFT_EYE, RIGHT_EYE, MOUTH = slice(36, 42), slice(42, 48), slice(48, 68)
 
 # Anchor positions as fractions of the crop side: left eye, right eye, mouth centre (image left/right).
 # Measured with the dlib aligner on the real development clips, with the eye centres d apart: mouth centre
@@ -20,17 +21,23 @@ LEFT_EYE, RIGHT_EYE, MOUTH = slice(36, 42), slice(42, 48), slice(48, 68)
 # side. With d = 0.28 of the side and eyes at 0.33: brows at 0.2, upper lip at 0.6, chin at 0.86 (room for an
 # open jaw), jaw from 0.18 to 0.82. So mouth and chin lie in the lower half, and the face fills the crop.
 TEMPLATE = np.array([[0.36, 0.33], [0.64, 0.33], [0.50, 0.65]])
+# RetinaFace-5 points (left eye, right eye, nose tip, left and right mouth corner) as fractions of the side: where
+# they land in the crop that TEMPLATE gives dlib's landmarks of the same frames, the median per clip averaged over the
+# 45 real development clips (`python -m bench.face_aligners`; bench/README.md), then made left-right symmetric (the
+# measured halves differed by under 0.01).
+TEMPLATE_5 = np.array([[0.359, 0.321], [0.641, 0.321], [0.500, 0.482], [0.383, 0.629], [0.617, 0.629]])
 
 
 def anchor_points(landmarks: np.ndarray) -> np.ndarray:
-    """iBUG-68 landmarks [..., 68, 2] -> [..., 3, 2]: left eye centre, right eye centre, mouth centre."""
-    return np.stack([landmarks[..., part, :].mean(axis=-2) for part in (LEFT_EYE, RIGHT_EYE, MOUTH)], axis=-2)
+    """Landmarks [..., K, 2] (iBUG-68 or RetinaFace-5, `pipelines.faces.landmarks`) -> [..., 3, 2]: left eye
+    centre, right eye centre, mouth centre."""
+    return np.stack([*eye_centres(landmarks), mouth_centre(landmarks)], axis=-2)
 
 
-def template_points(crop_size: int) -> np.ndarray:
-    """TEMPLATE in crop pixels, where pixel centres sit at integers (OpenCV's convention), so the crop's
+def template_points(crop_size: int, template: np.ndarray = TEMPLATE) -> np.ndarray:
+    """A template in crop pixels, where pixel centres sit at integers (OpenCV's convention), so the crop's
     middle is (size - 1) / 2 and a fraction of 0.5 lands exactly there."""
-    return TEMPLATE * crop_size - 0.5
+    return template * crop_size - 0.5
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -46,8 +53,11 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def align_matrix(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """Landmarks [68, 2] (x, y) -> the affine [2, 3] (for cv2.warpAffine) that maps the frame onto the crop."""
-    return similarity_transform(anchor_points(landmarks.astype(np.float64)), template_points(crop_size))
+    """Landmarks [K, 2] (x, y) -> the affine [2, 3] (for cv2.warpAffine) that maps the frame onto the crop."""
+    points = landmarks.astype(np.float64)
+    if layout(points) == RETINAFACE_5:
+        return similarity_transform(points, template_points(crop_size, TEMPLATE_5))
+    return similarity_transform(anchor_points(points), template_points(crop_size))
 
 
 def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +73,7 @@ def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarra
 
 
 def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, 68, 2] -> uint8 [N, crop, crop, 3].
+    """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, K, 2] -> uint8 [N, crop, crop, 3].
     Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge."""
     crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
     for i in np.flatnonzero(has_face(landmarks)):
@@ -75,7 +85,7 @@ def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int) -> np.
 
 def smooth_landmarks(landmarks: np.ndarray, window: int = 5,
                      tracks: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Centred moving average over `window` frames (odd) of landmarks [N, 68, 2], so per-frame detection noise
+    """Centred moving average over `window` frames (odd) of landmarks [N, K, 2], so per-frame detection noise
     does not shake the crop. Each run is smoothed on its own, and near a run's ends the window shrinks
     symmetrically (staying centred, so a moving face is not pulled back).
 

@@ -9,10 +9,14 @@ from pipelines.faces.fan_weights import fan_weights_present
 def make_aligner(config: FaceConfig) -> Aligner:
     """The aligner `config.aligner` names; `auto` prefers face-alignment (more accurate, GPU-batched) but only
     when its weights are already on disk, so an offline machine falls back to dlib instead of failing."""
-    # Each aligner is imported only when chosen: face-alignment brings torch, dlib its own native library.
+    # Each aligner is imported only when chosen: retinaface and face-alignment bring torch, dlib its own native library.
     choice = config.aligner
     if choice == "auto":
         choice = "face-alignment" if fan_weights_present(config.face_weights) else "dlib"
+    if choice == "retinaface":
+        from pipelines.faces.retinaface_aligner import RetinaFaceAligner
+
+        return RetinaFaceAligner(config)
     if choice == "face-alignment":
         from pipelines.faces.fan_aligner import FanAligner
 

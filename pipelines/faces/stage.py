@@ -1,7 +1,7 @@
 """The face stage of preprocessing: frames in, aligned face crops, landmarks and face tracks out.
 
-Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the face-alignment
-aligner batches detection and landmarks across the chunk's frames. The tracks it finds (runs of one face without
+Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the retinaface and
+face-alignment aligners batch detection and landmarks across the chunk's frames. The tracks it finds (runs of one face without
 a cut, `pipelines.faces.tracks.face_tracks`) are the runs its landmarks are smoothed along, and go on as the
 "tracks" column (int64 [n, 2], [start, end) per track) for the sample stage to cut segments from.
 """
