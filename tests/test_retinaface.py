@@ -41,12 +41,18 @@ def astronaut() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def synthetic_clips(tmp_path_factory) -> list[np.ndarray]:
+def synthetic_corpus(tmp_path_factory):
     from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
     out = tmp_path_factory.mktemp("retinaface_corpus")
     rows = generate_corpus(SyntheticConfig(out=out, num_videos=4, seed=11, min_seconds=3, max_seconds=3.5, workers=1,
                                            heldout_fraction=0), progress=False)
+    return out, rows
+
+
+@pytest.fixture(scope="module")
+def synthetic_clips(synthetic_corpus) -> list[np.ndarray]:
+    out, rows = synthetic_corpus
     return [np.stack([rgb for _, rgb in iter_frames(out / row["path"])]) for row in rows]
 
 
@@ -242,3 +248,20 @@ def test_device_warp_matches_opencvs(aligner, astronaut):
         gap = np.abs(crop_faces(frames, landmarks, CROP).astype(float)
                      - crop_faces(frames, landmarks, CROP, torch.device("cpu")).astype(float))
         assert (gap.max() <= 1) if exact else (gap.mean() < 2 and np.percentile(gap, 99) < 12)
+
+
+def test_aligner_comparison_bench_smoke(synthetic_corpus, tmp_path, aligner, capsys):
+    import json
+
+    from bench.face_aligners import main
+
+    out, _ = synthetic_corpus
+    result = tmp_path / "face_aligners.json"
+    assert main(["--clips", str(out / "videos"), "--frames-per-clip", "8", "--sheet", str(tmp_path / "sheet.png"),
+                 "--out", str(result)]) == 0
+    report = json.loads(result.read_text())
+    assert len(report["clips"]) == 4 and set(report["summary"]) == {"dlib", "retinaface"}
+    assert report["summary"]["retinaface"]["found"] >= 0.95 and 0 <= report["summary"]["retinaface"]["jitter"] < 0.1
+    assert np.array(report["retinaface_in_dlib_crop"]).shape == (5, 2)
+    assert cv2.imread(str(tmp_path / "sheet.png")).shape == (4 * CROP, 2 * 4 * CROP, 3)
+    assert "retinaface" in capsys.readouterr().out
