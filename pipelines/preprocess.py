@@ -4,7 +4,7 @@ The chain, on Ray Data (one row per video, then one per chunk of up to `chunk_se
 
     list sources (driver: paths only, largest first)
       -> DecodeStage   decode, 25 fps by timestamp, 16 kHz mono
-      -> FaceStage     detect, 68 landmarks, align, crop                      (GPU when asked)
+      -> FaceStage     detect, landmarks (68 or 5), align, crop               (GPU when asked)
       -> SampleStage   voice separation, the face stage's tracks -> segments, log-mel, samples and records
       -> PartWriter    each chunk's samples persisted atomically under _parts/
     then pack complete videos into shard-NNNNNN.tar (+ .json stats) and rebuild index.parquet.
@@ -35,7 +35,7 @@ from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
-from pipelines.faces.fan_weights import fan_weights_present
+from pipelines.faces.factory import auto_aligner
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards.records import EndRecord, Failure, batch_of, records_of
@@ -202,14 +202,14 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
 def face_stage_on_gpu(config: PreprocessConfig) -> bool:
     """Whether face actors ask for a GPU. With --device auto, decided from the cluster's resources, not from torch
     in this process: on a cluster the driver (the head node) often has no GPU while workers do. The dlib aligner
-    runs on CPUs only, so it never holds a GPU."""
+    runs on CPUs only, so it never holds a GPU, nor does `auto` where it means dlib."""
     import ray
 
     faces = config.faces
-    if faces.device == "cpu" or faces.aligner == "dlib" or (
-            faces.aligner == "auto" and not fan_weights_present(faces.face_weights)):
+    if faces.device == "cpu" or faces.aligner == "dlib":
         return False
-    return faces.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
+    gpu = faces.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
+    return gpu and (faces.aligner != "auto" or auto_aligner(faces, on_gpu=True) != "dlib")
 
 
 def run(config: PreprocessConfig) -> dict:

@@ -10,7 +10,11 @@ import pytest
 from pipelines.faces.base import FaceConfig
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 
-REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+# The shared development clips sit beside the checkout (../shared), or beside the folder of worktrees.
+SHARED_DATA = next((parent / "shared" / "data" for parent in Path(__file__).resolve().parents[1:4]
+                    if (parent / "shared" / "data").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "data")
+REAL_CLIPS = SHARED_DATA / "real"
+REAL_MORE_CLIPS = SHARED_DATA / "real_more"
 
 # 12 videos walk every cycle of the planner once: 4 frame rates + VFR, 5 sample rates, 4 containers, mono and
 # stereo; 4 of them held out with offsets -15, -5, 5, 15; the 5 broken inputs of each kind follow.

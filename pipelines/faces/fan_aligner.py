@@ -31,7 +31,8 @@ from face_alignment.utils import CENTER_Y_OFFSET, CROP_RESOLUTION, REFERENCE_SCA
 
 from pipelines.core.device import resolve_device
 from pipelines.faces.base import FaceConfig
-from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_dir, missing_fan_weights
+from pipelines.faces.fan_weights import (FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_detector, fan_weights_dir,
+                                         missing_fan_weights)
 from pipelines.faces.tracks import follow_face
 
 NUM_LANDMARKS = 68
@@ -161,18 +162,21 @@ def cells_to_frame(cells: np.ndarray, heatmap_size: int, centres: np.ndarray, sc
 
 
 class FanAligner:
-    """S3FD + FAN landmarks for one face followed through the frames (the largest where it starts); the contract
-    of `pipelines.faces.base.Aligner`.
+    """S3FD (or RetinaFace) boxes + FAN landmarks for one face followed through the frames (the largest where it
+    starts); the contract of `pipelines.faces.base.Aligner`.
 
     Weights are read from `fan_weights_dir(config.face_weights)` only; a missing file raises FileNotFoundError before anything
-    else happens. Frames of one call share their size (they come as one array).
+    else happens. With `config.fan_detector` resolving to "retinaface" (`fan_weights.fan_detector`), the boxes are
+    the retinaface aligner's, its keyframes and regions included, and only FAN's file is needed. Frames of one call
+    share their size (they come as one array).
     """
 
     name = "face-alignment"
 
     def __init__(self, config: FaceConfig = FaceConfig()):
         folder = fan_weights_dir(config.face_weights)
-        missing = missing_fan_weights(config.face_weights)
+        self.detector = fan_detector(config.face_weights, config.fan_detector)
+        missing = missing_fan_weights(config.face_weights, self.detector)
         if missing:
             raise FileNotFoundError(missing_weights_message(folder, missing))
         self.config = config
@@ -180,7 +184,12 @@ class FanAligner:
         self.min_score = DEFAULT_MIN_SCORE if config.min_score is None else config.min_score
         on_gpu = self.device.type == "cuda"
         self._memory_format = torch.channels_last if on_gpu else torch.contiguous_format
-        self._detector = load_network(s3fd(), folder / S3FD_WEIGHTS, self.device, on_gpu)
+        if self.detector == "s3fd":
+            self._detector = load_network(s3fd(), folder / S3FD_WEIGHTS, self.device, on_gpu)
+        else:
+            from pipelines.faces.retinaface_aligner import RetinaFaceAligner
+
+            self._retinaface = RetinaFaceAligner(config)
         self._fan = load_network(FAN(FAN_STACKS), folder / FAN_WEIGHTS, self.device, on_gpu)
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,10 +198,12 @@ class FanAligner:
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
         followed = None  # the face box on the last frame of the previous batch: the track goes on across batches
+        # RetinaFace follows the face over the whole call itself (keyframes, then squares around the face).
+        boxed = self._retinaface.detect(frames)[:, :5] if self.detector == "retinaface" else None
         with torch.inference_mode():
             for start in range(0, len(frames), self.config.batch_size):
                 images = self._to_tensor(frames[start:start + self.config.batch_size])  # one upload for both stages
-                faces = self._detect(images, followed)
+                faces = self._detect(images, followed) if boxed is None else boxed[start:start + len(images)]
                 followed = faces[-1, :4] if np.isfinite(faces[-1, 4]) else None
                 found = np.flatnonzero(np.isfinite(faces[:, 4]))
                 scores[start:start + len(images)] = faces[:, 4]
@@ -205,11 +216,15 @@ class FanAligner:
     def detect(self, frames: np.ndarray) -> np.ndarray:
         """RGB uint8 [B, H, W, 3] -> the followed face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
         frame pixels; a row of NaN where no box scores above `min_score`."""
+        if self.detector == "retinaface":
+            return self._retinaface.detect(frames)[:, :5]
         return self._detect(self._to_tensor(frames))
 
     @torch.inference_mode()
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
         """Faces found in each of `frames` (RGB uint8 [N, H, W, 3]) after non-maximum suppression -> int [N]."""
+        if self.detector == "retinaface":
+            return self._retinaface.count_faces(frames)
         counts = [len(nms(found, NMS_OVERLAP)) if len(found) else 0
                   for found in self._candidates(self._to_tensor(frames))]
         return np.array(counts, dtype=np.int64)

@@ -27,10 +27,20 @@ def fan_weights_dir(face_weights: Path | None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def missing_fan_weights(face_weights: Path | None) -> list[str]:
+def fan_detector(face_weights: Path | None, detector: str) -> str:
+    """Which detector gives FAN its boxes: `detector`, where "auto" is S3FD when its weights are in the folder,
+    else RetinaFace (whose weights ship in a registry package), so that FAN's weights alone are enough."""
+    if detector != "auto":
+        return detector
+    return "s3fd" if (fan_weights_dir(face_weights) / S3FD_WEIGHTS).is_file() else "retinaface"
+
+
+def missing_fan_weights(face_weights: Path | None, detector: str = "auto") -> list[str]:
+    """The weight files that face-alignment with `detector` needs and the folder lacks."""
+    needed = [FAN_WEIGHTS] + ([S3FD_WEIGHTS] if fan_detector(face_weights, detector) == "s3fd" else [])
     folder = fan_weights_dir(face_weights)
-    return [name for name in WEIGHT_URLS if not (folder / name).is_file()]
+    return [name for name in needed if not (folder / name).is_file()]
 
 
-def fan_weights_present(face_weights: Path | None) -> bool:
-    return not missing_fan_weights(face_weights)
+def fan_weights_present(face_weights: Path | None, detector: str = "auto") -> bool:
+    return not missing_fan_weights(face_weights, detector)

@@ -1,7 +1,7 @@
 """The face stage of preprocessing: frames in, aligned face crops, landmarks and face tracks out.
 
-Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the face-alignment
-aligner batches detection and landmarks across the chunk's frames. The tracks it finds (runs of one face without
+Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the retinaface and
+face-alignment aligners batch detection and landmarks across the chunk's frames. The tracks it finds (runs of one face without
 a cut, `pipelines.faces.tracks.face_tracks`) are the runs its landmarks are smoothed along, and go on as the
 "tracks" column (int64 [n, 2], [start, end) per track) for the sample stage to cut segments from.
 """
@@ -21,6 +21,9 @@ class FaceStage:
     def __init__(self, config: FaceConfig):
         self.config = config
         self.aligner = make_aligner(config)
+        # An aligner on a GPU has its batches there: the crops are warped there too, all of a chunk at once.
+        device = getattr(self.aligner, "device", None)
+        self.crop_device = device if device is not None and device.type == "cuda" else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = {"faces": [], "landmarks": [], "scores": [], "tracks": []}
@@ -45,7 +48,7 @@ class FaceStage:
         runs = face_tracks(points, self.config.max_center_jump)
         # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
         points = smooth_landmarks(points, tracks=runs)
-        crops = crop_faces(frames, points, self.config.crop_size) if len(frames) \
+        crops = crop_faces(frames, points, self.config.crop_size, self.crop_device) if len(frames) \
             else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8)
         return crops, points, score, np.array(runs, np.int64).reshape(-1, 2)
 

@@ -1,8 +1,8 @@
 """Continuous face tracks: the runs of frames that show one face without a cut, and how good their landmarks are.
 
 A track ends where the face is lost (no landmarks) or where its centre jumps further between two frames than a
-head moves in 1/25 s: a shot cut or another person. Landmarks are iBUG-68 points [N, 68, 2] (x, y), NaN where a
-frame has no face; tracks are half-open frame ranges [start, end).
+head moves in 1/25 s: a shot cut or another person. Landmarks are iBUG-68 or RetinaFace-5 points [N, K, 2] (x, y;
+`pipelines.faces.landmarks`), NaN where a frame has no face; tracks are half-open frame ranges [start, end).
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import math
 
 import numpy as np
 
-JAW_LEFT, JAW_RIGHT = 0, 16
-LEFT_EYE, RIGHT_EYE = slice(36, 42), slice(42, 48)
-# Points that do not move when a person speaks or blinks: nose bridge and base, and the eye corners.
-RIGID_POINTS = [27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45]
+from pipelines.faces.landmarks import face_width, interocular, rigid_points
 
 
 def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -24,17 +21,17 @@ def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def has_face(landmarks: np.ndarray) -> np.ndarray:
-    """[N, 68, 2] -> bool [N]: the frame has a complete set of landmarks."""
+    """[N, K, 2] -> bool [N]: the frame has a complete set of landmarks."""
     return np.isfinite(landmarks).all(axis=(1, 2))
 
 
 def face_tracks(landmarks: np.ndarray, max_center_jump: float) -> list[tuple[int, int]]:
-    """Runs [start, end) of consecutive frames with a face whose centre (mean of the 68 points) moves at most
-    `max_center_jump` face widths (jaw corner to jaw corner, so rotation does not change it) from one frame to
+    """Runs [start, end) of consecutive frames with a face whose centre (mean of its points) moves at most
+    `max_center_jump` face widths (`landmarks.face_width`, which rotation does not change) from one frame to
     the next."""
     present = has_face(landmarks)
     centres = landmarks.mean(axis=1)
-    widths = np.linalg.norm(landmarks[:, JAW_RIGHT] - landmarks[:, JAW_LEFT], axis=1)
+    widths = face_width(landmarks)
     with np.errstate(invalid="ignore", divide="ignore"):
         jumps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / widths[:-1]
     # NaN jumps (a missing face on either side) compare False, so they break the track too.
@@ -88,25 +85,20 @@ def split_and_filter(tracks: list[tuple[int, int]], min_frames: int,
     return kept, dropped
 
 
-def interocular(landmarks: np.ndarray) -> np.ndarray:
-    """[T, 68, 2] -> distance between the eye centres [T], the face's natural unit of length."""
-    return np.linalg.norm(landmarks[:, RIGHT_EYE].mean(axis=1) - landmarks[:, LEFT_EYE].mean(axis=1), axis=1)
-
-
 def landmark_quality(landmarks: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Summary of one track's landmarks [T, 68, 2] and detection scores [T] (NaN-tolerant):
+    """Summary of one track's landmarks [T, K, 2] and detection scores [T] (NaN-tolerant):
 
     * score_mean, score_min: the detector's confidence (scale depends on the aligner);
     * interocular_px: mean eye-centre distance in pixels, the face's resolution;
     * motion: mean frame-to-frame displacement of all points, in interocular distances (head and mouth motion);
-    * jitter: mean distance of the rigid points (nose, eye corners) from their 3-frame moving average, in
+    * jitter: mean distance of the rigid points (`landmarks.rigid_points`) from their 3-frame moving average, in
       interocular distances. Smooth head motion leaves almost none; detector noise shows up here.
     NaN where undefined (no face; motion and jitter need 2 and 3 frames).
     """
     with np.errstate(invalid="ignore"):
         scale = interocular(landmarks)
         steps = np.linalg.norm(np.diff(landmarks, axis=0), axis=2).mean(axis=1) / scale[1:]
-        rigid = landmarks[:, RIGID_POINTS]
+        rigid = rigid_points(landmarks)
         average = (rigid[:-2] + rigid[1:-1] + rigid[2:]) / 3
         wobble = np.linalg.norm(rigid[1:-1] - average, axis=2).mean(axis=1) / scale[1:-1]
     return {
