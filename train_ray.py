@@ -38,7 +38,7 @@ from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
 from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
-from pipelines.core.ray_session import quiet_placement_group_cleaner
+from pipelines.core.ray_session import quiet_ray_train_workers
 from pipelines.core.storage import StorageConfig, check_output
 from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 
@@ -450,7 +450,7 @@ def train(config: TrainConfig):
     own_ray = not ray.is_initialized()
     if own_ray:
         ray.init(include_dashboard=False, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": quiet_placement_group_cleaner})
+                 runtime_env={"worker_process_setup_hook": quiet_ray_train_workers})
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -460,7 +460,7 @@ def train(config: TrainConfig):
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # Ray Train's worker-group lines stay in its log files (/tmp/ray/session_*/logs/train);
-                             # its "Reporting training result" line is logged outside `ray.train` and still shows.
+                             # its "Reporting training result" line is muted by the setup hook.
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     try:

@@ -407,6 +407,11 @@ def test_truncated_and_garbage_shards_are_skipped_and_counted(shards, uris, segm
     assert "shard-000004.tar" in messages and "shard-000099.tar" in messages
     assert counters["bad_shards"] == 2 and counters["shards"] == 6
     assert sorted(s.key for s in read) == sorted(s.key for s in segments)
+    # Training's stream passes the readers' counts on from its loader process (they go to metrics.jsonl).
+    stream = PairStream(list_shards(str(tmp_path), LOCAL), LOCAL, None, CONFIG, CLOCK, batch_size=8, seed=0,
+                        repeat=False, loader_workers=1)
+    assert sum(len(b["labels"]) for b in stream) == len(segments) * CONFIG.windows_per_segment
+    assert stream.counters["bad_shards"] == 2 and stream.counters["shards"] == 6
 
 
 def test_truncation_at_a_member_boundary_and_bad_samples(uris, tmp_path):

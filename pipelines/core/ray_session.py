@@ -47,14 +47,22 @@ def size_thread_pools(cpus: float) -> int:
     return threads
 
 
-def quiet_placement_group_cleaner() -> None:
-    """Mute Ray Train's placement-group cleaner, which warns every second when it cannot reach the State API.
+def quiet_ray_train_workers() -> None:
+    """Keep two of Ray Train's chatty loggers off the user's screen; a `worker_process_setup_hook`: it runs in
+    every worker.
 
-    The cleaner asks the State API, served by Ray's dashboard, whether the train controller still lives; a Ray
-    instance started without the dashboard (the minimal `ray` install has none) cannot answer. It only matters
-    when the controller dies uncleanly, and such a local instance is shut down with the run anyway; a
-    cluster's Ray (ray[default]) has the dashboard. A `worker_process_setup_hook`: it runs in every worker.
+    - The placement-group cleaner warns every second when it cannot reach the State API, which Ray's dashboard
+      serves and a Ray instance started without it (the minimal `ray` install) lacks. It only matters when the
+      controller dies uncleanly, and such a local instance is shut down with the run anyway.
+    - Every rank logs "Reporting training result ..." at INFO at every report, through a logger named by its
+      module's file path (not under `ray.train`, so `RunConfig(logging_config=...)` does not reach it).
     """
     import logging
+    import os
+
+    import ray
 
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    # The file's path as the module will see it, without importing ray.train into every worker of every job.
+    context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    logging.getLogger(context).setLevel(logging.WARNING)
