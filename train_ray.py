@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from model.offset import offset_curve
 from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import quiet_ray_train_workers
-from pipelines.core.storage import StorageConfig, check_output
+from pipelines.core.storage import StorageConfig, check_output, write_bytes_atomic
 from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 
 # Training pairs draw from entropy [run seed, the step the run resumed from, ...], validation's pairs and simulated
@@ -99,7 +100,7 @@ class TrainConfig:
 def train_loop_per_worker(loop_config: dict) -> None:
     """What every Ray Train worker runs."""
     config = loop_config["config"]
-    run_loop(config, RaySession(config.output))
+    run_loop(config, RaySession(config.output), loop_config["owner"])
 
 
 class RaySession:
@@ -166,7 +167,7 @@ class LocalSession:
                 shutil.rmtree(old)
 
 
-def run_loop(config: TrainConfig, session) -> None:
+def run_loop(config: TrainConfig, session, owner: str) -> None:
     rank, world, device = session.rank, session.world, session.device
     on_gpu = device.type == "cuda"
     torch.manual_seed(config.seed)
@@ -189,7 +190,7 @@ def run_loop(config: TrainConfig, session) -> None:
                         seed=(config.seed, step), rank=rank, world_size=world, repeat=True, device=device,
                         pool=config.pool, loader_workers=loader_processes(config))
     batches = iter(stream)
-    log = RunLog(Path(config.output)) if rank == 0 else None
+    log = RunLog(Path(config.output), owner) if rank == 0 else None
     if rank == 0 and compiled and config.progress:
         print("compiling the model at the first step (about 40 s, once)", flush=True)
     bar = _progress(config, step) if rank == 0 else None
@@ -379,14 +380,33 @@ def validation_offsets(expert: SyncExpert, config: TrainConfig, shard_uris: list
 
 # --- logging ---------------------------------------------------------------------------------------------------
 
-class RunLog:
-    """metrics.jsonl plus curves.png in the run folder (rank 0 only)."""
+OWNER_FILE = "run.owner"  # the token of the command now running in the run folder
 
-    def __init__(self, folder: Path):
+
+def claim_run(folder: Path) -> str:
+    """Make the run folder this command's: a fresh token in OWNER_FILE, written whole, returned."""
+    token = uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(str(folder / OWNER_FILE), token.encode(), StorageConfig())
+    return token
+
+
+class RunLog:
+    """metrics.jsonl plus curves.png in the run folder (rank 0 only), written while `owner` owns the folder.
+
+    Ray's workers outlive a SIGKILL of the driver by up to ~30 s; a command rerun in that window claims the
+    folder, and the dying run's rank 0 then stops at its next write instead of interleaving its steps with the
+    new run's."""
+
+    def __init__(self, folder: Path, owner: str):
         folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.owner = folder, owner
         self.jsonl, self.png = folder / "metrics.jsonl", folder / "curves.png"
 
     def write(self, metrics: dict) -> None:
+        holder = (self.folder / OWNER_FILE).read_text()
+        if holder != self.owner:
+            raise RuntimeError(f"{self.folder} was claimed by another run ({holder}); this one ({self.owner}) stops")
         with self.jsonl.open("a") as out:
             out.write(json.dumps({**metrics, "time": time.time()}) + "\n")
         if "val_loss" in metrics:
@@ -440,8 +460,9 @@ def train(config: TrainConfig):
     # Here, before any worker starts: a worker's error would be retried --max-failures times, then wrapped by Ray.
     with contextlib.suppress(FileNotFoundError):
         check_resumable(config.output, PRESETS[config.preset])
+    owner = claim_run(Path(config.output))
     if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent
-        run_loop(config, LocalSession(config.output))
+        run_loop(config, LocalSession(config.output), owner)
         return None
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -454,7 +475,7 @@ def train(config: TrainConfig):
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config},
+        train_loop_config={"config": config, "owner": owner},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=RunConfig(name=output.name, storage_path=str(output.parent),
                              failure_config=FailureConfig(max_failures=config.max_failures),

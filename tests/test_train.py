@@ -19,7 +19,7 @@ from model.expert import SyncExpert
 from pipelines.core.clock import Clock
 from pipelines.faces.base import FaceConfig
 from pipelines.shards.reader import list_shards
-from train_ray import LocalSession, TrainConfig, main, restore, train, validate, validation_data
+from train_ray import LocalSession, RunLog, TrainConfig, claim_run, main, restore, train, validate, validation_data
 
 FAST = dict(preset="cpu-small", batch_size=16, log_every=5, val_every=10, checkpoint_every=10, val_batches=2,
             val_segments=2, loader_workers=0, progress=False)
@@ -210,3 +210,16 @@ def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):
     rows = metrics(tmp_path / "run")
     assert rows[-1]["step"] == 10 and rows[-1]["val_pairs"] > 0
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000010"]
+
+
+def test_a_run_killed_and_rerun_at_once_stops_writing_when_the_new_one_claims_the_folder(tmp_path):
+    """Ray's workers outlive a killed driver for a while: the dying run's rank 0 must not append to the new run's
+    metrics. Each command claims the folder; a log whose claim is gone stops, and writes nothing."""
+    dying = RunLog(tmp_path, claim_run(tmp_path))
+    dying.write({"step": 10, "loss": 0.5})
+    rerun = RunLog(tmp_path, claim_run(tmp_path))
+    rerun.write({"step": 10, "loss": 0.5})
+    with pytest.raises(RuntimeError, match="claimed by another run"):
+        dying.write({"step": 20, "loss": 0.4})
+    rerun.write({"step": 20, "loss": 0.4})
+    assert [r["step"] for r in metrics(tmp_path)] == [10, 10, 20]
