@@ -66,12 +66,15 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[d
 
 
 def score_shards(config: EvaluateConfig, truth: dict[str, dict]) -> tuple[list[dict], float]:
+    from model.sync.scoring import check_crop
+
     expert = SyncExpert.from_checkpoint(config.checkpoint, resolve_device(config.device))
     rows, seconds = [], 0.0
     for segment in iter_segments(list_shards(config.shards, StorageConfig()), StorageConfig(), split=None):
         name = Path(segment.source).name
         if name not in truth:
             continue
+        check_crop(segment, expert.config)
         try:
             result = offset_curve(expert, segment.faces, segment.mel, config.max_offset)
         except ValueError:  # too short for the search range

@@ -1,8 +1,9 @@
 """One interface over the two face aligners, and the configuration that picks one.
 
 Both aligners map RGB frames uint8 [N, H, W, 3] to iBUG-68 landmarks float32 [N, 68, 2] in (x, y) frame pixels
-and a detection score float32 [N], NaN (every coordinate and the score) for frames without a face. Everything
-downstream (alignment, tracks, quality) sees only that contract.
+and a detection score float32 [N], NaN (every coordinate and the score) for frames without a face; `track` adds
+the detector's box each face was found in. Everything downstream (alignment, tracks, quality) sees only that
+contract.
 
 * ``face-alignment``: S3FD detector + FAN landmarks (Bulat & Tzimiropoulos), batched on the GPU. Its weights are
   not on any package registry: they are read from a folder and never downloaded here.
@@ -21,6 +22,19 @@ from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
 
 ALIGNERS = ("auto", "face-alignment", "dlib")
 DEVICES = ("auto", "cpu", "cuda")
+# How a face becomes the square crop an expert reads. "aligned": a similarity transform puts eyes and mouth on a
+# fixed template (`align.crop_faces`; what our experts are trained on). "box": the face detector's box, padded
+# below, resized to the square without alignment (`align.box_crops`; what Wav2Lip's expert was trained on).
+CROPS = ("aligned", "box")
+
+
+def crop_problems(crop: str, pad_bottom: float) -> list[str]:
+    """What is wrong with a crop kind and its padding, as option names; empty when nothing is."""
+    if crop not in CROPS:
+        return [f"--crop must be one of {CROPS}, not {crop!r}"]
+    if pad_bottom < 0 or (pad_bottom and crop != "box"):
+        return [f"--crop-pad-bottom must be >= 0, and 0 unless --crop box, got {pad_bottom} with --crop {crop}"]
+    return []
 
 
 @runtime_checkable
@@ -29,6 +43,11 @@ class Aligner(Protocol):
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, 68, 2] (x, y), scores float32 [N]); NaN: no face."""
+        ...
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the detector's box of each frame's face, float32 [N, 4]
+        (x1, y1, x2, y2) in frame pixels, NaN without a face: what box crops are cut from."""
         ...
 
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
@@ -48,7 +67,12 @@ class FaceConfig:
     device: str = field(default="auto", metadata={
         "help": "where face-alignment runs; auto = cuda when available", "choices": DEVICES})
     batch_size: int = field(default=64, metadata={"help": "frames per batched forward pass (face-alignment)"})
-    crop_size: int = field(default=96, metadata={"help": "side of the aligned face crop in pixels"})
+    crop_size: int = field(default=96, metadata={"help": "side of the square face crop in pixels"})
+    crop: str = field(default="aligned", metadata={
+        "help": "aligned: eyes and mouth on a template (our experts); box: the detector's box, no alignment "
+                "(Wav2Lip's expert)", "choices": CROPS})
+    crop_pad_bottom: float = field(default=0.0, metadata={
+        "help": "box crops: extend the detector's box downward by this fraction of its height (takes in the chin)"})
     max_center_jump: float = field(default=0.3, metadata={
         "help": "face-centre jump between consecutive frames, in face widths, that ends a track (a cut, another person)"})
     min_score: float | None = field(default=None, metadata={
@@ -64,6 +88,7 @@ class FaceConfig:
             problems.append("--batch-size must be at least 1")
         if self.crop_size < 16:
             problems.append("--crop-size must be at least 16 pixels")
+        problems += crop_problems(self.crop, self.crop_pad_bottom)
         if self.max_center_jump <= 0:
             problems.append("--max-center-jump must be positive")
         if problems:

@@ -184,10 +184,16 @@ class FanAligner:
         self._fan = load_network(FAN(FAN_STACKS), folder / FAN_WEIGHTS, self.device, on_gpu)
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.track(frames)[:2]
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the S3FD box [N, 4] (x1, y1, x2, y2) each frame's landmarks
+        were found in (NaN without a face)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
+        boxes = np.full((len(frames), 4), np.nan, dtype=np.float32)
         followed = None  # the face box on the last frame of the previous batch: the track goes on across batches
         with torch.inference_mode():
             for start in range(0, len(frames), self.config.batch_size):
@@ -196,10 +202,11 @@ class FanAligner:
                 followed = faces[-1, :4] if np.isfinite(faces[-1, 4]) else None
                 found = np.flatnonzero(np.isfinite(faces[:, 4]))
                 scores[start:start + len(images)] = faces[:, 4]
+                boxes[start:start + len(images)] = faces[:, :4]
                 if len(found):
                     on_device = torch.from_numpy(found).to(images.device)
                     landmarks[start + found] = self._landmarks(images[on_device], faces[found, :4])
-        return landmarks, scores
+        return landmarks, scores, boxes
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray) -> np.ndarray:
