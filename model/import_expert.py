@@ -57,7 +57,7 @@ class ImportConfig:
             raise ValueError(f"unknown project {self.project!r}: this imports {', '.join(PROJECTS)}")
 
 
-def wav2lip_expert(state: dict[str, torch.Tensor], path: Path, crop_pad_bottom: float = 0.0) -> SyncExpert:
+def wav2lip_expert(state: dict[str, torch.Tensor], path: str | Path, crop_pad_bottom: float = 0.0) -> SyncExpert:
     """Our expert holding the weights of Wav2Lip's `SyncNet_color` state dict `state` (read from `path`, which
     messages name). Raises ConversionError on a key missing, a key left over, or a shape that differs."""
     config = replace(PRESETS["full"], crop="box", crop_pad_bottom=crop_pad_bottom)
@@ -85,7 +85,7 @@ def _their_prefix(name: str) -> str:
     return f"{encoder}.{index}."
 
 
-def _converted_block(theirs: dict, prefix: str, name: str, block: ConvBlock, path: Path) -> dict:
+def _converted_block(theirs: dict, prefix: str, name: str, block: ConvBlock, path: str | Path) -> dict:
     """Our tensors of `block` (`name`) from their block at `prefix`, removed from `theirs` as they are used."""
     norm = block.norm.state_dict()
     wanted = {f"{CONV}.weight": block.conv.weight.shape, f"{CONV}.bias": block.conv.weight.shape[:1],
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.core.cli import parse_config
 
     try:
-        config = parse_config(ImportConfig, __doc__.split("\n")[0].strip("`"), argv,
+        config = parse_config(ImportConfig, __doc__.split("\n")[0].replace("`", ""), argv,
                               positional=("project", "checkpoint"))
         if config.out.resolve() == config.checkpoint.resolve():
             raise ValueError(f"--out {config.out} is the input itself; write the converted expert elsewhere")

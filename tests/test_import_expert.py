@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import read_checkpoint
+from model.config import PRESETS
 from model.expert import SyncExpert
 from model.import_expert import ConversionError, import_wav2lip, main, wav2lip_expert
 from model.loss import SyncLoss
@@ -159,7 +160,7 @@ def test_the_command_converts(state, tmp_path, capsys):
 
 
 def test_score_runs_end_to_end_on_box_crops(converted, small_corpus):
-    from model.sync.scoring import ScoreConfig, VideoScorer
+    from model.sync.scoring import ScoreConfig, VideoScorer, check_crop
     from pipelines.faces.base import FaceConfig
 
     out, rows = small_corpus
@@ -170,6 +171,10 @@ def test_score_runs_end_to_end_on_box_crops(converted, small_corpus):
     assert scorer.faces.config.crop == "box"
     segments, _ = scorer.segments(video)
     assert {segment.meta["crop"] for segment in segments} == {"box"}
+    # Stored box crops are refused to an expert of aligned ones (curate and evaluate on shards), and accepted here.
+    check_crop(segments[0], scorer.expert.config)
+    with pytest.raises(ValueError, match="holds box face crops, the expert reads aligned crops"):
+        check_crop(segments[0], PRESETS["full"])
     score = scorer.score(video)
     assert list(score.result.shifts) == list(range(-3, 4))
     assert np.all((score.result.mean_similarity >= 0) & (score.result.mean_similarity <= 1))

@@ -84,7 +84,7 @@ def check_crop(segment: Segment, model: ModelConfig) -> None:
     stored = (segment.meta or {}).get("crop", "aligned")  # shards from before the crop was recorded: aligned
     if stored != model.crop:
         raise ValueError(f"{segment.source} ({segment.key}) holds {stored} face crops, the expert reads {model.crop} "
-                         f"crops: pass the videos instead, or shards preprocessed with --crop {model.crop}")
+                         f"crops: give it the videos, whose faces are then cut for it as it scores them")
 
 
 class ScoreError(Exception):
@@ -235,9 +235,10 @@ class VideoScorer:
         self.decode = DecodeStage(config.decode, audio, StorageConfig())
         self.faces = FaceStage(faces)
         if model.crop == "box" and self.faces.aligner.name != "face-alignment":
-            warnings.warn(f"{config.checkpoint} reads face-detector boxes as S3FD draws them (face-alignment's "
-                          f"detector); {self.faces.aligner.name}'s boxes are tighter, so its scores are lower than "
-                          f"they should be: install face-alignment's weights (--face-weights)", stacklevel=2)
+            warnings.warn(f"{config.checkpoint} was trained on S3FD's face boxes (face-alignment's detector); "
+                          f"{self.faces.aligner.name}'s boxes are drawn otherwise (HOG's are tighter), so it sees "
+                          f"faces cut unlike its training faces: give face-alignment's weights (--face-weights, or "
+                          f"the torch hub cache) for faithful scores", stacklevel=2)
         self.samples = SampleStage(audio, replace(config.samples, min_segment_frames=model.window_frames))
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
