@@ -1,7 +1,8 @@
 """The one checkpoint format: what training saves, what a resumed run restores, what scoring loads.
 
 A checkpoint is a file `expert.pt`, a `torch.save`d dict (readable with `weights_only=True`) holding "format"
-(`FORMAT`) and the fields of `Checkpoint`, `model_config` as `ModelConfig.to_dict()`. Format 0 is a file
+(`FORMAT`) and the fields of `Checkpoint`, `model_config` as `ModelConfig.to_dict()`. Format 2 added `source`
+and the model config's crop; format 1 files lack both (so: trained here, aligned crops). Format 0 is a file
 without "format", written before there was one: the same fields, `model_config` possibly in the flat form
 that `ModelConfig.from_dict` also reads. A run folder holds many checkpoints; `find_checkpoint` picks the
 newest that loads, passing over (with a `CheckpointWarning` naming it) any that a full disk or a copy cut short.
@@ -25,7 +26,7 @@ from model.config import PRESETS, ModelConfig
 from pipelines.core.storage import atomic_local_path
 
 CHECKPOINT_FILE = "expert.pt"
-FORMAT = 1
+FORMAT = 2
 # What loading a damaged checkpoint file raises: torch's RuntimeError for a zip cut short ("PytorchStreamReader
 # failed reading zip archive"), the unpickler's errors, and _decode's for fields missing or of another type.
 # A format newer than ours is no damage and is not among them: that needs newer code, not an older checkpoint.
@@ -43,6 +44,9 @@ class Checkpoint:
     model_config: ModelConfig
     optimizer: dict | None = None  # the optimizer's state_dict; None in an expert saved for scoring only
     train_config: dict | None = None  # the run's training config, for the record: nothing reads it back
+    # Where weights not trained here came from (`model.import_expert`: file, its checksum, the conversion), for
+    # the record likewise; None for experts trained here.
+    source: dict | None = None
 
 
 def save_checkpoint(folder: str | Path, expert: nn.Module, step: int, optimizer: torch.optim.Optimizer | None = None,
@@ -51,9 +55,14 @@ def save_checkpoint(folder: str | Path, expert: nn.Module, step: int, optimizer:
     checkpoint = Checkpoint(step=step, model=expert.state_dict(), model_config=expert.config,
                             optimizer=optimizer.state_dict() if optimizer is not None else None,
                             train_config=train_config)
-    path = Path(folder) / CHECKPOINT_FILE
+    return write_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint)
+
+
+def write_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write `checkpoint` to the file `path` (any name; training's are all `CHECKPOINT_FILE`)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_local_path(path) as partial:  # a kill mid-write never leaves a torn expert.pt behind
+    with atomic_local_path(path) as partial:  # a kill mid-write never leaves a torn checkpoint behind
         torch.save(_encode(checkpoint), partial)
     return path
 

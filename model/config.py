@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from pipelines.core.clock import EXPERT_CLOCK, Clock
+from pipelines.faces.base import crop_problems
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What the expert sees and how wide it is.
 
-    The face input is the lower half of ``clock.window_frames`` aligned crops of side ``face_size``; the audio input
-    is the ``clock.mel_window`` mel columns that cover the same time span.
+    The face input is the lower half of ``clock.window_frames`` crops of side ``face_size``, cut the way ``crop``
+    says (`pipelines.faces.base.CROPS`): an expert must see faces cut as those it was trained on, so the kind
+    travels with its weights and every tool that prepares faces for it reads it from here. The audio input is the
+    ``clock.mel_window`` mel columns that cover the same time span.
     """
 
     clock: Clock = field(default=EXPERT_CLOCK)  # frame rate, audio rates and the window, shared with the shards
@@ -20,11 +23,16 @@ class ModelConfig:
     mel_bins: int = 80
     width: int = 32  # channels of the first conv; 32 is the full Wav2Lip-size expert, 8 or 16 for CPU demos
     embedding_dim: int = 512
+    crop: str = "aligned"  # "aligned" for experts trained here, "box" for Wav2Lip's (model.import_expert)
+    crop_pad_bottom: float = 0.0  # box crops: the detector's box extended downward by this fraction of its height
 
     def __post_init__(self) -> None:
         for name in ("face_size", "mel_bins", "width", "embedding_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        problems = crop_problems(self.crop, self.crop_pad_bottom)
+        if problems:
+            raise ValueError(f"ModelConfig: {problems[0]}")
         if self.face_size % 2:
             raise ValueError(f"ModelConfig.face_size must be even so the lower half is exact, got {self.face_size}")
 
@@ -54,7 +62,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         """Inverse of `to_dict`; also reads the flat form of checkpoints written before the clock had a module
-        (`window_frames`, `video_fps`, `mel_fps` beside the sizes; their audio was always 16 kHz)."""
+        (`window_frames`, `video_fps`, `mel_fps` beside the sizes; their audio was always 16 kHz), and those
+        written before the crop was recorded (all aligned: the default)."""
         values = dict(values)
         if "clock" in values:
             clock = Clock(**values.pop("clock"))

@@ -107,6 +107,8 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> Scored:
 
 def score_shards(config: EvaluateConfig, truth: dict[str, dict] | None) -> Scored:
     """The shards' segments; with `truth` (by file name) only those of its videos, else all at offset 0."""
+    from model.sync.scoring import check_crop
+
     expert = SyncExpert.from_checkpoint(config.checkpoint, resolve_device(config.device))
     scored = Scored([], 0.0, PerWindowProtocol(expert, config.per_window) if config.protocol else None)
     storage = StorageConfig()
@@ -114,6 +116,7 @@ def score_shards(config: EvaluateConfig, truth: dict[str, dict] | None) -> Score
         name = Path(segment.source).name if truth is not None else segment.source_key
         if truth is not None and name not in truth:
             continue
+        check_crop(segment, expert.config)
         offset = truth[name]["offset_frames"] if truth is not None else 0
         try:
             grid = similarity_grid(expert, segment.faces, segment.mel, config.max_offset)

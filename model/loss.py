@@ -40,8 +40,11 @@ class SyncLoss(nn.Module):
     respect to ``faces`` (the expert's weights never change and stay in eval mode, also under ``.train()``).
 
     - faces: float ``[B, 3, T, H, W]`` RGB in [0, 1], ``T`` consecutive generated frames (5 for the default
-      expert) of the whole face, aligned as the expert's crops are (eyes level, face filling the frame);
-      ``H x W`` is resized to the expert's crop side (96) when different; the expert looks at the lower half.
+      expert) of the whole face, cut as the expert's crops are (:attr:`crop`): "aligned", eyes level and the face
+      filling the frame as our preprocessing aligns it; "box", the face detector's box without alignment, the
+      frames a Wav2Lip-style generator takes and makes (a generator of Wav2Lip's own code works in OpenCV's BGR:
+      flip its channels to RGB first). ``H x W`` is resized to the expert's crop side (96) when different; the
+      expert looks at the lower half.
     - mels: float ``[B, 80, W]``: the log-mel of the real audio over the same 0.2 s (``W`` = 16 columns at
       80 per second), scaled to [-4, 4] as `pipelines.audio.log_mel` makes it.
     A loss near 0 means the expert reads the lips as in sync with the audio; ln 2 = 0.69 means it cannot tell.
@@ -56,6 +59,11 @@ class SyncLoss(nn.Module):
         from model.expert import SyncExpert
 
         return cls(SyncExpert.from_checkpoint(path, device))
+
+    @property
+    def crop(self) -> str:
+        """How the expert's faces are cut (`pipelines.faces.base.CROPS`): the generator's frames must be cut alike."""
+        return self.expert.config.crop
 
     def train(self, mode: bool = True) -> "SyncLoss":
         super().train(mode)

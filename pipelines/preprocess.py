@@ -81,7 +81,9 @@ class PreprocessConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar over videos"})
     storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
-    faces: FaceConfig = field(default_factory=FaceConfig, metadata={"help": "faces: detection, landmarks, alignment"})
+    # Shards train our experts, which read aligned crops (box crops are cut for an imported expert as it scores).
+    faces: FaceConfig = field(default_factory=FaceConfig, metadata={"help": "faces: detection, landmarks, alignment",
+                                                                    "omit": ("crop", "crop_pad_bottom")})
     samples: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "samples: voice, segments, crops"})
     shards: ShardConfig = field(default_factory=ShardConfig, metadata={"help": "shards"})
 

@@ -86,6 +86,7 @@ class SampleStage:
             "speaker": str(row["speaker"]),
             "split": str(row["split"]),
             "aligner": str(row["aligner"]),
+            "crop": str(row["crop"]),
             "separated": self.config.separate,
             "quality": landmark_quality(row["landmarks"][begin:end], row["scores"][begin:end]),
         }

@@ -1,12 +1,15 @@
-"""The one checkpoint format: save -> load, files of format 0, the newest of a run, resuming."""
+"""The one checkpoint format: save -> load, the crop and origin it records, files of formats 0 and 1, the newest of
+a run, resuming."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.checkpoint import (FORMAT, CheckpointWarning, find_checkpoint, read_checkpoint, restore_checkpoint,
-                              save_checkpoint)
+from dataclasses import replace
+
+from model.checkpoint import (FORMAT, Checkpoint, CheckpointWarning, find_checkpoint, read_checkpoint,
+                              restore_checkpoint, save_checkpoint, write_checkpoint)
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loss import sync_loss
@@ -62,6 +65,31 @@ def test_a_checkpoint_of_format_0_loads(tmp_path):
     with torch.no_grad():
         assert torch.equal(SyncExpert.from_checkpoint(tmp_path).similarity(faces, mels),
                            expert.similarity(faces, mels))
+
+
+def test_the_crop_and_the_origin_round_trip(tmp_path):
+    config = replace(CONFIG, crop="box", crop_pad_bottom=0.1)
+    expert = SyncExpert(config)
+    source = {"project": "wav2lip", "sha256": "0" * 64}
+    path = write_checkpoint(tmp_path / "imported.pt", Checkpoint(step=3, model=expert.state_dict(),
+                                                                 model_config=config, source=source))
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.model_config == config and checkpoint.source == source
+    assert SyncExpert.from_checkpoint(path).config.crop == "box"
+    with pytest.raises(ValueError, match="--crop-pad-bottom"):
+        replace(CONFIG, crop_pad_bottom=0.1)  # padding a box that aligned crops do not have
+
+
+def test_a_checkpoint_of_format_1_holds_an_aligned_expert(tmp_path):
+    expert, _ = _trained(steps=0)
+    path = save_checkpoint(tmp_path, expert, step=0)
+    values = torch.load(path, weights_only=True)
+    config = {name: value for name, value in values.pop("model_config").items() if not name.startswith("crop")}
+    del values["source"]
+    torch.save({**values, "format": 1, "model_config": config}, path)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.model_config == CONFIG and checkpoint.model_config.crop == "aligned"
+    assert checkpoint.source is None
 
 
 def test_a_newer_format_is_refused(tmp_path):

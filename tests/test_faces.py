@@ -1,5 +1,5 @@
 """Faces: choosing an aligner, face-alignment's batched path on self-made weights, template alignment and crops,
-landmark smoothing, tracks and their quality.
+detector-box crops, landmark smoothing, tracks and their quality.
 
 The face-alignment tests never see real weights (none may be downloaded): randomly initialised networks saved
 under the library's file names load exactly as real ones would; their landmarks are meaningless, so those tests
@@ -16,9 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.faces.align import align_matrix, anchor_points, crop_faces, smooth_landmarks, template_points
+from pipelines.core.columns import object_column
+from pipelines.faces.align import (align_matrix, anchor_points, box_crops, crop_faces, smooth_landmarks,
+                                   template_points)
 from pipelines.faces.base import Aligner, FaceConfig
 from pipelines.faces.factory import make_aligner
+from pipelines.faces.stage import FaceStage
 from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_present
 from pipelines.faces.tracks import face_tracks, follow_face, landmark_quality, split_and_filter
 from pipelines.media import iter_frames
@@ -127,6 +130,9 @@ def test_fan_aligner_runs_batched_on_cpu(fan_weights, small_frames, no_network, 
     assert landmarks.shape == (3, 68, 2) and landmarks.dtype == np.float32
     assert scores.shape == (3,) and scores.dtype == np.float32
     assert np.isfinite(landmarks).all() and np.isfinite(scores).all() and (scores > 0).all()
+    tracked, _, boxes = aligner.track(small_frames)
+    np.testing.assert_array_equal(tracked, landmarks)
+    np.testing.assert_array_equal(boxes, aligner.detect(small_frames)[:, :4])  # the S3FD box FAN was given
 
 
 def test_fan_aligner_threshold_leaves_nan(fan_weights, small_frames, no_network, one_torch_thread):
@@ -243,6 +249,49 @@ def test_large_faces_are_shrunk_without_aliasing_or_offset(clips):
     crops = crop_faces(frames[:2], landmarks[:2], CROP).astype(float)
     # Measured: 0.42 grey levels; 2.1 without the pyramid, 1.1 with the big frame's landmarks off by 1.5 px.
     assert np.abs(crops_big - crops).mean() < 0.8
+
+
+def quadrant_frame() -> tuple[np.ndarray, np.ndarray]:
+    """A 120x160 grey frame with a 60x60 box at (40, 20) whose quadrants are red, green, blue and white; the box."""
+    frame = np.full((120, 160, 3), 50, np.uint8)
+    for (top, left), colour in zip([(20, 40), (20, 70), (50, 40), (50, 70)],
+                                   [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]):
+        frame[top:top + 30, left:left + 30] = colour
+    return frame, np.array([40, 20, 100, 80], np.float32)
+
+
+def test_box_crops_show_the_box_unaligned_padded_below():
+    frame, box = quadrant_frame()
+    crops = box_crops(np.stack([frame] * 4), np.stack([box, box, np.full(4, np.nan), box + [80, 0, 80, 0]]), CROP,
+                      pad_bottom=0.0)
+    corners = crops[0][[12, 12, 84, 84], [12, 84, 12, 84]]
+    np.testing.assert_array_equal(corners, [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)])
+    assert not crops[2].any()
+    # A box running past the frame's right edge is cut at it: the box's half inside fills the crop.
+    assert (crops[3][:, :, 0] == 50).mean() > 0.95
+    # Padding by half the height: the lower third of the crop is what lies below the box.
+    padded = box_crops(frame[None], box[None], CROP, pad_bottom=0.5)[0]
+    assert (padded[70:] == 50).all() and (padded[:30, :45] == (255, 0, 0)).all()
+
+
+def test_the_face_stage_cuts_detector_boxes_when_asked(clips):
+    frames, _, _ = clips[0]
+    aligned = FaceStage(FaceConfig(aligner="dlib"))
+    boxed = FaceStage(FaceConfig(aligner="dlib", crop="box", crop_pad_bottom=0.1))
+    landmarks, _, boxes = boxed.aligner.track(frames)
+    assert np.isfinite(boxes).all()
+    mouths = landmarks[:, 48:68].mean(axis=1)
+    assert ((mouths > boxes[:, :2]) & (mouths < boxes[:, 2:])).all()
+    crops, points, _, tracks = boxed.align(frames)
+    reference, reference_points, _, reference_tracks = aligned.align(frames)
+    np.testing.assert_array_equal(points, reference_points)
+    np.testing.assert_array_equal(tracks, reference_tracks)
+    assert crops.shape == reference.shape and crops.any(axis=(1, 2, 3)).all()
+    assert np.abs(crops.astype(int) - reference).mean() > 10  # another cut of the same frames
+    row = {"frames": object_column([frames]), "error": np.array([""]), "detail": np.array([""])}
+    assert boxed(row)["crop"].tolist() == ["box"] and aligned(row)["crop"].tolist() == ["aligned"]
+    with pytest.raises(ValueError, match="--crop-pad-bottom"):
+        FaceConfig(crop="aligned", crop_pad_bottom=0.1)
 
 
 def test_smoothing_stays_inside_runs_and_keeps_steady_motion():

@@ -412,7 +412,8 @@ def test_samples_are_cut_from_the_face_stage_tracks():
            "landmarks": landmarks, "scores": np.ones(frames, np.float32),
            "tracks": np.array([[0, 3], [3, 11], [11, frames]]),
            "audio": 0.1 * rng.standard_normal((frames + 2 * CONTEXT_FRAMES) * clock.samples_per_frame, np.float32),
-           "source_fps": 30.0, "source_rate": 44100, "speaker": "spk", "split": "train", "aligner": "dlib"}
+           "source_fps": 30.0, "source_rate": 44100, "speaker": "spk", "split": "train", "aligner": "dlib",
+           "crop": "aligned"}
     record, part = SampleStage(AudioConfig(), SampleConfig(separate=False)).chunk_samples(row)
     assert (record.chunk, record.frames, record.frames_with_face, record.dropped_short) == (3, frames, frames, 1)
     assert [(s.key, s.start_frame, s.num_frames) for s in record.samples] == [("vid_f0000053", 53, 8),

@@ -1,6 +1,6 @@
 """The retinaface aligner: the torch port against the shipped ONNX model, faces found on synthetic and real frames,
 alignment of a face moved by known amounts, no face, two faces, batched against one at a time, and the face
-stage end to end on its 5 points.
+stage end to end on its 5 points, and `track`'s boxes against its points.
 
 The face used where a real photograph is needed is scikit-image's astronaut (bundled, offline)."""
 
@@ -173,6 +173,32 @@ def test_crop_puts_the_five_points_on_their_template(aligner, astronaut):
     assert residuals[:2].max() < 0.1 * eyes and residuals.mean() < 0.15 * eyes
 
 
+def test_track_boxes_hold_the_points_they_were_detected_with(aligner, astronaut):
+    """`track`'s boxes are the detections the points came with, in S3FD's pixel convention (half a pixel right of
+    and below `detect`'s): eyes and mouth inside them on the astronaut, as photographed and moved, and NaN on a
+    frame without a face."""
+    from pipelines.faces.retinaface_aligner import detector_boxes
+
+    face = moved(astronaut, 0.0, 1.0)
+    frames = np.stack([face, moved(astronaut, 15.0, 0.6), np.full_like(face, 128)])
+    landmarks, scores, boxes = aligner.track(frames)
+    plain, plain_scores = aligner(frames)
+    np.testing.assert_array_equal(landmarks, plain)
+    np.testing.assert_array_equal(scores, plain_scores)
+    assert boxes.shape == (3, 4) and boxes.dtype == np.float32
+    np.testing.assert_allclose(boxes, detector_boxes(aligner.detect(frames)))
+    assert np.isnan(boxes[2]).all() and np.isfinite(boxes[:2]).all()
+    for points, box in zip(landmarks[:2], boxes[:2]):
+        x1, y1, x2, y2 = box
+        assert x1 < x2 and y1 < y2
+        eyes_and_mouth = np.concatenate([points[:2], points[3:].mean(axis=0, keepdims=True)])
+        assert ((eyes_and_mouth > (x1, y1)) & (eyes_and_mouth < (x2, y2))).all()
+        # The box is the face's: a few eye distances wide, its middle near the points' middle.
+        eyes = np.linalg.norm(points[1] - points[0])
+        assert 1.5 * eyes < x2 - x1 < 4 * eyes
+        assert np.linalg.norm(points.mean(axis=0) - ((x1 + x2) / 2, (y1 + y2) / 2)) < eyes
+
+
 def test_a_frame_without_a_face(aligner):
     from skimage import data
 
@@ -232,9 +258,11 @@ def test_face_alignment_takes_retinafaces_boxes_with_fans_weights_alone(aligner,
     fan = make_aligner(FaceConfig(aligner="face-alignment", face_weights=tmp_path, device="cpu"))
     assert fan.name == "face-alignment" and fan.detector == "retinaface"
     boxes = fan.detect(astronaut[None])
-    np.testing.assert_allclose(boxes, aligner.detect(astronaut[None])[:, :5])
-    landmarks, scores = fan(astronaut[None])
+    _, retina_scores, retina_boxes = aligner.track(astronaut[None])
+    np.testing.assert_allclose(boxes, np.column_stack([retina_boxes, retina_scores]))  # in S3FD's convention
+    landmarks, scores, tracked = fan.track(astronaut[None])
     assert landmarks.shape == (1, 68, 2) and np.isfinite(landmarks).all() and scores[0] == boxes[0, 4]
+    np.testing.assert_array_equal(tracked, boxes[:, :4])  # the box FAN was given
     assert fan.count_faces(astronaut[None]).tolist() == [1]
 
 

@@ -326,6 +326,31 @@ def test_curate_refuses_an_output_that_is_a_file_before_it_starts(tmp_path, caps
                                       f"folder, or one that exists\n"
 
 
+def test_shards_of_aligned_crops_are_refused_to_an_expert_of_box_crops(small_corpus, tmp_path, capsys):
+    """An imported Wav2Lip expert reads detector boxes; preprocessed shards hold aligned crops."""
+    from dataclasses import replace
+
+    from model.checkpoint import Checkpoint, write_checkpoint
+    from model.config import PRESETS
+    from pipelines.preprocess import PreprocessConfig, run
+
+    shards = tmp_path / "shards"
+    run(PreprocessConfig(input=str(small_corpus[0] / "heldout"), output=str(shards), val_fraction=0, progress=False,
+                         faces=FaceConfig(aligner="dlib")))
+
+    config = replace(PRESETS["cpu-small"], crop="box")
+    checkpoint = write_checkpoint(tmp_path / "box.pt", Checkpoint(step=0, model=SyncExpert(config).state_dict(),
+                                                                  model_config=config))
+    refusal = "holds aligned face crops, the expert reads box crops: give it the videos"
+    assert sync_main(["curate", "--input", str(shards), "--checkpoint", str(checkpoint), "--output",
+                      str(tmp_path / "curated"), "--aligner", "dlib"]) == 2
+    assert refusal in capsys.readouterr().err
+    assert not (tmp_path / "curated" / "report.parquet").exists()
+    with pytest.raises(ValueError, match=refusal):
+        evaluate(EvaluateConfig(checkpoint=str(checkpoint), manifest=small_corpus[0] / "manifest.jsonl", subset="",
+                                shards=str(shards)))
+
+
 # --- the Python API for generator training ----------------------------------------------------------------------
 
 def test_expert_from_checkpoint_is_frozen_and_scores_raw_windows(trained_expert):

@@ -29,8 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model.checkpoint import read_checkpoint
 from model.offset import OffsetResult, offset_curve
-from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer
+from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer, check_crop
 from pipelines.core.clock import Clock
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output, join, local_copy, write_bytes_atomic
@@ -148,6 +149,7 @@ class CurateStage:
         by_source: dict[str, list] = {}
         sources = {}
         for segment in iter_segments([uri], self.config.storage, split=None):
+            check_crop(segment, self.expert.config)
             try:
                 score = self.config.score
                 result = offset_curve(self.expert, segment.faces, segment.mel, score.max_offset, step=score.step,
@@ -259,6 +261,10 @@ def curate(config: CurateConfig) -> dict:
     units = list_units(config)
     if not units:
         raise ValueError(f"no shards and no videos under {config.input}")
+    if units[0]["kind"] == "shard":  # refused here, before any actor starts; each actor checks every segment too
+        first = next(iter_segments([units[0]["uri"]], config.storage, split=None), None)
+        if first is not None:
+            check_crop(first, read_checkpoint(config.score.checkpoint).model_config)
     pending = pending_units(units, config)
     records = score_units(pending, config) if pending else []
     if config.write_shards:

@@ -12,12 +12,14 @@ grids of all segments are pooled, and SyncNet's rules give the offset (positive 
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from model.config import ModelConfig
 from model.expert import SyncExpert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
 from pipelines.audio import AudioConfig
@@ -64,9 +66,10 @@ class ScoreConfig:
     step: int = field(default=1, metadata={"help": "score every step-th window (1 = every frame; larger is faster)"})
     device: str = field(default="auto", metadata={"help": "where the expert and face-alignment run", "choices": DEVICES})
     batch_size: int = field(default=128, metadata={"help": "windows per forward pass"})
-    # The expert fixes the crop size and the shortest segment; the device is the one above.
+    # The expert fixes the crop (its size and kind) and the shortest segment; the device is the one above.
     faces: FaceConfig = field(default_factory=FaceConfig, metadata={
-        "help": "faces, found as preprocessing finds them", "omit": ("device", "batch_size", "crop_size")})
+        "help": "faces, found as preprocessing finds them",
+        "omit": ("device", "batch_size", "crop_size", "crop", "crop_pad_bottom")})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
     samples: SampleConfig = field(default_factory=SampleConfig, metadata={
         "help": "segments, cut as preprocessing cuts them", "omit": ("min_segment_frames", "jpeg_quality")})
@@ -74,6 +77,14 @@ class ScoreConfig:
     def __post_init__(self):
         if self.max_offset < 0 or self.step < 1 or self.batch_size < 1:
             raise ValueError("--max-offset must be >= 0, --step and --batch-size >= 1")
+
+
+def check_crop(segment: Segment, model: ModelConfig) -> None:
+    """Raise ValueError when a stored segment's faces are not cut the way the expert of `model` reads them."""
+    stored = (segment.meta or {}).get("crop", "aligned")  # shards from before the crop was recorded: aligned
+    if stored != model.crop:
+        raise ValueError(f"{segment.source} ({segment.key}) holds {stored} face crops, the expert reads {model.crop} "
+                         f"crops: give it the videos, whose faces are then cut for it as it scores them")
 
 
 class ScoreError(Exception):
@@ -218,9 +229,19 @@ class VideoScorer:
         audio = AudioConfig(clock=model.clock)  # the expert's clock drives decoding and the mel
         if audio.n_mels != model.mel_bins:
             raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins; preprocessing makes {audio.n_mels}")
-        faces = replace(config.faces, device=config.device, crop_size=model.face_size)
+        # Faces cut as the expert's training faces were: aligned for ours, detector boxes for Wav2Lip's.
+        faces = replace(config.faces, device=config.device, crop_size=model.face_size, crop=model.crop,
+                        crop_pad_bottom=model.crop_pad_bottom)
         self.decode = DecodeStage(config.decode, audio, StorageConfig())
         self.faces = FaceStage(faces)
+        aligner = self.faces.aligner
+        # Only face-alignment with S3FD's weights draws S3FD's boxes: without them it takes RetinaFace's.
+        if model.crop == "box" and getattr(aligner, "detector", None) != "s3fd":
+            detector = "HOG" if aligner.name == "dlib" else "RetinaFace"
+            warnings.warn(f"{config.checkpoint} was trained on S3FD's face boxes (face-alignment's detector); "
+                          f"{detector}'s boxes are drawn otherwise, so it sees faces cut unlike its training "
+                          f"faces: give face-alignment's weights, S3FD's included (--face-weights, or "
+                          f"the torch hub cache), for faithful scores", stacklevel=2)
         self.samples = SampleStage(audio, replace(config.samples, min_segment_frames=model.window_frames))
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:

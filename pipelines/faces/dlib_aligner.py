@@ -65,8 +65,14 @@ class DlibAligner:
         self._rectangle = dlib.rectangle
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.track(frames)[:2]
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the box [N, 4] (x1, y1, x2, y2) each frame's landmarks were
+        placed in: the HOG detection, or between detections the box carried by the landmarks (NaN: no face)."""
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
+        boxes = np.full((len(frames), 4), np.nan, dtype=np.float32)
         track = None  # (box as (cx, cy, side) relative to the landmarks, score) while a face is followed
         since_detection = 0
         for i, frame in enumerate(frames):
@@ -81,10 +87,10 @@ class DlibAligner:
             else:
                 box, score = self._follow(landmarks[i - 1], track), track[1]
             points = self._landmarks(frame, box)
-            landmarks[i], scores[i] = points, score
+            landmarks[i], scores[i], boxes[i] = points, score, _corners(box)
             track = (self._relative_box(box, points), score)
             since_detection += 1
-        return landmarks, scores
+        return landmarks, scores, boxes
 
     def count_faces(self, frames: np.ndarray) -> np.ndarray:
         """Faces the detector finds in each of `frames` (RGB uint8 [N, H, W, 3]) -> int [N]; every frame is

@@ -193,13 +193,19 @@ class FanAligner:
         self._fan = load_network(FAN(FAN_STACKS), folder / FAN_WEIGHTS, self.device, on_gpu)
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.track(frames)[:2]
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the S3FD (or RetinaFace) box [N, 4] (x1, y1, x2, y2) each frame's
+        landmarks were found in (NaN without a face)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
         landmarks = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
         scores = np.full(len(frames), np.nan, dtype=np.float32)
+        boxes = np.full((len(frames), 4), np.nan, dtype=np.float32)
         followed = None  # the face box on the last frame of the previous batch: the track goes on across batches
         # RetinaFace follows the face over the whole call itself (keyframes, then squares around the face).
-        boxed = self._retinaface.detect(frames)[:, :5] if self.detector == "retinaface" else None
+        boxed = self._retinaface_boxes(frames) if self.detector == "retinaface" else None
         with torch.inference_mode():
             for start in range(0, len(frames), self.config.batch_size):
                 images = self._to_tensor(frames[start:start + self.config.batch_size])  # one upload for both stages
@@ -207,17 +213,18 @@ class FanAligner:
                 followed = faces[-1, :4] if np.isfinite(faces[-1, 4]) else None
                 found = np.flatnonzero(np.isfinite(faces[:, 4]))
                 scores[start:start + len(images)] = faces[:, 4]
+                boxes[start:start + len(images)] = faces[:, :4]
                 if len(found):
                     on_device = torch.from_numpy(found).to(images.device)
                     landmarks[start + found] = self._landmarks(images[on_device], faces[found, :4])
-        return landmarks, scores
+        return landmarks, scores, boxes
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray) -> np.ndarray:
         """RGB uint8 [B, H, W, 3] -> the followed face per frame as float32 [B, 5] (x1, y1, x2, y2, score) in
         frame pixels; a row of NaN where no box scores above `min_score`."""
         if self.detector == "retinaface":
-            return self._retinaface.detect(frames)[:, :5]
+            return self._retinaface_boxes(frames)
         return self._detect(self._to_tensor(frames))
 
     @torch.inference_mode()
@@ -238,6 +245,14 @@ class FanAligner:
         if self.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _retinaface_boxes(self, frames: np.ndarray) -> np.ndarray:
+        """RetinaFace's followed face per frame as `detect` gives S3FD's, [N, 5] (x1, y1, x2, y2, score): in S3FD's
+        pixel convention (`retinaface_aligner.detector_boxes`), which FAN's crop and box crops expect."""
+        from pipelines.faces.retinaface_aligner import detector_boxes
+
+        faces = self._retinaface.detect(frames)
+        return np.column_stack([detector_boxes(faces), faces[:, 4]])
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
         # uint8 crosses to the device (a quarter of the bytes of float), then becomes float [B, 3, H, W] there.

@@ -58,6 +58,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, overlap: float) -> np.ndarray:
     return np.array(kept, dtype=np.int64)
 
 
+def detector_boxes(faces: np.ndarray) -> np.ndarray:
+    """`RetinaFaceAligner.detect`'s rows [N, 15] -> their boxes [N, 4] (x1, y1, x2, y2) with pixel edges at integers,
+    as S3FD's boxes are given (the face-alignment aligner's `track`) and as `align.box_crops` cuts them. `detect`
+    puts pixel centres at integers, for its points' sake, so its boxes sit half a pixel up and left of these."""
+    return faces[:, :4] + 0.5
+
+
 class RetinaFaceAligner:
     """One face followed through the frames (the largest where it starts), its box and 5 points per frame; the
     contract of `pipelines.faces.base.Aligner` with RetinaFace-5 landmarks [N, 5, 2]."""
@@ -72,8 +79,13 @@ class RetinaFaceAligner:
         self._mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.track(frames)[:2]
+
+    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`__call__`'s landmarks and scores, and the RetinaFace box [N, 4] (x1, y1, x2, y2) each frame's points
+        were detected with (NaN without a face), in `detector_boxes`' convention."""
         faces = self.detect(frames)
-        return faces[:, 5:].reshape(-1, NUM_POINTS, 2).copy(), faces[:, 4].copy()
+        return faces[:, 5:].reshape(-1, NUM_POINTS, 2).copy(), faces[:, 4].copy(), detector_boxes(faces)
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray) -> np.ndarray:

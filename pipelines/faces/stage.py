@@ -1,9 +1,13 @@
-"""The face stage of preprocessing: frames in, aligned face crops, landmarks and face tracks out.
+"""The face stage of preprocessing: frames in, face crops, landmarks and face tracks out.
 
 Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the retinaface and
-face-alignment aligners batch detection and landmarks across the chunk's frames. The tracks it finds (runs of one face without
-a cut, `pipelines.faces.tracks.face_tracks`) are the runs its landmarks are smoothed along, and go on as the
-"tracks" column (int64 [n, 2], [start, end) per track) for the sample stage to cut segments from.
+face-alignment aligners batch detection and landmarks across the chunk's frames. The tracks it finds (runs of one
+face without a cut, `pipelines.faces.tracks.face_tracks`) are the runs its landmarks are smoothed along, and go on
+as the "tracks" column (int64 [n, 2], [start, end) per track) for the sample stage to cut segments from.
+
+The crops are aligned (`align.crop_faces`, warped on the aligner's GPU when it has one) or the detector's boxes
+(`align.box_crops`), as `config.crop` says; the kind goes on as the "crop" column, so that samples record what
+their faces are.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.core.columns import object_column
-from pipelines.faces.align import crop_faces, smooth_landmarks
+from pipelines.faces.align import box_crops, crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.factory import make_aligner
 from pipelines.faces.tracks import face_tracks
@@ -40,16 +44,26 @@ class FaceStage:
         out.update({name: object_column(values) for name, values in columns.items()})
         out["error"], out["detail"] = np.array(errors, dtype=str), np.array(details, dtype=str)
         out["aligner"] = np.array([self.aligner.name] * len(errors))
+        out["crop"] = np.array([self.config.crop] * len(errors))
         return out
 
     def align(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A chunk's frames -> crops, landmarks, scores and tracks (see the module docstring)."""
-        points, score = self.aligner(frames) if len(frames) else _no_faces(0)
-        runs = face_tracks(points, self.config.max_center_jump)
+        config = self.config
+        if not len(frames):
+            return (np.zeros((0, config.crop_size, config.crop_size, 3), np.uint8), *_no_faces(0),
+                    np.zeros((0, 2), np.int64))
+        points, score, boxes = self.aligner.track(frames)
+        runs = face_tracks(points, config.max_center_jump)
         # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
         points = smooth_landmarks(points, tracks=runs)
-        crops = crop_faces(frames, points, self.config.crop_size, self.crop_device) if len(frames) \
-            else np.zeros((0, self.config.crop_size, self.config.crop_size, 3), np.uint8)
+        if config.crop == "box":
+            # A box's two corners smoothed as points along the same tracks: detections shake by a few pixels from
+            # frame to frame (Wav2Lip's inference smooths its boxes over 5 frames likewise).
+            boxes = smooth_landmarks(boxes.reshape(-1, 2, 2), tracks=runs).reshape(-1, 4)
+            crops = box_crops(frames, boxes, config.crop_size, config.crop_pad_bottom)
+        else:
+            crops = crop_faces(frames, points, config.crop_size, self.crop_device)
         return crops, points, score, np.array(runs, np.int64).reshape(-1, 2)
 
 

@@ -15,7 +15,7 @@ first dot, and keys name folders):
     KEY.mel.npy   float32 [80, clock.mel_column(T)] log-mel, column 0 at the first frame; never a pickle
     KEY.json      key, source, source_key, speaker, split, aligner, start_frame, num_frames, start_s, end_s,
                   fps, mel_fps, crop_size (`sample_members` derives the last six), what the producer adds
-                  (preprocessing: source_fps, source_sample_rate, separated, quality; curation: realigned,
+                  (preprocessing: source_fps, source_sample_rate, separated, quality, crop; curation: realigned,
                   sync_offset_frames, sync_confidence) and, since format 1, "format": FORMAT_VERSION and
                   "clock": {fps, sample_rate, hop_length}
 
