@@ -110,6 +110,17 @@ def test_training_refuses_samples_of_another_clock(tmp_path):
         next(iter(stream))
 
 
+def test_training_refuses_box_crops(tmp_path):
+    """Box crops (what curation with an imported Wav2Lip expert writes) are not what our experts train on."""
+    faces, mel, meta = sample("a_f0000000", 30)
+    part, _ = chunk_part([(faces, mel, {**meta, "crop": "box"})], EXPERT_CLOCK)
+    finished(tmp_path / "shard-000000.tar", part)
+    stream = PairStream(list_shards(str(tmp_path), LOCAL), LOCAL, None, PairConfig(), EXPERT_CLOCK, batch_size=4,
+                        seed=0, repeat=False)
+    with pytest.raises(ValueError, match="holds box face crops"):
+        next(iter(stream))
+
+
 def test_unknown_versions_and_keys_that_are_paths_are_skipped(tmp_path):
     members = {}
     for key, change in [("a_f0000000", {}), ("a_f0000010", {"format": FORMAT_VERSION + 1}),

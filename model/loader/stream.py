@@ -79,7 +79,7 @@ class SegmentSource(torch.utils.data.IterableDataset):
             shards = [candidates[i] for i in order]
             usable = 0
             for segment in iter_segments(shards, self.storage, self.split, reader, readers, counters):
-                _check_clock(segment, self.clock)
+                _check_segment(segment, self.clock)
                 if segment.num_frames < self.clock.window_frames:
                     counters["short_segments"] = counters.get("short_segments", 0) + 1
                     continue
@@ -206,11 +206,16 @@ def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).set_(storage, 0, shape)
 
 
-def _check_clock(segment: Segment, clock: Clock) -> None:
+def _check_segment(segment: Segment, clock: Clock) -> None:
+    """Training reads what preprocessing writes for it: the expert's clock, aligned crops."""
     written = clock_json(sample_clock(segment.meta))
     if written != clock_json(clock):
         raise ValueError(f"segment {segment.key} was written on the clock {written}; the expert's clock is "
                          f"{clock_json(clock)}: preprocess with the expert's clock")
+    crop = segment.meta.get("crop", "aligned")  # shards from before the crop was recorded: aligned
+    if crop != "aligned":
+        raise ValueError(f"segment {segment.key} holds {crop} face crops (curated with an imported expert?); "
+                         f"experts train on aligned crops: preprocess the videos with pipelines.preprocess")
 
 
 def _rng(seed: tuple[int, ...], purpose: int, *ids: int) -> np.random.Generator:
