@@ -64,7 +64,7 @@ def no_network(monkeypatch):
 
 # Enough training for the small corpus's held-out offsets to come out right (checked in test_sync.py); the
 # local launcher (one process, no Ray start-up) keeps it to a minute or two of CPU.
-EXPERT_TRAINING = dict(preset="cpu-small", launcher="local", max_steps=500, batch_size=32, log_every=50,
+EXPERT_TRAINING = dict(preset="cpu-small", launcher="local", max_steps=800, batch_size=32, log_every=50,
                        val_every=500, checkpoint_every=500, val_batches=1, val_segments=1, loader_workers=0,
                        progress=False)
 
