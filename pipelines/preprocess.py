@@ -19,6 +19,7 @@ A rerun with the same output skips every video a finished shard accounts for, an
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import sys
@@ -245,7 +246,11 @@ def _process(pending: list[Source], config: PreprocessConfig) -> None:
     import ray.data
     from tqdm import tqdm
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts videos, what a person waits for
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts videos, what a person waits for
+    # Ray Data's own lines (execution plan, start, "progress bars disabled") are not the user's business.
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # Largest first: the last videos to start are short ones, so workers finish close together. (Shards do not
     # depend on the order: packing sorts videos by key.)
     pending = sorted(pending, key=lambda source: -source.size_bytes)

@@ -178,7 +178,7 @@ def test_a_stage_failing_on_one_video_fails_that_video_alone(tiny_corpus, tmp_pa
     assert all(video["samples"] for video in videos.values() if video["status"] == "ok")
 
 
-def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
+def test_same_file_name_in_two_folders(tiny_corpus, tmp_path, capfd):
     source = sorted(tiny_corpus.glob("*"))[0]
     for folder in ("a", "b"):
         (tmp_path / "in" / folder).mkdir(parents=True)
@@ -187,6 +187,8 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path):
                          faces=FaceConfig(aligner="dlib"), decode=DecodeConfig(chunk_seconds=2.0)))
     sources = {s.source_key for s in all_segments(str(tmp_path / "out")).values()}
     assert len(sources) == 2
+    console = "".join(capfd.readouterr())
+    assert "Execution plan of Dataset" not in console and "Starting execution" not in console  # Ray Data's, not ours
 
 
 def test_a_video_under_a_very_long_path_gives_samples(tiny_corpus, tmp_path):
