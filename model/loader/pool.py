@@ -32,6 +32,15 @@ FACE_PAGE, MEL_PAGE = 16, 64  # rows per page: frames, mel columns
 GiB = 2**30
 
 
+def grown(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with at least `rows` rows: the old ones kept, new ones zero (per-slot tables grow as slots do)."""
+    if rows <= len(array):
+        return array
+    bigger = np.zeros((rows, *array.shape[1:]), array.dtype)
+    bigger[:len(array)] = array
+    return bigger
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """The pool of decoded segments that training pairs are drawn from, resident on the training device."""
@@ -90,12 +99,12 @@ class PagedRows:
         if len(self.free) < needed:
             self._grow(needed - len(self.free))
         pages = [heapq.heappop(self.free) for _ in range(needed)]
-        if slot >= len(self.table) or needed > self.table.shape[1]:
-            grown = np.zeros((max(len(self.table), slot + 1) * 2, max(self.table.shape[1], needed)), np.int64)
-            grown[:len(self.table), :self.table.shape[1]] = self.table
-            self.table = grown
+        if needed > self.table.shape[1]:  # a sequence longer than any before: a wider table
+            self.table = grown(self.table.T, needed).T.copy()
+        if slot >= len(self.table):
+            self.table = grown(self.table, max(2 * len(self.table), slot + 1))
         self.table[slot, :needed] = pages
-        index = self._flat(np.asarray(pages), np.arange(len(rows)))
+        index = self.rows_of(np.array([slot]), np.array([0]), len(rows))[0]
         if self.device.type == "cpu":  # numpy's fancy indexing copies rows as memcpy; torch's CPU kernels are ~5x slower
             self.rows.numpy()[index] = rows.numpy()
         else:
@@ -118,9 +127,6 @@ class PagedRows:
         offsets = starts[:, None] + np.arange(length)
         pages = np.take_along_axis(self.table[slots], offsets // self.page, axis=1)
         return pages * self.page + offsets % self.page
-
-    def _flat(self, pages: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        return pages[offsets // self.page] * self.page + offsets % self.page
 
     def _grow(self, at_least: int) -> None:
         have = self.allocated_pages
@@ -158,11 +164,8 @@ class Tickets:
     def add(self, slot: int, **values: np.ndarray) -> None:
         if slot >= len(self.left):
             slots = max(64, 2 * len(self.left), slot + 1)
-            self.left = np.concatenate([self.left, np.zeros(slots - len(self.left), np.int64)])
-            for name, array in self.arrays.items():
-                grown = np.zeros((slots, self.per_slot), array.dtype)
-                grown[:len(array)] = array
-                self.arrays[name] = grown
+            self.left = grown(self.left, slots)
+            self.arrays = {name: grown(array, slots) for name, array in self.arrays.items()}
         count = len(values["start"])
         for name, array in self.arrays.items():
             array[slot, :count] = values[name]
@@ -186,9 +189,10 @@ class Tickets:
             need -= len(slot)
         slot, row = np.concatenate(slots), np.concatenate(rows)
         self.size -= len(slot)
-        taken = {name: array[slot, row].astype(np.int64) for name, array in self.arrays.items()}
-        taken["kind"] = taken["kind"].astype(np.int8)
-        return {"slot": slot, **taken}
+        taken = {name: array[slot, row] for name, array in self.arrays.items()}
+        # Positions widen to int64 for index arithmetic; kinds stay codes.
+        return {"slot": slot, **{name: value if name == "kind" else value.astype(np.int64)
+                                 for name, value in taken.items()}}
 
 
 @dataclass
@@ -199,14 +203,11 @@ class Segments:
     columns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     video: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     references: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # tickets that read the slot
-    resident: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # in memory (departed ones too, until freed)
 
     def grow(self, slots: int) -> None:
-        for name in ("frames", "columns", "video", "references", "resident"):
-            old = getattr(self, name)
-            new = np.zeros(slots, old.dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
+        for name in ("frames", "columns", "video", "references", "held"):
+            setattr(self, name, grown(getattr(self, name), slots))
 
 
 class SegmentPool:
@@ -256,28 +257,30 @@ class SegmentPool:
         self.faces.put(slot, faces)
         self.mels.put(slot, mel)
         s = self.segments
-        s.frames[slot], s.columns[slot], s.video[slot], s.resident[slot] = len(faces), len(mel), video, True
-        is_other = windows.kinds == OTHER_CODE
+        s.frames[slot], s.columns[slot], s.video[slot], s.held[slot] = len(faces), len(mel), video, True
         s.references[slot] = len(windows)
-        if other is not None and is_other.any():
+        self.keys[slot] = key
+        self.resident += 1
+        is_other = windows.kinds == OTHER_CODE
+        mel_slot = np.full(len(windows), slot)
+        if is_other.any():  # drawn only when another segment is there to lend its audio
             if s.references[other] == 0:  # a departed segment lends its audio: it stays
                 self.resident += 1
             s.references[other] += int(is_other.sum())
-        self.keys[slot] = key
-        self.resident += 1
-        self.tickets.add(slot, mel_slot=np.where(is_other, slot if other is None else other, slot),
-                         start=windows.starts, column=windows.columns, shift=windows.shifts, kind=windows.kinds)
+            mel_slot[is_other] = other
+        self.tickets.add(slot, mel_slot=mel_slot, start=windows.starts, column=windows.columns, shift=windows.shifts,
+                         kind=windows.kinds)
         return windows
 
     def _other_audio(self, video: int, rng: np.random.Generator) -> int | None:
         """A resident segment of another video with at least one audio window, or None."""
         s = self.segments
-        usable = np.flatnonzero(s.resident & (s.video != video) & (s.columns >= self.clock.mel_window))
+        usable = np.flatnonzero(s.held & (s.video != video) & (s.columns >= self.clock.mel_window))
         return int(usable[rng.integers(len(usable))]) if len(usable) else None
 
     def _allocate(self, face_row: tuple[int, ...], mel_bins: int) -> None:
         face_bytes = math.prod(face_row)
-        columns_per_frame = self.clock.sample_rate / self.clock.hop_length / self.clock.fps
+        columns_per_frame = self.clock.mel_fps / self.clock.fps
         mel_bytes_per_frame = columns_per_frame * mel_bins * 4
         frames = self.max_bytes / (face_bytes + mel_bytes_per_frame)
         face_pages = int(frames // FACE_PAGE)
@@ -313,13 +316,12 @@ class SegmentPool:
             face_index, mel_index = face_index.view(face_rows.shape), mel_index.view(mel_rows.shape)
         faces = self.faces.gather(face_index)
         mels = self.mels.gather(mel_index).transpose(1, 2).contiguous()  # [B, F, W], as the audio encoder reads it
+        keys = [self.keys[slot] for slot in t["slot"].tolist()]
         batch = {"faces": faces, "mels": mels, "labels": label_values.float(),
                  "shifts": torch.from_numpy(t["shift"]), "kinds": torch.from_numpy(t["kind"]),
                  "starts": torch.from_numpy(t["start"]), "columns": torch.from_numpy(t["column"]),
-                 "keys": [self.keys[slot] for slot in t["slot"].tolist()],
-                 "mel_keys": [self.keys[slot] for slot in t["mel_slot"].tolist()],
-                 "segments": 0}
-        batch["segments"] = len(set(batch["keys"]))
+                 "keys": keys, "mel_keys": [self.keys[slot] for slot in t["mel_slot"].tolist()],
+                 "segments": len(set(keys))}
         self._release(t["slot"], t["mel_slot"][t["kind"] == OTHER_CODE])
         return batch
 
@@ -335,11 +337,11 @@ class SegmentPool:
     def _free_departed(self) -> None:
         s = self.segments
         for slot in self.departed:
-            if s.references[slot] == 0 and s.resident[slot]:
+            if s.references[slot] == 0 and s.held[slot]:
                 # The gathers that read these pages are queued on the device before any later write to them.
                 self.faces.release(slot, int(s.frames[slot]))
                 self.mels.release(slot, int(s.columns[slot]))
-                s.resident[slot] = False
+                s.held[slot] = False
                 del self.keys[slot]
                 self.free_slots.append(slot)
         self.departed.clear()
@@ -350,7 +352,7 @@ class SegmentPool:
         """Bytes allocated and the bound, and what the resident segments hold."""
         allocated = sum(p.rows.numel() * p.rows.element_size() for p in (self.faces, self.mels) if p is not None)
         return {"allocated_bytes": allocated, "max_bytes": self.max_bytes, "segments": self.resident,
-                "frames": int(self.segments.frames[self.segments.resident].sum()), "tickets": len(self.tickets)}
+                "frames": int(self.segments.frames[self.segments.held].sum()), "tickets": len(self.tickets)}
 
 
 def kind_counts(kinds: np.ndarray) -> dict[str, int]:

@@ -74,12 +74,13 @@ class SegmentSource(torch.utils.data.IterableDataset):
         if self._split_shards is None:
             self._split_shards = shards_holding(self.shard_uris, self.storage, self.split)
         candidates, counters = self._split_shards, {}
+        expected = clock_json(self.clock)  # once: every segment is checked against it
         for epoch in itertools.count() if self.repeat else range(1):
             order = _rng(self.seed, _SHARD_ORDER, epoch).permutation(len(candidates))
             shards = [candidates[i] for i in order]
             usable = 0
             for segment in iter_segments(shards, self.storage, self.split, reader, readers, counters):
-                _check_segment(segment, self.clock)
+                _check_segment(segment, expected)
                 if segment.num_frames < self.clock.window_frames:
                     counters["short_segments"] = counters.get("short_segments", 0) + 1
                     continue
@@ -206,12 +207,12 @@ def _shared_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).set_(storage, 0, shape)
 
 
-def _check_segment(segment: Segment, clock: Clock) -> None:
-    """Training reads what preprocessing writes for it: the expert's clock, aligned crops."""
+def _check_segment(segment: Segment, expected_clock: str) -> None:
+    """Training reads what preprocessing writes for it: the expert's clock (as `clock_json`), aligned crops."""
     written = clock_json(sample_clock(segment.meta))
-    if written != clock_json(clock):
+    if written != expected_clock:
         raise ValueError(f"segment {segment.key} was written on the clock {written}; the expert's clock is "
-                         f"{clock_json(clock)}: preprocess with the expert's clock")
+                         f"{expected_clock}: preprocess with the expert's clock")
     crop = segment.meta.get("crop", "aligned")  # shards from before the crop was recorded: aligned
     if crop != "aligned":
         raise ValueError(f"segment {segment.key} holds {crop} face crops (curated with an imported expert?); "
