@@ -74,7 +74,7 @@ class TrainConfig:
     val_segments: int = field(default=32, metadata={"help": "validation segments for offset accuracy"})
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
     loader_workers: int = field(default=-1, metadata={"help": "DataLoader processes per training worker decoding "
-                                                              "shards (-1: 4 per GPU, 1 on a CPU)"})
+                                                              f"shards (-1: {LOADER_PROCESSES_PER_GPU} per GPU, 1 on a CPU)"})
     max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
     launcher: str = field(default="ray", metadata={"help": "ray: Ray Train workers; local: this process alone (one device, no Ray)",
                                                    "choices": ["ray", "local"]})
