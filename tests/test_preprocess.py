@@ -189,6 +189,7 @@ def test_same_file_name_in_two_folders(tiny_corpus, tmp_path, capfd):
     assert len(sources) == 2
     console = "".join(capfd.readouterr())
     assert "Execution plan of Dataset" not in console and "Starting execution" not in console  # Ray Data's, not ours
+    assert "Started a local Ray instance" not in console
 
 
 def test_a_video_under_a_very_long_path_gives_samples(tiny_corpus, tmp_path):

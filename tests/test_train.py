@@ -55,11 +55,14 @@ def test_train_refuses_an_output_under_a_file_before_it_starts(tmp_path, capsys)
 def test_two_ddp_workers_on_one_shard_take_equal_steps(shards, tmp_path, capfd):
     assert len(list(shards.glob("shard-*.tar"))) == 1  # fewer shards than workers: the classic hang
     result = train(TrainConfig(shards=str(shards), output=str(tmp_path / "run"), num_workers=2, max_steps=20,
-                               lr=1e-3, scale_lr=True, **FAST))
+                               lr=1e-3, scale_lr=True, **{**FAST, "progress": True}))
     # Without the dashboard, Ray Train's placement-group cleaner used to log this every second of the run.
     console = "".join(capfd.readouterr())
     assert "Failed to query Ray Train Controller" not in console
     assert "Reporting training result" not in console  # each rank's every report, at INFO: Ray's log files only
+    assert "Started a local Ray instance" not in console
+    assert "core_worker" not in console  # the preemption watcher's restartable-arguments line (Ray issue 53727)
+    assert console.count("pair pool on cpu:") == 1  # rank 0's line, once: not again through Ray Train's print
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     assert all(r["steps_per_rank"] == [r["step"], r["step"]] for r in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ def ray_for_job(address: str | None, num_cpus: int) -> Iterator[None]:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)  # None: Ray reads RAY_ADDRESS
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # WARNING: "Started a local Ray instance" is Ray's news, not the user's.
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield
     finally:
@@ -47,6 +49,19 @@ def size_thread_pools(cpus: float) -> int:
     return threads
 
 
+def train_runtime_env(joins_cluster: bool) -> dict:
+    """The runtime environment of a training job's Ray workers.
+
+    On an instance of one machine, started for the run, Ray Train's preemption watcher has no node that could be
+    drained, and its actor's start logs a core_worker line about restartable constructor arguments (Ray issue
+    53727) on the user's screen: it is switched off there, unless the user set its switch. On a cluster it stays.
+    """
+    env_vars = {}
+    if not joins_cluster:
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    return {"worker_process_setup_hook": quiet_ray_train_workers, "env_vars": env_vars}
+
+
 def quiet_ray_train_workers() -> None:
     """Keep two of Ray Train's chatty loggers off the user's screen; a `worker_process_setup_hook`: it runs in
     every worker.
@@ -62,6 +77,9 @@ def quiet_ray_train_workers() -> None:
 
     import ray
 
+    # With two local instances on one machine (two runs at once), the State API client finds both and the
+    # cleaner's thread dies with "Found multiple active Ray instances"; name this worker's own.
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
     # The file's path as the module will see it, without importing ray.train into every worker of every job.
     context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
