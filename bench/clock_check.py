@@ -35,7 +35,7 @@ from bench.report import bench_main
 from pipelines.audio import AudioConfig, prepare, resample
 from pipelines.decode import CONTEXT_FRAMES, DecodeConfig, decode_chunks
 from pipelines.media import iter_frames, probe, read_audio
-from pipelines.synthetic.clock_cases import CLOCK_CASES, MPEG_PS_CASE, ClockCase, write_case
+from pipelines.synthetic.clock_cases import CLOCK_CASES, MPEG_PS_CASE, ClockCase, mpeg1_rate, write_case
 from pipelines.synthetic.container import CONTAINERS, write_clip
 
 # The shared development clips sit beside the checkout (../shared), or beside the folder of worktrees.
@@ -290,11 +290,43 @@ def check_remuxed(path: Path, case: ClockCase, folder: Path) -> dict:
             "ok": ok}
 
 
+# bench.real_offsets moves real clips' audio with pipelines.remux.shift_audio: it must move by exactly what it is asked.
+SHIFTS_S = (-0.2, 0.2)
+
+
+def check_shift_audio(path: Path, delay_s: float, folder: Path) -> dict:
+    """`shift_audio`'s copy against the clip: its decoded audio is the clip's decoded audio `delay_s` later, and its
+    first frame is the clip's."""
+    from pipelines.remux import shift_audio
+
+    samples, rate = read_audio(path)
+    target = folder / f"{path.stem}_shifted{path.suffix if path.suffix in ('.mp4', '.mkv', '.mov') else '.mkv'}"
+    shift_audio(path, target, delay_s)
+    moved, moved_rate = read_audio(target)
+    mono = moved.mean(axis=0) if moved_rate == rate else resample(moved.mean(axis=0), moved_rate, rate)
+    # Where the clip's sample 0 went; on an early shift it is cut, so look for the clip's audio past the cut.
+    skip = max(0, round(-delay_s * rate))
+    lag, match = waveform_lag(mono, samples.mean(axis=0)[skip:], round(SEARCH_S * rate))
+    audio_s = (lag - skip) / rate
+    video_s = float(probe(target).frame_times[0]) - float(probe(path).frame_times[0])
+    target.unlink()
+    return {"clip": path.name, "case": f"shift_audio {delay_s * 1e3:+g} ms", "audio_expected_ms": round(delay_s * 1e3, 3),
+            "audio_decoded_ms": round(audio_s * 1e3, 3), "match": round(match, 3), "video_expected_ms": 0.0,
+            "video_decoded_ms": round(video_s * 1e3, 3),
+            "ok": abs(audio_s - delay_s) <= 1.5 / rate and abs(video_s) < 1e-6}
+
+
 def remux_cases(path: Path) -> list[ClockCase]:
-    """Every case whose container takes the clip's video codec as it is (MPEG-PS re-encodes, so it always fits)."""
-    codec = probe(path).video_codec
+    """Every case whose container takes the clip's video codec as it is; MPEG-PS (re-encoded) where the clip has a
+    constant rate that MPEG-1 can code."""
+    info = probe(path)
     copyable = {"mp4": {"h264", "hevc", "mpeg4"}, "mov": {"h264", "hevc", "mpeg4"}, "mkv": {"h264", "hevc", "mpeg4", "mpeg1video"}}
-    return [case for case in CLOCK_CASES if codec in copyable[case.extension]] + [MPEG_PS_CASE]
+    cases = [case for case in CLOCK_CASES if info.video_codec in copyable[case.extension]]
+    try:
+        mpeg1_rate(info.fps)
+    except ValueError:
+        return cases
+    return cases if info.variable_frame_rate else cases + [MPEG_PS_CASE]
 
 
 # --- The bench -------------------------------------------------------------------------------------------------
@@ -312,6 +344,7 @@ def bench_clock_check(config: ClockCheckConfig) -> dict:
         synthetic = [check_synthetic(case, source, folder) for case in CLOCK_CASES + (MPEG_PS_CASE,)]
         real = [inspect_real(clip) for clip in clips]
         remuxed = [check_remuxed(clip, case, folder) for clip in clips[:config.remux_clips] for case in remux_cases(clip)]
+        remuxed += [check_shift_audio(clip, delay_s, folder) for clip in clips[:config.remux_clips] for delay_s in SHIFTS_S]
     return {"synthetic": synthetic, "real": real, "remuxed": remuxed, "clips": len(clips),
             "wall_s": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d")}
 
@@ -339,14 +372,14 @@ def format_table(result: dict) -> str:
         lines += ["", "| case | clips | audio sample 0, ms: expected | decoded (min .. max) | worst error ms | "
                   "first frame, ms: expected / decoded (min .. max) | correlation (min) | all ok |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for case in CLOCK_CASES + (MPEG_PS_CASE,):
-            rows = [row for row in result["remuxed"] if row["case"] == case.name]
+        for name in dict.fromkeys(row["case"] for row in result["remuxed"]):
+            rows = [row for row in result["remuxed"] if row["case"] == name]
             if not rows:
                 continue
             decoded = [row["audio_decoded_ms"] for row in rows]
             video = [row["video_decoded_ms"] for row in rows]
             worst = max(abs(value - rows[0]["audio_expected_ms"]) for value in decoded)
-            lines.append(f"| {case.name} | {len(rows)} | {rows[0]['audio_expected_ms']:g} | {min(decoded):g} .. {max(decoded):g} | "
+            lines.append(f"| {name} | {len(rows)} | {rows[0]['audio_expected_ms']:g} | {min(decoded):g} .. {max(decoded):g} | "
                          f"{worst:.3f} | {rows[0]['video_expected_ms']:g} / {min(video):g} .. {max(video):g} | "
                          f"{min(row['match'] for row in rows):.3f} | {yes(all(row['ok'] for row in rows))} |")
     failed = [row for part in ("synthetic", "real", "remuxed") for row in result[part] if not row["ok"]]

@@ -26,7 +26,7 @@ from pipelines.core.storage import atomic_local_path
 from pipelines.media import iter_frames, probe
 from pipelines.remux import MUXERS
 
-__all__ = ["CLOCK_CASES", "ClockCase", "MPEG_PS_CASE", "write_case"]
+__all__ = ["CLOCK_CASES", "ClockCase", "MPEG_PS_CASE", "mpeg1_rate", "write_case"]
 
 # mp4/mov store an empty edit (a late start) in the movie's timescale, which FFmpeg writes as 1/1000 s.
 MOVIE_TICK_S = 1e-3
@@ -121,11 +121,24 @@ def _shifted_frames(frames, shift: int, rate: int):
         yield time_s + shift / rate, stream, frame
 
 
+# The only frame rates MPEG-1 video can code.
+MPEG1_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30), Fraction(50),
+               Fraction(60000, 1001), Fraction(60))
+
+
+def mpeg1_rate(fps: float) -> Fraction:
+    """The MPEG-1 frame rate `fps` is (within 0.01 %), or a ValueError naming the ones there are."""
+    for rate in MPEG1_RATES:
+        if abs(fps - float(rate)) <= 1e-4 * float(rate):
+            return rate
+    raise ValueError(f"MPEG-1 video codes {', '.join(f'{float(r):.3f}' for r in MPEG1_RATES)} fps, not {fps:.3f}")
+
+
 def _write_mpeg_ps(video_source: Path, audio: np.ndarray, rate: int, target: Path) -> None:
     """MPEG-1 video and MP2 audio in a program stream, the video timestamped as GRID's files are: the first
     picture at pts = dts = 0, every later one decoded a frame before it shows (so the second is also at dts 0)."""
     info = probe(video_source)
-    fps = Fraction(round(info.fps * 1000), 1000)
+    fps = mpeg1_rate(info.fps)
     even = (info.height - info.height % 2, info.width - info.width % 2)
     with av.open(str(target), "w", format="mpeg", container_options={"preload": "0"}) as out:
         video = out.add_stream("mpeg1video", rate=fps)
