@@ -8,6 +8,7 @@ tests skip where ../shared/data is absent.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,22 @@ def test_a_real_clips_audio_remuxed_in_every_case_lands_where_the_case_put_it(tm
     for case in remux_cases(clip):
         row = check_remuxed(clip, case, tmp_path)
         assert row["match"] > 0.9 and row["ok"], row
+
+
+def test_clock_check_bench_prints_and_writes_every_synthetic_case(tmp_path, capsys):
+    from bench.clock_check import main
+
+    empty = tmp_path / "no_clips"
+    empty.mkdir()
+    assert main(["--clips", str(empty), "--remux-clips", "0", "--out", str(tmp_path / "clock.json")]) == 0
+    result = json.loads((tmp_path / "clock.json").read_text())
+    assert [row["case"] for row in result["synthetic"]] == [case.name for case in CASES]
+    assert all(row["ok"] for row in result["synthetic"]) and result["real"] == [] and result["remuxed"] == []
+    assert f"{len(CASES)} synthetic cases, 0 real clips, 0 remuxed copies: 0 off" in capsys.readouterr().out
+
+
+def test_clock_check_bench_refuses_a_negative_count(capsys):
+    from bench.clock_check import main
+
+    assert main(["--remux-clips", "-1", "--out", "unused.json"]) == 2
+    assert "--remux-clips" in capsys.readouterr().err
