@@ -33,6 +33,7 @@ from scipy.signal import butter, correlate, sosfilt
 
 from bench.report import bench_main
 from pipelines.audio import AudioConfig, prepare, resample
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import CONTEXT_FRAMES, DecodeConfig, decode_chunks
 from pipelines.media import iter_frames, probe, read_audio
 from pipelines.synthetic.clock_cases import CLOCK_CASES, MPEG_PS_CASE, ClockCase, mpeg1_rate, write_case
@@ -45,7 +46,7 @@ MEDIA_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts
 
 # The synthetic source: 2 s at 25 fps, white flashes at irregular frames over full-range noise (large enough
 # pictures that MPEG-PS spreads the first ones over several 2 KiB packs, as GRID's are).
-FPS = 25
+FPS = EXPERT_CLOCK.fps  # the source is written on the expert's rate, so a flash frame maps one to one
 FLASH_FRAMES = (10, 23, 41)
 SOURCE_FRAMES = 50
 SOURCE_SIZE = 160
@@ -148,7 +149,7 @@ def check_synthetic(case: ClockCase, source: Path, folder: Path) -> dict:
     expected_flash = FLASH_FRAMES[0] + round(case.video_delay_s * FPS)
     audio_slack = case.tolerance_s + 1.5 / rate
     ok = (abs(audio_s - case.audio_delay_s) <= audio_slack and abs(video_s - case.video_delay_s) <= case.tolerance_s + 1e-6
-          and flash == expected_flash and abs(expert_audio_s - case.audio_delay_s) <= case.tolerance_s + 1.5 / 16000)
+          and flash == expected_flash and abs(expert_audio_s - case.audio_delay_s) <= case.tolerance_s + 1.5 / EXPERT_CLOCK.sample_rate)
     return {"case": case.name, "container": case.extension, "audio": case.audio_codec, "device": case.device,
             "audio_expected_ms": round(case.audio_delay_s * 1e3, 3), "audio_decoded_ms": round(audio_s * 1e3, 3),
             "match": round(match, 3), "video_expected_ms": round(case.video_delay_s * 1e3, 3),
