@@ -85,8 +85,11 @@ def probe(path: str | Path) -> MediaInfo:
     with _open(path) as container:
         video = _video_stream(container)
         audio = _audio_stream(container)
-        rotation = _rotation(container, video) if video is not None else 0
+        # Timestamps first, from where the demuxer opened: a seek back to 0 does not always land on the first
+        # packet (an MPEG-PS with two packets at dts 0 resumes at the second), and frame k of iter_frames must be
+        # frame_times[k].
         times = _packet_times(container, video) if video is not None else np.empty(0)
+        rotation = _rotation(container, video) if video is not None else 0
         vfr = _is_variable(times, video.time_base) if video is not None else False
         return MediaInfo(
             path=str(path),
@@ -272,12 +275,10 @@ def _rotation(container: av.container.InputContainer, stream: av.VideoStream) ->
     tag = stream.metadata.get("rotate")
     if tag is not None and tag.lstrip("-").isdigit():
         return int(tag) % 360
-    try:
-        for frame in container.decode(stream):
-            return round(-frame.rotation) % 360
-        return 0
-    finally:
-        container.seek(0)  # the caller goes on to demux from the start
+    container.seek(0)  # the timestamps were read to the end; any frame carries the matrix
+    for frame in container.decode(stream):
+        return round(-frame.rotation) % 360
+    return 0
 
 
 def _float_planar(frame: av.AudioFrame) -> np.ndarray:
