@@ -42,10 +42,11 @@ DETECT_MAX_SIDE = 320
 REDETECT_EVERY = 5  # frames between whole-frame detections, as the dlib aligner's
 REGION_SIZE = 160  # side of the square around a followed face, in network pixels
 REGION_SCALE = 2.0  # that square's side over the face box's longer side: room for 0.2 s of head motion
-# The network's inputs come in a few shapes only: whole frames are letterboxed into squares of DETECT_MAX_SIDE (or
-# the next multiple of CANVAS_STEP at full size), batches padded to a power of two. On the H200 each new input shape
-# cost about a second the first time (cuDNN choosing its kernels: 12 of 14 s on the 9 real clips, of 4 sizes),
-# where a chunk of 250 frames then took 0.1 s; corpora hold videos of many sizes.
+# On a GPU the network's inputs come in a few shapes only: whole frames are letterboxed into squares of
+# DETECT_MAX_SIDE (or the next multiple of CANVAS_STEP at full size), batches padded to a power of two. On the H200
+# a new input shape cost about a second the first time (cuDNN choosing kernels, by all appearances: 12 of 14 s on
+# three passes over the 9 real clips, of 4 sizes), where a chunk of 250 frames then took 0.1 s; corpora hold videos
+# of many sizes. CPUs pay nothing for a new shape, and would pay for the padding's pixels.
 CANVAS_STEP = 64
 
 
@@ -59,13 +60,10 @@ def batch_bucket(frames: int) -> int:
     return 1 << max(frames - 1, 0).bit_length()
 
 
-def letterbox(batch: torch.Tensor, side: int, frames: int | None = None) -> torch.Tensor:
-    """Network input [B, 3, h, w] in the top left of a zero (the mean colour) canvas [frames or B, 3, side, side]:
-    frame coordinates stay as they were, and the padding is what the network's own zero padding would show."""
-    extra = (frames or len(batch)) - len(batch)
-    if batch.shape[2] == batch.shape[3] == side and extra == 0:
-        return batch
-    return F.pad(batch, (0, side - batch.shape[3], 0, side - batch.shape[2], 0, 0, 0, extra))
+def letterbox(batch: torch.Tensor, side: int) -> torch.Tensor:
+    """Network input [B, 3, h, w] in the top left of a zero (the mean colour) canvas [B, 3, side, side]: frame
+    coordinates stay as they were, and the padding is what the network's own zero padding would show."""
+    return F.pad(batch, (0, side - batch.shape[3], 0, side - batch.shape[2]))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, overlap: float) -> np.ndarray:
@@ -104,6 +102,7 @@ class RetinaFaceAligner:
         self.min_score = DEFAULT_MIN_SCORE if config.min_score is None else config.min_score
         self._net = load_retinaface(self.device)
         self._mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.few_shapes = self.device.type == "cuda"
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.track(frames)[:2]
@@ -172,7 +171,9 @@ class RetinaFaceAligner:
             batch = images[chosen].permute(0, 3, 1, 2).float()
             if shrink < 1.0:  # one resampling of the whole batch, before the channel flip (both are linear)
                 batch = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
-            batch = letterbox(self._network_input(batch), canvas_side(max(size)))
+            batch = self._network_input(batch)
+            if self.few_shapes:
+                batch = letterbox(batch, canvas_side(max(size)))
             to_frame = torch.tensor([[width / size[1], 0, 0], [0, height / size[0], 0]], device=self.device)
             found += self._candidates(batch, to_frame.expand(len(batch), 2, 3))
         return found
@@ -216,7 +217,9 @@ class RetinaFaceAligner:
         -> per frame, the faces above `min_score` after non-maximum suppression, [K, 15] as `detect`, in frame
         pixels with pixel centres at integers."""
         frames = len(batch)
-        probs, offsets, marks = (out[:frames] for out in self._net(letterbox(batch, batch.shape[2], batch_bucket(frames))))
+        if self.few_shapes:
+            batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_bucket(frames) - frames))
+        probs, offsets, marks = (out[:frames] for out in self._net(batch))
         boxes, points = decode(offsets, marks, *batch.shape[2:])
         probs, best = probs.topk(min(MAX_CANDIDATES, probs.shape[1]), dim=1)
         boxes = boxes.gather(1, best[..., None].expand(-1, -1, 4))
