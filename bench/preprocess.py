@@ -50,7 +50,9 @@ How a run is measured (Ray's workers are separate processes, started by its rayl
 from __future__ import annotations
 
 import ctypes
+import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -88,6 +90,8 @@ class PreprocessBenchConfig:
     ray_cpus: int = field(default=0, metadata={
         "help": "logical CPUs of the Ray instance ours runs on; 0 = the pipeline's own choice (--num-workers, "
                 "one CPU per worker)"})
+    face_workers: int = field(default=0, metadata={
+        "help": "ours' face actors in separate pools (0: the pipeline's own choice, `--face-workers` there)"})
     fuse_stages: bool = field(default=True, metadata={
         "help": "ours with all stages in one actor per worker (--no-fuse-stages: a pool of actors per stage)"})
     clips: Path | None = field(default=None, metadata={
@@ -416,13 +420,18 @@ def run_ours(spec: dict) -> dict:
     faces = FaceConfig(aligner=spec["aligner"], face_weights=Path(spec["face_weights"]) if spec["face_weights"] else None,
                        device=spec["device"])
     config = PreprocessConfig(input=spec["input"], output=spec["output"], faces=faces, num_workers=spec["workers"],
-                              fuse_stages=spec["fuse_stages"], progress=False)
+                              fuse_stages=spec["fuse_stages"], face_workers=spec["face_workers"], progress=False)
+    # Ray Data's per-stage stats, which preprocessing logs at debug level: each stage's busy time.
+    stats = io.StringIO()
+    handler = logging.StreamHandler(stats)
+    logging.getLogger("pipelines.preprocess").addHandler(handler)
+    logging.getLogger("pipelines.preprocess").setLevel(logging.DEBUG)
     if not spec["ray_cpus"]:
-        return {"summary": run(config)}
+        return {"summary": run(config), "ray_data_stats": stats.getvalue()}
     # `run` uses a Ray instance that is already up, and leaves it to whoever started it.
     ray.init(num_cpus=spec["ray_cpus"], include_dashboard=False, log_to_driver=False)
     try:
-        return {"summary": run(config)}
+        return {"summary": run(config), "ray_data_stats": stats.getvalue()}
     finally:
         ray.shutdown()
 
@@ -486,30 +495,35 @@ def profile_ours(manifest: Path, output: Path, config: PreprocessBenchConfig) ->
               ("samples", SampleStage(audio, pc.samples)),
               ("write parts", PartWriter(pc.output, pc.storage))]
     cpu = dict.fromkeys(["decode", *(name for name, _ in stages), "pack + index"], 0.0)
+    wall = dict(cpu)  # a GPU stage's time is wall time its CPU time does not show
     for source in source_rows(list_sources(pc.input, pc.storage), pc.val_fraction):
         rows = decode.decode_source(source)
         while True:
-            start = time.process_time()
+            start, started = time.process_time(), time.perf_counter()
             row = next(rows, None)
             cpu["decode"] += time.process_time() - start
+            wall["decode"] += time.perf_counter() - started
             if row is None:
                 break
             for name, stage in stages:
-                start = time.process_time()
+                start, started = time.process_time(), time.perf_counter()
                 row = stage(row)
                 cpu[name] += time.process_time() - start
-    start = time.process_time()
+                wall[name] += time.perf_counter() - started
+    start, started = time.process_time(), time.perf_counter()
     pack(pc.output, pc.storage, pc.shards)
     write_index(pc.output, pc.storage)
     cpu["pack + index"] = time.process_time() - start
-    return cpu
+    wall["pack + index"] = time.perf_counter() - started
+    return {**cpu, **{f"{name} (wall)": value for name, value in wall.items()}}
 
 
 def format_profile(name: str, cpu: dict[str, float], seconds: float, measured_cpu_s: float | None) -> str:
-    lines = [f"{name}: CPU-s per video-s by step"]
+    lines = [f"{name}: CPU-s (and wall s, where given) per video-s by step"]
     lines += [f"  {step:28} {value / seconds:6.3f}" for step, value in cpu.items()]
     if measured_cpu_s is not None:
-        lines.append(f"  {'Ray + start-up (measured - sum)':28} {(measured_cpu_s - sum(cpu.values())) / seconds:6.3f}")
+        spent = sum(value for step, value in cpu.items() if not step.endswith("(wall)"))
+        lines.append(f"  {'Ray + start-up (measured - sum)':28} {(measured_cpu_s - spent) / seconds:6.3f}")
     return "\n".join(lines)
 
 
@@ -538,6 +552,7 @@ def make_row(system: str, workers: int, scale: int, seconds: float, result: dict
         "peak_rss_mb_by_process": result["peak_rss_mb_by_process"],
         "load_average": result["load_average"],  # 1, 5 and 15 minutes, as the run ended
         "busy_processes": result["busy_processes"],  # name, CPU-s and when each worked: which stages overlapped
+        "ray_data_stats": result.get("ray_data_stats", ""),  # ours: each stage's tasks and busy time, Ray's words
     }
 
 
@@ -547,7 +562,7 @@ def run_system(system: str, workers: int, manifest: Path, scratch: Path,
     shutil.rmtree(output, ignore_errors=True)  # ours resumes from an existing output: always start fresh
     spec = {"system": system, "input": str(manifest), "output": str(output), "workers": workers,
             "aligner": config.aligner, "face_weights": str(config.face_weights or ""), "device": config.device,
-            "ray_cpus": config.ray_cpus, "fuse_stages": config.fuse_stages}
+            "ray_cpus": config.ray_cpus, "fuse_stages": config.fuse_stages, "face_workers": config.face_workers}
     result = measure(spec, config)
     written = bytes_under(output)
     shutil.rmtree(output, ignore_errors=True)

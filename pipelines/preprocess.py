@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import hashlib
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -43,6 +44,8 @@ from pipelines.shards.records import EndRecord, Failure, batch_of, records_of
 from pipelines.shards.writer import PartWriter, ShardConfig, pack, packed_videos, shard_stats, write_index
 from pipelines.sources import Source, list_sources
 
+logger = logging.getLogger(__name__)
+
 # What the actors ask Ray for, in CPUs. Fused (the face stage on CPUs): a worker is one actor that runs every stage,
 # one CPU. Separate pools (a GPU face stage, or --no-fuse-stages): per worker a decoder and a sample writer, plus
 # the face actors; their shares follow where the CPU time goes (bench/README.md: decode ~0.04, faces on a CPU
@@ -58,6 +61,10 @@ MIN_CPUS = WORKER_CPUS
 # so nearly two of those fit). Measured on CPUs (bench/README.md): 2 chunks let the queue grow with the corpus, 1
 # kept peak RSS near flat at the same throughput.
 QUEUED_CHUNKS_PER_FACE_ACTOR = 1
+# Face actors per GPU, each asking for that share of it: one actor leaves the GPU idle while it decodes its input
+# from the object store, picks faces and smooths points on its CPU, and its network batches are small (a chunk's
+# keyframes, then its squares of 160 px), so several actors overlap on one GPU (bench/README.md, GPU preprocessing).
+FACE_ACTORS_PER_GPU = 4
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,8 @@ class PreprocessConfig:
     max_cpus: float | None = field(default=None, metadata={"help": "most CPUs of the Ray cluster preprocessing may take "
                                                                     "(Ray Data's resource limit), so that a training job "
                                                                     "sharing the cluster keeps the rest"})
-    face_workers: int = field(default=0, metadata={"help": "face-stage actors when stages run in separate pools; 0 = one per GPU on a GPU, "
+    face_workers: int = field(default=0, metadata={"help": "face-stage actors when stages run in separate pools; 0 = "
+                                                          f"{FACE_ACTORS_PER_GPU} per GPU on GPUs (at most num_workers), "
                                                           "else num_workers"})
     ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to; "
                                                                       "under `ray job submit`, the job's cluster by default)"})
@@ -179,14 +187,17 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
         queued_bytes = None
     else:
         cpus = SEPARATE_CPUS_GPU if use_gpu else SEPARATE_CPUS
-        face_workers = config.face_workers or (max(int(ray.cluster_resources().get("GPU", 0)), 1) if use_gpu
+        gpus = max(int(ray.cluster_resources().get("GPU", 0)), 1)
+        face_workers = config.face_workers or (min(gpus * FACE_ACTORS_PER_GPU, config.num_workers) if use_gpu
                                                else config.num_workers)
+        # A share that packs: every GPU holds a whole number of actors (Ray counts shares to 1e-4: rounded down).
+        gpu_share = math.floor(1e4 / math.ceil(face_workers / gpus)) / 1e4
         dataset = (
             dataset
             .map_batches(FusedStages, fn_constructor_args=([stages["decode"]], cpus["decode"]), batch_size=1,
                          compute=pool(config.num_workers), num_cpus=cpus["decode"])
             .map_batches(FusedStages, fn_constructor_args=([stages["faces"]], cpus["faces"]), batch_size=1,
-                         compute=pool(face_workers), num_cpus=cpus["faces"], **({"num_gpus": 1} if use_gpu else {}))
+                         compute=pool(face_workers), num_cpus=cpus["faces"], **({"num_gpus": gpu_share} if use_gpu else {}))
             .map_batches(FusedStages, fn_constructor_args=([stages["samples"], stages["write"]], cpus["samples"]),
                          batch_size=1, compute=pool(config.num_workers), num_cpus=cpus["samples"])
         )
@@ -259,6 +270,8 @@ def _process(pending: list[Source], config: PreprocessConfig) -> None:
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         bar.update(sum(isinstance(record, EndRecord) for record in records_of(batch)))
     bar.close()
+    # Each stage's busy time, for whoever profiles a run (bench.preprocess asks for it); not the user's business.
+    logger.debug("Ray Data's stats of the run:\n%s", dataset.stats())
 
 
 def summarize(config: PreprocessConfig, listed: int, skipped: int, wall_s: float) -> dict:

@@ -105,6 +105,7 @@ def test_preprocess_bench_smoke(tmp_path, capsys):
         assert row["gb_per_video_hour"] == pytest.approx(row["bytes"] / row["video_seconds"] * 3600 / 1e9)
         assert row["bytes"] > 0 and row["peak_rss_mb"] > 0  # output written, memory seen
     assert ours["peak_processes"] > 3 and reference["peak_processes"] == 1  # Ray's workers were in the tree
+    assert "MapBatches(FusedStages)" in ours["ray_data_stats"]  # Ray Data's account of our stages' busy time
     assert reference["frames"] == clips[0]["frame_count"] and 0 < reference["face_jpegs"] <= reference["frames"]
     # The goals are ratios of the rows above, met or not in the goal's direction.
     goals = report["goals"]

@@ -285,7 +285,8 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
     import ray
 
     from pipelines.faces.stage import FaceStage
-    from pipelines.preprocess import QUEUED_CHUNKS_PER_FACE_ACTOR, FusedStages, build_dataset, chunk_bytes_bound
+    from pipelines.preprocess import (FACE_ACTORS_PER_GPU, QUEUED_CHUNKS_PER_FACE_ACTOR, FusedStages, build_dataset,
+                                      chunk_bytes_bound)
     from pipelines.samples import SampleStage
     from pipelines.shards.writer import PartWriter
 
@@ -315,6 +316,11 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
             assert cpus <= workers + 1e-9, (use_gpu, cpus)
             cap = dataset.context.execution_options.resource_limits.object_store_memory
             assert cap == QUEUED_CHUNKS_PER_FACE_ACTOR * stages[1].compute.max_size * chunk_bytes_bound(DecodeConfig())
+        # Left to itself on one GPU, the face stage shares it among FACE_ACTORS_PER_GPU actors, no more than workers.
+        shared = map_operators(build_dataset(rows, PreprocessConfig(input="in", num_workers=workers), use_gpu=True))[1]
+        actors = min(FACE_ACTORS_PER_GPU, workers)
+        assert shared.compute.min_size == shared.compute.max_size == actors
+        assert shared.ray_remote_args["num_gpus"] == pytest.approx(1 / actors, abs=1e-4)
         capped = build_dataset(rows, PreprocessConfig(input="in", num_workers=workers, max_cpus=2), use_gpu=False)
         assert capped.context.execution_options.resource_limits.cpu == 2
         assert map_operators(capped)[0].compute.min_size == 1

@@ -46,21 +46,35 @@ def template_points(crop_size: int, template: np.ndarray = TEMPLATE) -> np.ndarr
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Least-squares rotation + uniform scale + translation [2, 3] taking points source [K, 2] onto target
     [K, 2] (Umeyama 1991; the sign fix keeps it a rotation, never a mirror)."""
-    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
-    src, dst = source - source_mean, target - target_mean
-    u, singular, vt = np.linalg.svd(dst.T @ src / len(source))
-    signs = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
-    rotation = u @ np.diag(signs) @ vt
-    scale = (singular * signs).sum() / (src ** 2).sum(axis=1).mean()
-    return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]])
+    return similarity_transforms(source[None], target)[0]
+
+
+def similarity_transforms(sources: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`similarity_transform` of each point set of sources [F, K, 2] onto one target [K, 2] -> [F, 2, 3], in one
+    batched SVD."""
+    source_means, target_mean = sources.mean(axis=1), target.mean(axis=0)
+    src, dst = sources - source_means[:, None], target - target_mean
+    u, singular, vt = np.linalg.svd(np.einsum("ki,fkj->fij", dst, src) / sources.shape[1])
+    signs = np.ones((len(sources), 2))
+    signs[:, 1] = np.sign(np.linalg.det(u) * np.linalg.det(vt))
+    signs[signs[:, 1] == 0, 1] = 1.0
+    rotations = u @ (signs[:, :, None] * vt)
+    scales = (singular * signs).sum(axis=1) / (src ** 2).sum(axis=2).mean(axis=1)
+    shifts = target_mean - scales[:, None] * np.einsum("fij,fj->fi", rotations, source_means)
+    return np.concatenate([scales[:, None, None] * rotations, shifts[:, :, None]], axis=2)
 
 
 def align_matrix(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     """Landmarks [K, 2] (x, y) -> the affine [2, 3] (for cv2.warpAffine) that maps the frame onto the crop."""
+    return align_matrices(landmarks[None], crop_size)[0]
+
+
+def align_matrices(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
+    """`align_matrix` of each frame's landmarks [F, K, 2] -> [F, 2, 3]."""
     points = landmarks.astype(np.float64)
     if layout(points) == RETINAFACE_5:
-        return similarity_transform(points, template_points(crop_size, TEMPLATE_5))
-    return similarity_transform(anchor_points(points), template_points(crop_size))
+        return similarity_transforms(points, template_points(crop_size, TEMPLATE_5))
+    return similarity_transforms(anchor_points(points), template_points(crop_size))
 
 
 def antialias_for_warp(frame: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,14 +93,15 @@ def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int, device
     """Aligned face crops: frames uint8 [N, H, W, 3], landmarks [N, K, 2] -> uint8 [N, crop, crop, 3].
     Frames without landmarks give black crops; pixels beyond the frame edge repeat the edge.
 
-    `device` (a torch device) warps every frame in one batch there (`crop_faces_on_device`), for a face stage whose
-    frames are on a GPU anyway; None warps them one by one with OpenCV."""
+    `device` (a torch device) warps every frame in batches there (`crop_faces_on_device`), for a face stage whose
+    frames are on a GPU anyway (they may be given as a uint8 tensor there); None warps them one by one with
+    OpenCV."""
     crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
     found = np.flatnonzero(has_face(landmarks))
     if device is not None:
         if len(found):
-            matrices = np.stack([align_matrix(landmarks[i], crop_size) for i in found])
-            crops[found] = crop_faces_on_device(frames[found], matrices, crop_size, device)
+            crops[found] = crop_faces_on_device(frames, found, align_matrices(landmarks[found], crop_size),
+                                                crop_size, device)
         return crops
     for i in found:
         frame, matrix = antialias_for_warp(frames[i], align_matrix(landmarks[i], crop_size))
@@ -95,36 +110,45 @@ def crop_faces(frames: np.ndarray, landmarks: np.ndarray, crop_size: int, device
     return crops
 
 
-def crop_faces_on_device(frames: np.ndarray, matrices: np.ndarray, crop_size: int, device) -> np.ndarray:
-    """`crop_faces`' warp as one batched `grid_sample` on `device`: frames uint8 [F, H, W, 3], affines [F, 2, 3] (frame
-    pixels -> crop pixels, OpenCV's convention) -> uint8 [F, crop, crop, 3].
+# Frames warped per grid_sample on the device: a bound on the float copies of whole frames made for it.
+WARP_BATCH = 256
+
+
+def crop_faces_on_device(frames, chosen: np.ndarray, matrices: np.ndarray, crop_size: int, device) -> np.ndarray:
+    """`crop_faces`' warp as batched `grid_sample`s on `device`: frames uint8 [N, H, W, 3] (numpy, or a tensor on
+    `device`), the frames to crop `chosen` [F] and their affines [F, 2, 3] (frame pixels -> crop pixels, OpenCV's
+    convention) -> uint8 [F, crop, crop, 3]. Only the crops come back to the host.
 
     As `antialias_for_warp`, a frame the warp would shrink by more than 2x is first halved, as often as needed (2x2
     means here, where OpenCV's pyramid uses a Gaussian), and sampled from there; frames are grouped by how often."""
     import torch
     import torch.nn.functional as F
 
+    from pipelines.core.device import upload_frames
+
+    images = upload_frames(frames, device)
     scales = np.sqrt(np.abs(np.linalg.det(matrices[:, :, :2])))
     halvings = np.maximum(np.ceil(-np.log2(np.maximum(scales, 1e-6)) - 1), 0).astype(int)
-    images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
     rows, cols = torch.meshgrid(torch.arange(crop_size, dtype=torch.float64),
                                 torch.arange(crop_size, dtype=torch.float64), indexing="ij")
     crop_pixels = torch.stack([cols, rows, torch.ones_like(rows)], dim=-1).reshape(-1, 3)  # (x, y, 1)
-    crops = torch.zeros(len(frames), 3, crop_size, crop_size, device=device)
+    # Crop pixel -> frame pixel (the inverse affine), all frames at once on the host: [F, crop * crop, 2].
+    full = np.concatenate([matrices, np.tile([[[0.0, 0.0, 1.0]]], (len(matrices), 1, 1))], axis=1)
+    frame_xy = torch.einsum("fij,pj->fpi", torch.from_numpy(np.linalg.inv(full)[:, :2]), crop_pixels)
+    crops = torch.zeros(len(chosen), 3, crop_size, crop_size, device=device)
     for level in np.unique(halvings):
-        chosen = np.flatnonzero(halvings == level)
         factor = 2 ** int(level)
-        source = F.avg_pool2d(images[chosen], factor) if factor > 1 else images[chosen]
-        # Crop pixel -> frame pixel (the inverse affine), -> pixel of the halved frame, whose pixel j averages frame
-        # pixels factor * j .. factor * j + factor - 1, -> grid_sample's [-1, 1] over pixel edges.
-        full = np.concatenate([matrices[chosen], np.tile([[[0.0, 0.0, 1.0]]], (len(chosen), 1, 1))], axis=1)
-        inverse = torch.from_numpy(np.linalg.inv(full)[:, :2])
-        frame_xy = torch.einsum("fij,pj->fpi", inverse, crop_pixels)
-        halved_xy = (frame_xy - (factor - 1) / 2) / factor
-        size = torch.tensor([source.shape[3], source.shape[2]], dtype=torch.float64)
-        grid = ((2 * halved_xy + 1) / size - 1).reshape(len(chosen), crop_size, crop_size, 2)
-        crops[torch.from_numpy(chosen).to(device)] = F.grid_sample(
-            source, grid.float().to(device), mode="bilinear", padding_mode="border", align_corners=False)
+        for part in np.array_split(np.flatnonzero(halvings == level),
+                                   max(1, -(-int((halvings == level).sum()) // WARP_BATCH))):
+            source = images[torch.from_numpy(chosen[part]).to(device)].permute(0, 3, 1, 2).float()
+            source = F.avg_pool2d(source, factor) if factor > 1 else source
+            # -> pixel of the halved frame, whose pixel j averages frame pixels factor * j .. factor * j + factor - 1,
+            # -> grid_sample's [-1, 1] over pixel edges.
+            halved_xy = (frame_xy[part] - (factor - 1) / 2) / factor
+            size = torch.tensor([source.shape[3], source.shape[2]], dtype=torch.float64)
+            grid = ((2 * halved_xy + 1) / size - 1).reshape(len(part), crop_size, crop_size, 2)
+            crops[torch.from_numpy(part).to(device)] = F.grid_sample(
+                source, grid.float().to(device), mode="bilinear", padding_mode="border", align_corners=False)
     return crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

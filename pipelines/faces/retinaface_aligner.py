@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.core.device import resolve_device
+from pipelines.core.device import resolve_device, upload_frames
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.retinaface_net import BGR_MEAN, NUM_POINTS, decode, load_retinaface
 from pipelines.faces.tracks import follow_face
@@ -42,6 +42,28 @@ DETECT_MAX_SIDE = 320
 REDETECT_EVERY = 5  # frames between whole-frame detections, as the dlib aligner's
 REGION_SIZE = 160  # side of the square around a followed face, in network pixels
 REGION_SCALE = 2.0  # that square's side over the face box's longer side: room for 0.2 s of head motion
+# On a GPU the network's inputs come in a few shapes only: whole frames are letterboxed into squares of
+# DETECT_MAX_SIDE (or the next multiple of CANVAS_STEP at full size), batches padded to a power of two. On the H200
+# a new input shape cost about a second the first time (cuDNN choosing kernels, by all appearances: 12 of 14 s on
+# three passes over the 9 real clips, of 4 sizes), where a chunk of 250 frames then took 0.1 s; corpora hold videos
+# of many sizes. CPUs pay nothing for a new shape, and would pay for the padding's pixels.
+CANVAS_STEP = 64
+
+
+def canvas_side(side: int) -> int:
+    """The square a whole frame of longer side `side` (in network pixels) is detected in."""
+    return max(DETECT_MAX_SIDE, -(-side // CANVAS_STEP) * CANVAS_STEP)
+
+
+def batch_bucket(frames: int) -> int:
+    """The batch size a forward pass of `frames` frames is padded to: the next power of two."""
+    return 1 << max(frames - 1, 0).bit_length()
+
+
+def letterbox(batch: torch.Tensor, side: int) -> torch.Tensor:
+    """Network input [B, 3, h, w] in the top left of a zero (the mean colour) canvas [B, 3, side, side]: frame
+    coordinates stay as they were, and the padding is what the network's own zero padding would show."""
+    return F.pad(batch, (0, side - batch.shape[3], 0, side - batch.shape[2]))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, overlap: float) -> np.ndarray:
@@ -70,6 +92,9 @@ class RetinaFaceAligner:
     contract of `pipelines.faces.base.Aligner` with RetinaFace-5 landmarks [N, 5, 2]."""
 
     name = "retinaface"
+    # `track` and `count_faces` also take the frames as a uint8 tensor on `device` (the face stage uploads a chunk
+    # once, for detection and the crops' warp).
+    takes_device_frames = True
 
     def __init__(self, config: FaceConfig = FaceConfig()):
         self.config = config
@@ -77,18 +102,19 @@ class RetinaFaceAligner:
         self.min_score = DEFAULT_MIN_SCORE if config.min_score is None else config.min_score
         self._net = load_retinaface(self.device)
         self._mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.few_shapes = self.device.type == "cuda"
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.track(frames)[:2]
 
-    def track(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def track(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`__call__`'s landmarks and scores, and the RetinaFace box [N, 4] (x1, y1, x2, y2) each frame's points
         were detected with (NaN without a face), in `detector_boxes`' convention."""
         faces = self.detect(frames)
         return faces[:, 5:].reshape(-1, NUM_POINTS, 2).copy(), faces[:, 4].copy(), detector_boxes(faces)
 
     @torch.inference_mode()
-    def detect(self, frames: np.ndarray) -> np.ndarray:
+    def detect(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """RGB uint8 [N, H, W, 3], consecutive frames -> the followed face per frame, float32 [N, 15]: box (x1, y1,
         x2, y2), score, the 5 points' (x, y); a row of NaN where no face is found."""
         images = self._upload(frames)
@@ -117,11 +143,10 @@ class RetinaFaceAligner:
         images = self._upload(frames)
         return np.array([len(found) for found in self._whole(images, np.arange(len(frames)))], dtype=np.int64)
 
-    def _upload(self, frames: np.ndarray) -> torch.Tensor:
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {frames.shape}")
-        # uint8 crosses to the device (a quarter of the bytes of float); batches become float there.
-        return torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+    def _upload(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB, got {frames.dtype} {tuple(frames.shape)}")
+        return upload_frames(frames, self.device)
 
     def _network_input(self, images: torch.Tensor) -> torch.Tensor:
         """RGB [B, 3, H, W], 0-255 -> the network's float mean-subtracted BGR [B, 3, H, W]."""
@@ -142,24 +167,33 @@ class RetinaFaceAligner:
         size = (max(round(height * shrink), 1), max(round(width * shrink), 1))
         found = []
         for start in range(0, len(indices), self.config.batch_size):
-            batch = images[torch.from_numpy(indices[start:start + self.config.batch_size])].permute(0, 3, 1, 2)
-            batch = self._network_input(batch)
-            if shrink < 1.0:
+            chosen = torch.from_numpy(indices[start:start + self.config.batch_size]).to(self.device)
+            batch = images[chosen].permute(0, 3, 1, 2).float()
+            if shrink < 1.0:  # one resampling of the whole batch, before the channel flip (both are linear)
                 batch = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+            batch = self._network_input(batch)
+            if self.few_shapes:
+                batch = letterbox(batch, canvas_side(max(size)))
             to_frame = torch.tensor([[width / size[1], 0, 0], [0, height / size[0], 0]], device=self.device)
             found += self._candidates(batch, to_frame.expand(len(batch), 2, 3))
         return found
 
     def _in_regions(self, images: torch.Tensor, indices: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         """Candidates of frames `indices`, each detected in the square of whole pixels around its box [4]
-        (`REGION_SCALE` times its longer side), in frame pixels."""
+        (`REGION_SCALE` times its longer side), in frame pixels. Frames that follow one keyframe share its box,
+        so each square is cut and resampled once for all of them."""
         sides = np.ceil(REGION_SCALE * (boxes[:, 2:] - boxes[:, :2]).max(axis=1)).astype(np.int64)
         origins = np.floor((boxes[:, :2] + boxes[:, 2:]) / 2 - sides[:, None] / 2).astype(np.int64)
         found = []
         for start in range(0, len(indices), self.config.batch_size):
             part = slice(start, start + self.config.batch_size)
-            regions = torch.cat([self._region(images[i], x, y, side)
-                                 for i, (x, y), side in zip(indices[part], origins[part], sides[part])])
+            squares, groups = np.unique(np.column_stack([origins[part], sides[part]]), axis=0, return_inverse=True)
+            groups = groups.reshape(-1)
+            regions = torch.empty(len(groups), 3, REGION_SIZE, REGION_SIZE, device=self.device)
+            for group, (x, y, side) in enumerate(squares.tolist()):
+                members = np.flatnonzero(groups == group)
+                regions[torch.from_numpy(members).to(self.device)] = self._region(
+                    images[torch.from_numpy(indices[part][members]).to(self.device)], x, y, side)
             to_frame = np.zeros((len(regions), 2, 3))
             to_frame[:, 0, 0] = to_frame[:, 1, 1] = sides[part] / REGION_SIZE
             to_frame[:, :, 2] = origins[part]
@@ -167,13 +201,13 @@ class RetinaFaceAligner:
         return found
 
     @staticmethod
-    def _region(image: torch.Tensor, x: int, y: int, side: int) -> torch.Tensor:
-        """The square [x, x + side) x [y, y + side) of one frame uint8 [H, W, 3] (black beyond its edges),
-        resized to float RGB [1, 3, REGION_SIZE, REGION_SIZE]; antialiased, so a large face shrunk several times keeps
-        its detail instead of aliasing it into noise."""
-        height, width = image.shape[:2]
-        window = image[max(y, 0):max(min(y + side, height), 0), max(x, 0):max(min(x + side, width), 0)]
-        window = window.permute(2, 0, 1)[None].float()
+    def _region(images: torch.Tensor, x: int, y: int, side: int) -> torch.Tensor:
+        """The square [x, x + side) x [y, y + side) of frames uint8 [F, H, W, 3] (black beyond their edges),
+        resized to float RGB [F, 3, REGION_SIZE, REGION_SIZE]; antialiased, so a large face shrunk several times
+        keeps its detail instead of aliasing it into noise."""
+        height, width = images.shape[1:3]
+        window = images[:, max(y, 0):max(min(y + side, height), 0), max(x, 0):max(min(x + side, width), 0)]
+        window = window.permute(0, 3, 1, 2).float()
         pad = (max(-x, 0), side - window.shape[3] - max(-x, 0), max(-y, 0), side - window.shape[2] - max(-y, 0))
         return F.interpolate(F.pad(window, pad), size=(REGION_SIZE, REGION_SIZE), mode="bilinear", antialias=True,
                              align_corners=False)
@@ -182,7 +216,10 @@ class RetinaFaceAligner:
         """Network input [B, 3, h, w], and per frame the affine [2, 3] from its continuous coordinates to the frame's
         -> per frame, the faces above `min_score` after non-maximum suppression, [K, 15] as `detect`, in frame
         pixels with pixel centres at integers."""
-        probs, offsets, marks = self._net(batch)
+        frames = len(batch)
+        if self.few_shapes:
+            batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_bucket(frames) - frames))
+        probs, offsets, marks = (out[:frames] for out in self._net(batch))
         boxes, points = decode(offsets, marks, *batch.shape[2:])
         probs, best = probs.topk(min(MAX_CANDIDATES, probs.shape[1]), dim=1)
         boxes = boxes.gather(1, best[..., None].expand(-1, -1, 4))

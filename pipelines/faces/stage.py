@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.core.columns import object_column
+from pipelines.core.device import upload_frames
 from pipelines.faces.align import box_crops, crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.factory import make_aligner
@@ -53,7 +54,10 @@ class FaceStage:
         if not len(frames):
             return (np.zeros((0, config.crop_size, config.crop_size, 3), np.uint8), *_no_faces(0),
                     np.zeros((0, 2), np.int64))
-        points, score, boxes = self.aligner.track(frames)
+        # A chunk crosses to the GPU once, for detection and the warp, where the aligner takes frames there.
+        on_device = self.crop_device is not None and getattr(self.aligner, "takes_device_frames", False)
+        source = upload_frames(frames, self.crop_device) if on_device and config.crop != "box" else frames
+        points, score, boxes = self.aligner.track(source)
         runs = face_tracks(points, config.max_center_jump)
         # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
         points = smooth_landmarks(points, tracks=runs)
@@ -63,7 +67,7 @@ class FaceStage:
             boxes = smooth_landmarks(boxes.reshape(-1, 2, 2), tracks=runs).reshape(-1, 4)
             crops = box_crops(frames, boxes, config.crop_size, config.crop_pad_bottom)
         else:
-            crops = crop_faces(frames, points, config.crop_size, self.crop_device)
+            crops = crop_faces(source, points, config.crop_size, self.crop_device)
         return crops, points, score, np.array(runs, np.int64).reshape(-1, 2)
 
 
