@@ -22,13 +22,14 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig, write_bytes_atomic
-from pipelines.synthetic import background, corrupt
+from pipelines.synthetic import background, corrupt, photo_face
 from pipelines.synthetic.container import CONTAINERS, write_clip
 from pipelines.synthetic.face import FaceRenderer, HeadPose, Identity, random_identity
 from pipelines.synthetic.speech import Speech, Voice, synthesize, voice_variants
@@ -66,6 +67,12 @@ class SyntheticConfig:
     background_fraction: float = field(default=0.3, metadata={"help": "share of videos with music or noise under the speech"})
     videos_per_speaker: int = field(default=3, metadata={"help": "videos that share one face and voice"})
     workers: int = field(default=os.cpu_count() or 1, metadata={"help": "parallel processes"})
+    faces: str = field(default="drawn", metadata={
+        "help": "drawn: painted faces (face.py); photo: real photographs with the mouth moved to the speech "
+                "(photo_face.py)", "choices": ["drawn", "photo"]})
+    face_sources: Path | None = field(default=None, metadata={
+        "help": "with --faces photo: a folder of face images or clips to take identities from (read when the "
+                "corpus is made); default skimage's astronaut photo"})
 
     def __post_init__(self):
         problems = []
@@ -78,6 +85,8 @@ class SyntheticConfig:
         if self.min_seconds < 2 * self.margin_s + 1.0:
             problems.append(f"--min-seconds must leave room for speech: at least {2 * self.margin_s + 1.0:.1f} s "
                             f"with --max-offset-frames {self.max_offset_frames}")
+        if self.face_sources is not None and self.faces != "photo":
+            problems.append("--face-sources needs --faces photo")
         if self.corrupt < 0 or self.workers < 1 or self.videos_per_speaker < 1:
             problems.append("--corrupt >= 0, --workers >= 1 and --videos-per-speaker >= 1")
         if problems:
@@ -253,7 +262,7 @@ def generate_video(plan: VideoPlan, config: SyntheticConfig) -> dict:
     track = mouth_track(speech.phonemes, speech_start, speaker.articulation, rng)
     audio = soundtrack(speech, plan, speech_start, seconds, rng)
     times = frame_times(plan.fps, seconds, rng)
-    renderer = FaceRenderer(speaker.identity, plan.frame_size)
+    renderer = make_renderer(config, plan, speaker)
     motion = HeadMotion(rng, plan.frame_size)
     sigma = rng.uniform(0.5, 3.0)
     width, height = plan.frame_size
@@ -270,6 +279,47 @@ def generate_video(plan: VideoPlan, config: SyntheticConfig) -> dict:
             write_clip(path, frames, times, audio, plan.sample_rate, CONTAINERS[plan.container],
                        fps=plan.fps or Fraction(round(len(times) / seconds * 1000), 1000))
     return manifest_entry(plan, speaker, speech, speech_start, seconds, times)
+
+
+def make_renderer(config: SyntheticConfig, plan: VideoPlan, speaker: Speaker):
+    """The drawn face of the speaker, or with `--faces photo` a photo identity filmed by this clip's camera.
+
+    The photo look and the camera come from their own random streams, so a photo corpus has the same speech,
+    timing and head motion as the drawn corpus of the same seed: the two differ only in the faces.
+    """
+    if config.faces == "drawn":
+        return FaceRenderer(speaker.identity, plan.frame_size)
+    camera = photo_face.random_camera(np.random.default_rng([config.seed, 5, plan.index]))
+    return photo_face.PhotoFaceRenderer(_photo_identity(config.seed, plan.speaker, config.face_sources),
+                                        plan.frame_size, camera)
+
+
+@lru_cache(maxsize=4)
+def _photo_identity(seed: int, speaker: int, face_sources: Path | None) -> photo_face.PhotoIdentity:
+    sources = photo_face.identity_sources(face_sources)
+    rng = np.random.default_rng([seed, 4, speaker])
+    first = int(rng.integers(len(sources)))
+    # A source without a usable face (reported once by `generate_corpus`) passes its speakers to the next one.
+    for source in sources[first:] + sources[:first]:
+        try:
+            return photo_face.photo_identity(source, rng)
+        except photo_face.NoFaceError:
+            continue
+    raise photo_face.NoFaceError(f"{face_sources}: no face source has a face the offline aligner finds")
+
+
+def check_face_sources(config: SyntheticConfig) -> list[str]:
+    """Problems with the photo identities' sources, one line each; raises when none is usable."""
+    problems = []
+    sources = photo_face.identity_sources(config.face_sources)
+    for source in sources:
+        try:
+            photo_face.source_still(source)
+        except photo_face.NoFaceError as error:
+            problems.append(f"face source skipped: {error}")
+    if len(problems) == len(sources):
+        raise photo_face.NoFaceError("no usable face source:\n" + "\n".join(problems))
+    return problems
 
 
 def manifest_entry(plan: VideoPlan, speaker: Speaker, speech: Speech, speech_start: float, seconds: float,
@@ -316,6 +366,9 @@ def generate_corpus(config: SyntheticConfig, progress: bool = True) -> list[dict
 
     config.out.mkdir(parents=True, exist_ok=True)
     claim_folder(config)
+    if config.faces == "photo":
+        for problem in check_face_sources(config):
+            print(problem)
     plans = plan_corpus(config)
     jobs = [(plan, config) for plan in plans]
     bar = tqdm(total=len(jobs), unit="video", desc="synthetic corpus", disable=not progress)
