@@ -169,3 +169,23 @@ def test_an_identity_from_a_real_clip(aligner):
     frame = photo_face.PhotoFaceRenderer(identity, (256, 256), SHARP).render(HeadPose(0.0, 0.8, (128.0, 128.0)), REST)
     landmarks, _ = aligner(frame[None])
     assert np.isfinite(landmarks).all() and mouth_opening(landmarks)[0] < 0.08
+
+
+def test_a_saved_still_animates_without_the_aligner(tmp_path, monkeypatch):
+    """Stills saved with their landmarks (made where dlib's model is) give the same identity where it is not."""
+    png = photo_face.save_still("astronaut", tmp_path)
+    image, landmarks = photo_face.source_still("astronaut")
+
+    def no_aligner():
+        raise AssertionError("the aligner ran although the landmarks were given")
+
+    monkeypatch.setattr(photo_face, "_aligner", no_aligner)
+    loaded, given = photo_face.source_still(str(png))
+    assert np.array_equal(loaded, image)
+    assert np.abs(given - landmarks).max() < 1e-3  # stored as float32
+    rendered = photo_face.photo_identity(str(png), np.random.default_rng(7)).sprite
+    assert np.abs(rendered - photo_face.photo_identity("astronaut", np.random.default_rng(7)).sprite).max() < 0.5
+    photo_face.landmarks_path(png).write_bytes(b"not an array")
+    photo_face.source_still.cache_clear()
+    with pytest.raises(ValueError):
+        photo_face.source_still(str(png))

@@ -99,7 +99,12 @@ def source_still(source: str) -> tuple[np.ndarray, np.ndarray]:
         image = cv2.imread(source, cv2.IMREAD_COLOR)
         if image is None:
             raise NoFaceError(f"{source}: not a readable image; remove it from the face sources")
-        candidates = [_at_most(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), MAX_STILL_SIDE)]
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        given = given_landmarks(source)
+        if given is not None:
+            image.setflags(write=False)
+            return image, given
+        candidates = [_at_most(image, MAX_STILL_SIDE)]
     else:
         candidates = _clip_frames(source)
     best = None
@@ -118,6 +123,36 @@ def source_still(source: str) -> tuple[np.ndarray, np.ndarray]:
         raise NoFaceError(f"{source}: the offline aligner finds no face in it; remove it from the face sources")
     best[1].setflags(write=False)  # shared by every speaker made from it
     return best[1], best[2]
+
+
+def landmarks_path(image: str | Path) -> Path:
+    """Where an image's 68 landmarks may lie beside it (`NAME.landmarks.npy`, 68 x 2, x then y, in pixels of
+    the image): given, they are used as they are, so stills made where dlib's model is can animate faces where
+    it is not (`save_still`)."""
+    image = Path(image)
+    return image.with_name(image.stem + ".landmarks.npy")
+
+
+def given_landmarks(image: str | Path) -> np.ndarray | None:
+    path = landmarks_path(image)
+    if not path.is_file():
+        return None
+    landmarks = np.load(path, allow_pickle=False)
+    if landmarks.shape != (68, 2) or not np.isfinite(landmarks).all():
+        raise NoFaceError(f"{path}: not 68 finite (x, y) landmarks; delete it to find them again")
+    return landmarks.astype(np.float64)
+
+
+def save_still(source: str, folder: str | Path) -> Path:
+    """Write `source`'s still (the frame `source_still` picks) as a PNG in `folder` with its landmarks beside it;
+    returns the PNG's path."""
+    image, landmarks = source_still(source)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / (Path(source).stem + ".png")
+    cv2.imwrite(str(png), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
+    np.save(landmarks_path(png), landmarks.astype(np.float32), allow_pickle=False)
+    return png
 
 
 @lru_cache(maxsize=1)
