@@ -8,7 +8,10 @@
 #   call 2, carry .whl and the synthetic clips (SYNTH):             bash CODE/bench/device_gpu_preprocess.sh real CODE SYNTH
 #   call 3:                                                         bash CODE/bench/device_gpu_preprocess.sh synth CODE
 #
-# Every step has its own time limit, so that a call ends inside the tool's; results go to $OUT.
+# Every step has its own time limit, so that a call ends inside the tool's; results go to $OUT. The 2026-12-01 run
+# carried the code as a git-ignored copy (CODE = .whl-gpuface: `git ls-files -co --exclude-standard` of the branch,
+# and under CODE/old the aligner before the change, for bench.face_stage's "before" row) and the real clips as
+# .whl-gpuface-real; carry at most 64 MiB a call, which is why the wheels come in two calls.
 set -uo pipefail
 phase=$1
 code=$(cd "${2:-.}" && pwd)

@@ -12,7 +12,7 @@ from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("face_stage_corpus")
-    rows = generate_corpus(SyntheticConfig(out=out, num_videos=1, seed=4, min_seconds=2, max_seconds=2.5, workers=1,
+    rows = generate_corpus(SyntheticConfig(out=out, num_videos=1, seed=4, min_seconds=3, max_seconds=3.5, workers=1,
                                            heldout_fraction=0), progress=False)
     return out / "videos", rows
 
