@@ -5,8 +5,10 @@ presentation timestamp (each output instant k/25 takes the source frame nearest 
 audio by a real resampler, so frame k and audio sample k * 640 describe the same instant whatever the source.
 
 Decoding streams: a video becomes chunks of at most `chunk_seconds`, each yielded as soon as it is complete,
-so a one-hour input never sits in memory as frames. A chunk is also the longest sample we cut, as corpora
-for lip-sync are cut into segments of a few seconds anyway.
+so a one-hour input never sits in memory as frames, nor as audio: the audio is decoded and resampled alongside
+the frames, each chunk's span as it is needed (`AudioSpans`), to the very samples resampling the whole track
+gives. A chunk is also the longest sample we cut, as corpora for lip-sync are cut into segments of a few
+seconds anyway.
 """
 
 from __future__ import annotations
@@ -176,9 +178,10 @@ def prepared_audio(path, audio_config: AudioConfig) -> Iterator[np.ndarray]:
 
 
 class AudioSpans:
-    """Spans of a stream of audio pieces, asked for in ascending order of their ends: each request reads the
-    stream only as far as it needs, and lets go of what lies before its own start (the next span's begins later,
-    since a chunk's span starts CONTEXT_FRAMES before the chunk and the next chunk starts where this one ends)."""
+    """Spans of a stream of audio pieces, asked for in order (neither begin nor end ever earlier than the last
+    request's): each request reads the stream only as far as its end, and lets go of what lies before its begin.
+    A chunk's span starts CONTEXT_FRAMES before the chunk, the next chunk where this one ends, so what is held is
+    one span and a piece, however long the recording."""
 
     def __init__(self, pieces: Iterator[np.ndarray]):
         self._pieces = pieces

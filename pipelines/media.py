@@ -9,7 +9,8 @@ The preprocessing stage builds on these three calls, so they share two promises:
   each frame's presentation time in seconds, and :func:`read_audio` returns audio whose sample ``i``
   plays at ``i / rate`` seconds on that same clock (codec priming removed by FFmpeg where the container
   records it, a late start padded with silence, encoder padding past the recorded end cut off).
-  Lip sync is only as good as this.
+  Lip sync is only as good as this. :func:`stream_audio` gives the same samples a block at a time, for
+  inputs too long to hold (an hour of 48 kHz stereo is 1.4 GB of float32).
 """
 
 from __future__ import annotations
