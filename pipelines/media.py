@@ -371,11 +371,11 @@ def _declared_end(stream: av.AudioStream, rate: int) -> int | None:
 def _trim_to_declared_end(blocks: Iterator[np.ndarray], end: int | None) -> Iterator[np.ndarray]:
     """Drop encoder padding past the declared end (`_declared_end`). Decoding goes on past it, so that a file
     broken there still fails as corrupt."""
+    if end is None:
+        yield from blocks
+        return
     kept = 0
     for block in blocks:
-        if end is None:
-            yield block
-            continue
         take = max(0, min(block.shape[1], end - kept))
         kept += take
         yield block[:, :take]
