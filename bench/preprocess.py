@@ -1,6 +1,7 @@
 """Preprocessing: our Ray Data pipeline against a Wav2Lip-style reference, on the same clips and machine.
 
     python -m bench.preprocess [--size N] [--workers 1 2] [--clips DIR] [--out runs/bench/preprocess.json]
+    python -m bench.preprocess --long-seconds 60 3600 [--out runs/bench/preprocess_long_inputs.json]
 
 Makes (or reuses, under runs/bench/preprocess_corpus/) a synthetic corpus with the project's generator, or with
 `--clips DIR` takes the real clips in DIR (the 1x corpus is `--size` copies of them, copied into a temp folder so
@@ -11,6 +12,11 @@ clips:
 * the reference (`bench.baselines.wav2lip_preprocess`: all frames in memory, detector on every frame in batches
   of 32, a JPEG per face crop, a wav per video), one process;
 * memory: ours at the largest worker count on `memory_scale` (4) times the clips, against the 1x run.
+
+`--long-seconds 60 3600` runs instead ours alone, one worker, on one long input per length (the corpus's clips
+played one after another, `bench/long_input.py`: 48 kHz stereo AAC under `--long-size` px frames, a face in every
+`--long-face-every`-th clip), made in the scratch folder and deleted after its run: the largest Ray worker's peak
+RSS (its VmHWM, below) at each length, and longest / shortest (goal <= 1.2).
 
 Table: video-seconds, wall s, video-s per wall-s, CPU-s per video-s, GB written per video hour, peak RSS, the
 machine's 1-minute load average as the run ended (other work on the machine shows there), and the ratios against
@@ -28,6 +34,9 @@ How a run is measured (Ray's workers are separate processes, started by its rayl
   `PR_SET_CHILD_SUBREAPER`), so processes orphaned while Ray shuts down stay in its tree, and it reaps them all
   before it exits. `getrusage(RUSAGE_CHILDREN)` alone would not do: Ray's raylet reaps the workers it ends
   itself, and their time never reaches us; it is kept in the JSON (`cpu_s_rusage`) as a second lower bound.
+* a worker's peak RSS (`worker_peak_rss_mb`): the same thread reads each Ray Data worker's VmHWM from
+  /proc/PID/status, the kernel's own high-water mark of that process's resident set, so no sampling gap can miss
+  a peak (only growth in a worker's last `sample_interval_s` before it exits could go unseen).
 * peak RSS: a thread in this process reads /proc every `sample_interval_s`, finds the subprocess and all its
   descendants, and sums their resident set sizes; the peak of that sum is reported. Shared pages (libraries,
   Ray's shared-memory object store) count once per process that maps them, so the sum overstates the
@@ -61,7 +70,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -72,6 +81,9 @@ GOALS = {
     "scaling_2_vs_1": 1.7,  # ours with 2 workers / with 1, at least
     "memory_4x_vs_1x": 1.2,  # ours' peak summed RSS at 4x the clips / at 1x, at most
 }
+# --long-seconds: the worker's peak RSS on the longest input / on the shortest, at most.
+LONG_INPUT_GOAL = {"worker_memory_longest_vs_shortest": 1.2}
+AT_MOST = {"bytes_vs_reference", "memory_4x_vs_1x", *LONG_INPUT_GOAL}
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 REAP_TIMEOUT_S = 30.0
 
@@ -103,6 +115,13 @@ class PreprocessBenchConfig:
     profile: bool = field(default=True, metadata={
         "help": "also time our stages one by one in this process (where the time goes)"})
     memory_scale: int = field(default=4, metadata={"help": "corpus multiple for the memory section"})
+    long_seconds: tuple[float, ...] = field(default=(), metadata={
+        "help": "instead of the corpus runs: ours (1 worker) on one long input of each of these lengths, e.g. 60 "
+                "3600 (synthetic clips played one after another, bench/long_input.py; built in the scratch folder "
+                "and deleted after its run), and the largest Ray worker's peak RSS of each"})
+    long_size: int = field(default=64, metadata={"help": "frame side of the long inputs, px"})
+    long_face_every: int = field(default=30, metadata={
+        "help": "only every N-th clip of a long input shows its face (the rest a grey picture under their sound)"})
     corpus: Path | None = field(default=None, metadata={
         "help": "corpus folder (default: runs/bench/preprocess_corpus/<settings>)"})
     scratch: Path | None = field(default=None, metadata={
@@ -120,6 +139,8 @@ class PreprocessBenchConfig:
             problems.append("--size >= 1, --videos-per-size >= 1, --memory-scale >= 2")
         if not self.workers or min(self.workers) < 1:
             problems.append("--workers needs counts >= 1")
+        if any(seconds < 1 for seconds in self.long_seconds) or self.long_size < 32 or self.long_face_every < 1:
+            problems.append("--long-seconds of at least 1, --long-size >= 32, --long-face-every >= 1")
         if self.sample_interval_s <= 0 or self.pss_interval_s <= 0 or self.capacity_s < 0:
             problems.append("sampling intervals must be positive, --capacity-s not negative")
         if self.clips is not None and not Path(self.clips).is_dir():
@@ -246,6 +267,19 @@ def rss_by_name(pids: list[int], table: dict[int, tuple[int, int, int]], page: i
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size so far (VmHWM, kept by the kernel: no sample can miss it while the
+    process lives); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def pss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
@@ -265,6 +299,7 @@ class TreeSampler(threading.Thread):
         self.root, self.interval_s, self.pss_interval_s = root, interval_s, pss_interval_s
         self.peak_rss = self.peak_pss = self.peak_processes = self.samples = 0
         self.peak_breakdown: dict[str, float] = {}  # MB by process name at the peak: which process grew
+        self.worker_hwm: dict[int, int] = {}  # per Ray Data worker (actor) pid, its kernel-kept peak RSS, bytes
         self.cpu_ticks: dict[int, int] = {}  # per pid, the latest utime + stime seen
         # Per pid: its latest name, and the first and last sample (seconds from the start) at which it had spent
         # CPU since the sample before: when each stage's processes worked, i.e. whether the stages overlapped.
@@ -297,6 +332,8 @@ class TreeSampler(threading.Thread):
                 self.active.setdefault(pid, [now, now])[1] = now
             self.cpu_ticks[pid] = max(self.cpu_ticks.get(pid, 0), table[pid][1])
             self.names[pid] = process_name(pid) or self.names.get(pid, "?")
+            if "MapWorker" in self.names[pid]:
+                self.worker_hwm[pid] = max(self.worker_hwm.get(pid, 0), peak_rss_bytes(pid))
         if with_pss:
             self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in tree))
 
@@ -340,7 +377,7 @@ def measure(spec: dict, config: PreprocessBenchConfig) -> dict:
     result.update(peak_rss_bytes=sampler.peak_rss, peak_pss_bytes=sampler.peak_pss, load_average=os.getloadavg(),
                   peak_rss_mb_by_process=sampler.peak_breakdown, busy_processes=sampler.busy_processes(),
                   peak_processes=sampler.peak_processes, cpu_s=sampler.cpu_s - result["cpu_s_before_work"],
-                  rss_samples=sampler.samples)
+                  rss_samples=sampler.samples, worker_peak_rss_bytes=list(sampler.worker_hwm.values()))
     return result
 
 
@@ -549,6 +586,7 @@ def make_row(system: str, workers: int, scale: int, seconds: float, result: dict
         "peak_rss_mb": result["peak_rss_bytes"] / 2 ** 20,
         "peak_pss_mb": result["peak_pss_bytes"] / 2 ** 20,
         "peak_processes": result["peak_processes"],
+        "worker_peak_rss_mb": max(result["worker_peak_rss_bytes"], default=0) / 2 ** 20,
         "peak_rss_mb_by_process": result["peak_rss_mb_by_process"],
         "load_average": result["load_average"],  # 1, 5 and 15 minutes, as the run ended
         "busy_processes": result["busy_processes"],  # name, CPU-s and when each worked: which stages overlapped
@@ -596,7 +634,7 @@ def compare(rows: list[dict], memory_rows: list[dict]) -> dict:
     goals = {}
     for name, target in GOALS.items():
         if name in ratios:
-            at_most = name in ("bytes_vs_reference", "memory_4x_vs_1x")
+            at_most = name in AT_MOST
             goals[name] = {"measured": ratios[name], "goal": target,
                            "met": ratios[name] <= target if at_most else ratios[name] >= target}
     return {"ratios": ratios, "goals": goals}
@@ -638,12 +676,53 @@ def format_table(rows: list[dict]) -> str:
 def format_goals(comparison: dict) -> str:
     lines = []
     for name, goal in comparison["goals"].items():
-        sign = "<=" if name in ("bytes_vs_reference", "memory_4x_vs_1x") else ">="
+        sign = "<=" if name in AT_MOST else ">="
         lines.append(f"{name:34} {goal['measured']:7.2f}  (goal {sign} {goal['goal']:g}: "
                      f"{'met' if goal['met'] else 'MISSED'})")
     extra = {k: v for k, v in comparison["ratios"].items() if k not in comparison["goals"]}
     lines += [f"{name:34} {value:7.2f}" for name, value in extra.items()]
     return "\n".join(lines)
+
+
+def run_long_inputs(config: PreprocessBenchConfig) -> dict:
+    """Ours, one worker, on one long input per `long_seconds`: the largest Ray worker's peak RSS of each, and
+    the longest input's against the shortest (goal <= 1.2: memory that does not grow with the input's length)."""
+    from bench.long_input import write_long_input
+
+    load_before = os.getloadavg()
+    folder, corpus_rows = make_corpus(replace(config, memory=False))  # --size * --videos-per-size clips
+    clips = [folder / row["path"] for row in corpus_rows]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=config.scratch) as scratch:
+        scratch = Path(scratch)
+        for seconds in config.long_seconds:
+            path = scratch / f"long_{seconds:g}s.mp4"
+            length = write_long_input(path, clips, seconds, size=config.long_size, face_every=config.long_face_every)
+            manifest = write_subset(scratch, [{"path": path.name, "speaker": "long"}], f"long_{seconds:g}s")
+            result, written = run_system("ours", 1, manifest, scratch, config)
+            rows.append({**make_row("ours", 1, 1, length, result, written), "input_bytes": path.stat().st_size,
+                         "summary": result["summary"]})
+            path.unlink()
+    ratios = {"worker_memory_longest_vs_shortest": rows[-1]["worker_peak_rss_mb"] / rows[0]["worker_peak_rss_mb"],
+              "tree_memory_longest_vs_shortest": rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]}
+    goals = {name: {"measured": ratios[name], "goal": target, "met": ratios[name] <= target}
+             for name, target in LONG_INPUT_GOAL.items()}
+    return {"bench": "preprocess_long_inputs", "command": " ".join(["python -m bench.preprocess", *sys.argv[1:]]),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "corpus": str(folder), "clips": len(clips), "machine": {**machine(), "load_average_before": load_before},
+            "rows": rows, "ratios": ratios, "goals": goals,
+            "worker_rss_method": "VmHWM of every Ray Data worker process (/proc/PID/status), read every "
+                                 f"{config.sample_interval_s:g} s by the bench's sampling thread; the largest"}
+
+
+def format_long_inputs(report: dict) -> str:
+    lines = [f"{'video-s':>8} {'input MB':>8} {'wall s':>7} {'CPU-s/video-s':>13} {'worker peak RSS MB':>18} "
+             f"{'tree peak RSS MB':>16} {'segments':>8}"]
+    for r in report["rows"]:
+        lines.append(f"{r['video_seconds']:8.0f} {r['input_bytes'] / 1e6:8.1f} {r['wall_s']:7.1f} "
+                     f"{r['cpu_s_per_video_s']:13.3f} {r['worker_peak_rss_mb']:18.0f} {r['peak_rss_mb']:16.0f} "
+                     f"{r['summary']['segments']:8d}")
+    return "\n".join(lines) + "\n\n" + format_goals(report)
 
 
 def run_bench(config: PreprocessBenchConfig) -> dict:
@@ -694,10 +773,18 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        report = run_bench(config)
+        report = run_long_inputs(config) if config.long_seconds else run_bench(config)
     except ValueError as error:  # e.g. --clips names a folder without videos
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if config.long_seconds:
+        print(f"{report['machine']['cpu_count']} CPUs, load average {report['machine']['load_average_before'][0]:.1f} "
+              f"at the start, {report['machine']['load_average'][0]:.1f} at the end; {report['worker_rss_method']}")
+        print(format_long_inputs(report))
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(json.dumps(report, indent=1))
+        print(f"written {config.out}")
+        return 0
     m = report["machine"]
     print(f"{report['clips']} {report['corpus_kind']} clips, {report['rows'][0]['video_seconds']:.1f} s of video; "
           f"{m['cpu_count']} CPUs ({m['cpu_model']}), load average {m['load_average_before'][0]:.1f} at the start, "

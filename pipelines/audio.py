@@ -9,6 +9,7 @@ Dimension legend: ``C`` channels, ``N`` samples, ``M`` mel bins (``n_mels``), ``
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import librosa
@@ -83,10 +84,46 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 def prepare(audio: np.ndarray, rate: int, config: AudioConfig) -> np.ndarray:
     """``[C, N]`` audio at ``rate`` -> mono float32 at the clock's sample rate, sample 0 still at time 0."""
-    mono = to_mono(audio)
+    return resample(_finite(to_mono(audio)), rate, config.clock.sample_rate)
+
+
+# Blocks handed to prepare_stream are gathered to about this long before each call into soxr: a decoded frame
+# (1024 samples of AAC) per call would cost more in calls than in resampling.
+_STREAM_PIECE_S = 1.0
+
+
+def prepare_stream(blocks: Iterable[np.ndarray], rate: int, config: AudioConfig) -> Iterator[np.ndarray]:
+    """`prepare` for audio that arrives as ``[C, n]`` blocks: mono float32 pieces at the clock's rate whose
+    concatenation equals ``prepare`` of the concatenated blocks sample for sample (soxr's streaming resampler
+    carries its filter state from piece to piece; tests/test_long_audio.py), with about a second in memory."""
+    target = config.clock.sample_rate
+    if rate <= 0 or target <= 0:
+        raise ValueError(f"resample needs positive rates, got {rate} -> {target}")
+    resampler = None if rate == target else soxr.ResampleStream(rate, target, 1, dtype="float32", quality="HQ")
+    for piece in _gathered(blocks, max(1, round(_STREAM_PIECE_S * rate))):
+        mono = _finite(to_mono(piece))
+        yield mono if resampler is None else resampler.resample_chunk(mono)
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)  # the filter's tail
+
+
+def _gathered(blocks: Iterable[np.ndarray], samples: int) -> Iterator[np.ndarray]:
+    """``[C, n]`` blocks joined into pieces of at least ``samples`` (the last may be shorter)."""
+    held, count = [], 0
+    for block in blocks:
+        held.append(block)
+        count += block.shape[-1]
+        if count >= samples:
+            yield np.concatenate(held, axis=-1)
+            held, count = [], 0
+    if held:
+        yield np.concatenate(held, axis=-1)
+
+
+def _finite(mono: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(mono)):
         raise ValueError("prepare: audio contains NaN or infinite samples")
-    return resample(mono, rate, config.clock.sample_rate)
+    return mono
 
 
 # --- Voice separation (REPET-SIM) --------------------------------------------------------------------------

@@ -5,8 +5,10 @@ presentation timestamp (each output instant k/25 takes the source frame nearest 
 audio by a real resampler, so frame k and audio sample k * 640 describe the same instant whatever the source.
 
 Decoding streams: a video becomes chunks of at most `chunk_seconds`, each yielded as soon as it is complete,
-so a one-hour input never sits in memory as frames. A chunk is also the longest sample we cut, as corpora
-for lip-sync are cut into segments of a few seconds anyway.
+so a one-hour input never sits in memory as frames, nor as audio: the audio is decoded and resampled alongside
+the frames, each chunk's span as it is needed (`AudioSpans`), to the very samples resampling the whole track
+gives. A chunk is also the longest sample we cut, as corpora for lip-sync are cut into segments of a few
+seconds anyway.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pipelines.audio import AudioConfig, prepare
+from pipelines.audio import AudioConfig, prepare_stream
 from pipelines.core.columns import object_column
 from pipelines.core.storage import StorageConfig, local_copy
-from pipelines.media import MediaError, MediaInfo, iter_frames, probe, read_audio
+from pipelines.media import MediaError, MediaInfo, iter_frames, probe, stream_audio
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
 
@@ -122,16 +124,18 @@ def fit_within(frame: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: AudioConfig) -> Iterator[Chunk]:
-    """Stream a video as chunks on the expert's clock. Raises MediaError (with a reason) for unusable input."""
+    """Stream a video as chunks on the expert's clock. Raises MediaError (with a reason) for unusable input.
+
+    Memory does not grow with the video's length: frames are decoded as the chunks fill, and the audio is read
+    twice as a stream, first to count its samples (where the output ends, as the audio may end first), then
+    alongside the frames, a chunk's span at a time (`AudioSpans`).
+    """
     if not info.has_video:
         raise MediaError("no_video", path)
     if not info.has_audio:
         raise MediaError("no_audio", path)
-    samples, rate = read_audio(path)
-    audio = prepare(samples, rate, audio_config)
-    del samples  # the native-rate audio can be ten times the size of the 16 kHz mono we keep
     clock = audio_config.clock
-    audio_s = len(audio) / clock.sample_rate
+    audio_s = sum(len(piece) for piece in prepared_audio(path, audio_config)) / clock.sample_rate
     picks = output_picks(info, audio_s, clock.fps)
     if len(picks) == 0:
         raise MediaError("truncated", path, "no decodable frames")
@@ -143,10 +147,10 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
                                         f"{len(picks)} frames at {clock.fps} fps")
 
     chunk_frames = max(int(config.chunk_seconds * clock.fps), 1)
-    samples_per_frame = clock.samples_per_frame
+    audio = AudioSpans(prepared_audio(path, audio_config))
     frames: list[np.ndarray] = []
     chunk_index = produced = 0
-    pending = iter(picks.tolist())
+    pending = iter(picks)  # numpy scalars one at a time: a list of an hour's picks would be 90,000 Python ints
     wanted = next(pending, None)
     for index, (_, image) in enumerate(iter_frames(path)):
         if wanted is None:
@@ -158,23 +162,59 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
             frames.append(frame)
             produced += 1
             if len(frames) == chunk_frames:
-                yield _chunk(chunk_index, produced - len(frames), frames, audio, samples_per_frame)
+                yield _chunk(chunk_index, produced - len(frames), frames, audio, clock.samples_per_frame)
                 chunk_index, frames = chunk_index + 1, []
             wanted = next(pending, None)
     if wanted is not None and produced < 0.9 * len(picks):
         raise MediaError("truncated", path, f"decoding stopped after {produced} of {len(picks)} frames")
     if frames:
-        yield _chunk(chunk_index, produced - len(frames), frames, audio, samples_per_frame)
+        yield _chunk(chunk_index, produced - len(frames), frames, audio, clock.samples_per_frame)
 
 
-def _chunk(index: int, start_frame: int, frames: list[np.ndarray], audio: np.ndarray, samples_per_frame: int) -> Chunk:
+def prepared_audio(path, audio_config: AudioConfig) -> Iterator[np.ndarray]:
+    """The file's audio as the expert hears it (`audio.prepare`: 16 kHz mono, sample 0 at time 0), in pieces."""
+    rate, blocks = stream_audio(path)
+    return prepare_stream(blocks, rate, audio_config)
+
+
+class AudioSpans:
+    """Spans of a stream of audio pieces, asked for in order (neither begin nor end ever earlier than the last
+    request's): each request reads the stream only as far as its end, and lets go of what lies before its begin.
+    A chunk's span starts CONTEXT_FRAMES before the chunk, the next chunk where this one ends, so what is held is
+    one span and a piece, however long the recording."""
+
+    def __init__(self, pieces: Iterator[np.ndarray]):
+        self._pieces = pieces
+        self._held = np.zeros(0, np.float32)
+        self._held_from = 0  # the sample index of _held[0]
+
+    def span(self, begin: int, end: int) -> np.ndarray:
+        """Samples [begin, end), zero where that lies outside the recording (before 0 or past its end)."""
+        if 0 < self._held_from and begin < self._held_from:
+            raise ValueError(f"AudioSpans: samples from {begin} were asked for after those before "
+                             f"{self._held_from} were let go")
+        more = [self._held]
+        available = self._held_from + len(self._held)
+        while available < end:
+            piece = next(self._pieces, None)
+            if piece is None:  # the recording ends here
+                break
+            more.append(piece)
+            available += len(piece)
+        held = np.concatenate(more) if len(more) > 1 else self._held
+        piece = np.zeros(max(end - begin, 0), dtype=np.float32)
+        lo, hi = max(begin, 0), min(end, available)
+        if hi > lo:
+            piece[lo - begin:hi - begin] = held[lo - self._held_from:hi - self._held_from]
+        forget = min(max(begin - self._held_from, 0), len(held))
+        self._held, self._held_from = held[forget:], self._held_from + forget
+        return piece
+
+
+def _chunk(index: int, start_frame: int, frames: list[np.ndarray], audio: AudioSpans, samples_per_frame: int) -> Chunk:
     begin = (start_frame - CONTEXT_FRAMES) * samples_per_frame
     end = (start_frame + len(frames) + CONTEXT_FRAMES) * samples_per_frame
-    piece = np.zeros(end - begin, dtype=np.float32)
-    lo, hi = max(begin, 0), min(end, len(audio))
-    if hi > lo:
-        piece[lo - begin:hi - begin] = audio[lo:hi]
-    return Chunk(index=index, start_frame=start_frame, frames=np.stack(frames), audio=piece)
+    return Chunk(index=index, start_frame=start_frame, frames=np.stack(frames), audio=audio.span(begin, end))
 
 
 class DecodeStage:

@@ -9,11 +9,13 @@ The preprocessing stage builds on these three calls, so they share two promises:
   each frame's presentation time in seconds, and :func:`read_audio` returns audio whose sample ``i``
   plays at ``i / rate`` seconds on that same clock (codec priming removed by FFmpeg where the container
   records it, a late start padded with silence, encoder padding past the recorded end cut off).
-  Lip sync is only as good as this.
+  Lip sync is only as good as this. :func:`stream_audio` gives the same samples a block at a time, for
+  inputs too long to hold (an hour of 48 kHz stereo is 1.4 GB of float32).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +26,7 @@ import av
 import av.container
 import numpy as np
 
-__all__ = ["MediaError", "MediaInfo", "iter_frames", "probe", "read_audio"]
+__all__ = ["MediaError", "MediaInfo", "iter_frames", "probe", "read_audio", "stream_audio"]
 
 # Frame durations may jitter by one timestamp tick (a 23.976 fps stream in Matroska's 1 ms clock
 # alternates 41/42 ms) without the stream being variable; beyond that, allow this much more.
@@ -131,24 +133,38 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     Sample ``i`` plays at ``i / rate`` seconds on the clock of ``MediaInfo.frame_times``: a stream that
     starts late is padded with leading silence, one that starts before zero is trimmed, and
     encoder padding past the stream's recorded end is dropped. Opus always decodes at 48 kHz.
+    The whole track in memory: :func:`stream_audio` gives the same samples a block at a time.
 
     Raises:
         MediaError: unusable file, ``no_audio``, or ``corrupt`` if decoding fails midway.
     """
+    rate, blocks = stream_audio(path)
+    return np.concatenate(list(blocks), axis=1), rate
+
+
+def stream_audio(path: str | Path) -> tuple[int, Iterator[np.ndarray]]:
+    """The first audio stream's native rate, and its samples as float32 ``[channels, n]`` blocks in order, one
+    decoded frame's worth at a time (a few ms; some may be empty): concatenated, exactly what :func:`read_audio`
+    returns, on the same clock. Memory stays that of a block however long the file.
+
+    Raises (opening at once, decoding as the blocks are read):
+        MediaError: unusable file, ``no_audio``, or ``corrupt`` if decoding fails midway.
+    """
+    blocks = _audio_blocks(path)
+    return next(blocks), blocks  # the generator opens the file and yields the rate before any sample
+
+
+def _audio_blocks(path: str | Path) -> Iterator:
+    """The rate, then the blocks of `stream_audio`, with the file open in between."""
     with _open(path) as container:
         stream = _audio_stream(container)
         if stream is None:
             raise MediaError("no_audio", path)
         rate = stream.codec_context.sample_rate
-        start_s, blocks = None, []
-        for frame in container.decode(stream):
-            if start_s is None and frame.time is not None:
-                start_s = frame.time
-            blocks.append(_float_planar(frame))
-        if not blocks:
-            raise MediaError("no_audio", path, "audio stream has no decodable samples")
-        audio = _align_to_zero(np.concatenate(blocks, axis=1), round((start_s or 0.0) * rate))
-        return _trim_to_declared_end(audio, stream, rate), rate
+        yield rate
+        start_s, blocks = _audio_start_s(_decoded_blocks(container, stream, path))
+        aligned = _align_to_zero(blocks, round(start_s * rate))
+        yield from _trim_to_declared_end(aligned, _declared_end(stream, rate))
 
 
 @contextmanager
@@ -297,23 +313,73 @@ def _float_planar(frame: av.AudioFrame) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
-def _align_to_zero(audio: np.ndarray, start: int) -> np.ndarray:
-    """Shift audio so that sample 0 plays at time 0: pad a late start, trim an early one."""
+def _decoded_blocks(container: av.container.InputContainer, stream: av.AudioStream,
+                    path: str | Path) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(timestamp or None, float32 [channels, samples]) of every decoded frame, in order."""
+    decoded = False
+    for frame in container.decode(stream):
+        decoded = True
+        yield frame.time, _float_planar(frame)
+    if not decoded:
+        raise MediaError("no_audio", path, "audio stream has no decodable samples")
+
+
+def _audio_start_s(timed_blocks: Iterator[tuple[float | None, np.ndarray]]) -> tuple[float, Iterator[np.ndarray]]:
+    """When the stream's first sample plays: the timestamp of the first frame that carries one (0 if none does),
+    and every block from the first on. Frames before that one are held until it comes (none, in the files we know).
+    """
+    held = []
+    for time, block in timed_blocks:
+        held.append(block)
+        if time is not None:
+            return float(time), itertools.chain(held, (block for _, block in timed_blocks))
+    return 0.0, iter(held)
+
+
+# A late start's leading silence goes out in blocks of at most this many samples, not as one array.
+_SILENCE_BLOCK = 1 << 16
+
+
+def _align_to_zero(blocks: Iterator[np.ndarray], start: int) -> Iterator[np.ndarray]:
+    """Shift audio so that sample 0 plays at time 0: pad a late start (``start`` > 0) with that many samples of
+    silence, trim an early one's first ``-start`` samples."""
     if start > 0:
-        return np.pad(audio, ((0, 0), (start, 0)))
-    return audio[:, -start:]
+        first = next(blocks)
+        for begin in range(0, start, _SILENCE_BLOCK):
+            yield np.zeros((first.shape[0], min(_SILENCE_BLOCK, start - begin)), np.float32)
+        yield first
+        yield from blocks
+        return
+    to_drop = -start
+    for block in blocks:
+        dropped = min(to_drop, block.shape[1])
+        to_drop -= dropped
+        yield block[:, dropped:]
 
 
-def _trim_to_declared_end(audio: np.ndarray, stream: av.AudioStream, rate: int) -> np.ndarray:
-    """Drop encoder padding past the stream's declared end.
+def _declared_end(stream: av.AudioStream, rate: int) -> int | None:
+    """The sample (on the zero-aligned clock) where the stream's recorded duration ends, or None if it records none.
 
     AAC and MP3 encode whole frames (1024/1152 samples: 128 ms at 8 kHz), so the decoder returns
     the last frame's padding too; mp4 records the true length (edit list), which players honour.
     """
     if not stream.duration or stream.time_base is None:
-        return audio
+        return None
     end = round((stream.duration + (stream.start_time or 0)) * stream.time_base * rate)
-    return audio[:, :end] if end > 0 else audio
+    return end if end > 0 else None
+
+
+def _trim_to_declared_end(blocks: Iterator[np.ndarray], end: int | None) -> Iterator[np.ndarray]:
+    """Drop encoder padding past the declared end (`_declared_end`). Decoding goes on past it, so that a file
+    broken there still fails as corrupt."""
+    if end is None:
+        yield from blocks
+        return
+    kept = 0
+    for block in blocks:
+        take = max(0, min(block.shape[1], end - kept))
+        kept += take
+        yield block[:, :take]
 
 
 def _index_runs_past_end(container: av.container.InputContainer, file_size: int) -> bool:

@@ -125,6 +125,29 @@ def test_preprocess_bench_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_preprocess_bench_long_inputs_smoke(tmp_path, capsys):
+    """--long-seconds: one input per length, built from the corpus's clips, and each run's largest Ray worker peak
+    RSS, the ratio of the longest to the shortest against its goal."""
+    from bench.preprocess import LONG_INPUT_GOAL, main
+
+    out = tmp_path / "long.json"
+    code = main(["--long-seconds", "3", "7", "--videos-per-size", "1", "--min-seconds", "2.5", "--max-seconds", "3",
+                 "--corpus", str(tmp_path / "corpus"), "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [row["video_seconds"] for row in report["rows"]] == [3.0, 7.0]
+    for row in report["rows"]:
+        assert 100 < row["worker_peak_rss_mb"] < row["peak_rss_mb"]  # one process of the tree, and a Python one
+        summary = row["summary"]
+        assert row["input_bytes"] > 0 and summary["videos_ok"] + sum(summary["videos_failed"].values()) == 1
+    shortest, longest = (row["worker_peak_rss_mb"] for row in report["rows"])
+    goal = report["goals"]["worker_memory_longest_vs_shortest"]
+    assert goal["measured"] == pytest.approx(longest / shortest)
+    assert goal["met"] == (goal["measured"] <= LONG_INPUT_GOAL["worker_memory_longest_vs_shortest"])
+    assert "worker peak RSS MB" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_preprocess_bench_on_a_folder_of_clips(tiny_clips, tmp_path):
     """`--clips DIR`: both systems on the same files of a folder (here the tiny synthetic clips standing in for real
     ones), the memory section on copies of them; nothing is written next to the clips."""
