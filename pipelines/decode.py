@@ -152,9 +152,16 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
     chunk_index = produced = 0
     pending = iter(picks)  # numpy scalars one at a time: a list of an hour's picks would be 90,000 Python ints
     wanted = next(pending, None)
-    for index, (_, image) in enumerate(iter_frames(path)):
+    # Frames are picked by their place in the probe's index: one the decoder dropped or added would move every
+    # later picture against the audio, so each decoded frame's time must be the one the index holds.
+    tolerance_s = 0.5 / max(info.fps, 1.0)
+    for index, (time_s, image) in enumerate(iter_frames(path)):
         if wanted is None:
             break
+        if index >= info.frame_count or abs(time_s - info.frame_times[index]) > tolerance_s:
+            expected = f"{info.frame_times[index]:.3f} s" if index < info.frame_count else "no such frame"
+            raise MediaError("corrupt", path, f"decoded frame {index} plays at {time_s:.3f} s, the stream's index "
+                                              f"says {expected}: a frame was lost or added in decoding")
         if wanted != index:
             continue
         frame = fit_within(upright(image, info.rotation), config.max_side)

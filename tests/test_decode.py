@@ -103,3 +103,25 @@ def test_ordinary_clips_keep_every_frame(small_corpus):
         picks = output_picks(info, audio_s, FPS)
         assert np.array_equal(picks, resample_indices(info.frame_times, FPS, min(info.duration_s, audio_s))), row
         assert picture_problem(picks, WINDOW) is None
+
+
+def test_a_frame_lost_in_decoding_fails_the_video_instead_of_shifting_its_picture(talking_clip, tmp_path,
+                                                                                   monkeypatch):
+    """Frames are picked by the probe's index; a decoder that drops one frame would put every later picture a
+    frame early. The video fails as corrupt, naming the frame, rather than reaching the samples out of sync."""
+    import pipelines.decode as decode
+
+    frames, audio, rate = talking_clip
+    path = tmp_path / "clip.mp4"
+    write_clip(path, frames, [k / FPS for k in range(len(frames))], audio, rate, CONTAINERS["mp4"], Fraction(FPS))
+    assert [row["error"][0] for row in decode_rows(path)][-1] == ""  # as written, it decodes
+
+    def dropping_frame_30(source):
+        for index, frame in enumerate(iter_frames(source)):
+            if index != 30:
+                yield frame
+
+    monkeypatch.setattr(decode, "iter_frames", dropping_frame_30)
+    rows = decode_rows(path)
+    assert rows[-1]["error"][0] == "corrupt" and rows[-1]["end"][0]
+    assert "decoded frame 30 plays at 1.240 s, the stream's index says 1.200 s" in str(rows[-1]["detail"][0])
