@@ -130,3 +130,15 @@ def test_no_sample_spans_a_spliced_cut_and_the_cut_is_recorded(spliced_corpus, t
     spanning = [s for s in unsplit for cut in truth[Path(s.meta["source"]).stem]
                 if s.meta["start_frame"] + 1 < cut < s.meta["start_frame"] + s.num_frames - 1]
     assert spanning
+
+
+def test_scoring_cuts_its_segments_at_the_same_cuts(spliced_corpus, untrained_scorer):
+    """The scorer runs preprocessing's stages: its segments, the only spans its windows are drawn from, end at
+    the cut too."""
+    corpus, rows = spliced_corpus
+    row = next(row for row in rows if row["cuts_s"])
+    cut = row["cuts_s"][0] * EXPERT_CLOCK.fps
+    segments, _ = untrained_scorer.segments(corpus / row["path"])
+    spans = [(s.meta["start_frame"], s.meta["start_frame"] + s.num_frames, sample_shot(s.meta)) for s in segments]
+    assert all(end <= cut + 1 or start >= cut - 1 for start, end, _ in spans), (spans, cut)
+    assert {shot for _, _, shot in spans} == {0, 1}
