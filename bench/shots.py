@@ -5,8 +5,8 @@
 Every clip is decoded as preprocessing decodes it (25 fps, longer side at most 640 px). Each detector then
 runs on every clip, timed per frame, and is judged twice: false cuts, on the clips as they are (talking-head
 clips of one shot each); and missed cuts, on real splices: the last `--splice-frames` frames of each clip
-followed by the first ones of every other clip (resized to its frame size), a cut at the junction that only a
-detector finding it at exactly that frame gets right. Rows: ours (`pipelines.shots`), and, when the package is
+followed by the first ones of every other clip (resized to its frame size; both shrunk to at most 256 px), a
+cut at the junction that only a detector finding it at exactly that frame gets right. Rows: ours (`pipelines.shots`), and, when the package is
 importable, PySceneDetect's ContentDetector and AdaptiveDetector at their defaults, fed frames the way its
 SceneManager does (downscaled to about 256 px wide, BGR).
 """
@@ -25,22 +25,25 @@ import numpy as np
 
 from bench.report import bench_main
 from pipelines.audio import AudioConfig
-from pipelines.decode import DecodeConfig, decode_chunks
+from pipelines.decode import DecodeConfig, decode_chunks, fit_within
 from pipelines.media import MediaError, probe
 from pipelines.shots import ShotConfig, ShotState, detect_cuts
 
 VIDEO_SUFFIXES = (".mp4", ".mpg", ".mkv", ".mov", ".avi", ".webm")
+SPLICE_SIDE = 256
 
 
 @dataclass(frozen=True)
 class ShotsBenchConfig:
     clips: tuple[Path, ...] = field(metadata={"help": "folders of real clips, each of one shot"})
     splice_frames: int = field(default=30, metadata={"help": "frames of each clip on either side of a splice"})
+    reference_splices: int = field(default=300, metadata={"help": "splices PySceneDetect's detectors are judged on (an even "
+                                                                   "sample of all; ours is judged on all)"})
     out: Path = field(default=Path("runs/bench/shots.json"), metadata={"help": "JSON results"})
 
     def __post_init__(self):
-        if self.splice_frames < 1:
-            raise ValueError("--splice-frames must be at least 1")
+        if self.splice_frames < 1 or self.reference_splices < 1:
+            raise ValueError("--splice-frames and --reference-splices must be at least 1")
 
 
 def ours(frames: list[np.ndarray]) -> list[int]:
@@ -71,56 +74,75 @@ def scenedetect_detector(name: str) -> Callable[[list[np.ndarray]], list[int]] |
     return detect
 
 
-def decoded_clips(folders: tuple[Path, ...]) -> dict[str, list[np.ndarray]]:
-    clips = {}
-    for folder in folders:
-        for path in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES):
-            try:
-                info = probe(path)
-                clips[path.name] = [frame for chunk in decode_chunks(path, info, DecodeConfig(), AudioConfig())
-                                    for frame in chunk.frames]
-            except MediaError as failure:
-                print(f"skipped {path}: {failure}")
-    if not clips:
-        raise ValueError(f"no readable clips under {', '.join(map(str, folders))}")
-    return clips
+def clip_paths(folders: tuple[Path, ...]) -> list[Path]:
+    paths = [p for folder in folders for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
+    if not paths:
+        raise ValueError(f"no clips under {', '.join(map(str, folders))}")
+    return paths
 
 
-def splices(clips: dict[str, list[np.ndarray]], frames: int):
-    """(junction frame, frames) for every ordered pair of clips: the end of one, then the start of the other."""
-    for first, second in itertools.permutations(clips, 2):
-        tail = clips[first][-frames:]
+def decoded(path: Path) -> list[np.ndarray]:
+    return [frame for chunk in decode_chunks(path, probe(path), DecodeConfig(), AudioConfig()) for frame in chunk.frames]
+
+
+def splices(ends: dict[str, tuple[list, list]], most: int | None = None):
+    """(junction frame, frames) for every ordered pair of clips (`most` of them, evenly spread, when given): the
+    end of one, then the start of the other resized to its frame size. Made one at a time: all of them at once
+    would not fit in memory."""
+    pairs = list(itertools.permutations(ends, 2))
+    if most is not None and most < len(pairs):
+        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, most).round().astype(int)]
+    for first, second in pairs:
+        tail = ends[first][0]
         height, width = tail[0].shape[:2]
-        head = [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in clips[second][:frames]]
+        head = [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in ends[second][1]]
         yield len(tail), tail + head
-
-
-def judge(detect: Callable, clips: dict[str, list[np.ndarray]], splice_frames: int) -> dict:
-    frames = sum(len(v) for v in clips.values())
-    started = time.process_time()
-    false = {name: cuts for name, frames_ in clips.items() if (cuts := detect(frames_))}
-    cpu_s = time.process_time() - started
-    junctions = list(splices(clips, splice_frames))
-    missed = sum(junction not in detect(sequence) for junction, sequence in junctions)
-    return {"frames": frames, "us_per_frame": round(1e6 * cpu_s / frames, 1), "clips": len(clips),
-            "clips_with_false_cuts": len(false), "false_cuts": sum(len(c) for c in false.values()),
-            "false_cut_clips": sorted(false), "splices": len(junctions), "missed_splices": missed}
 
 
 def bench_shots(config: ShotsBenchConfig) -> dict:
     cv2.setNumThreads(1)
-    started = time.process_time()
-    clips = decoded_clips(config.clips)
-    frames = sum(len(v) for v in clips.values())
-    decode_us = 1e6 * (time.process_time() - started) / frames
-    rows = [{"detector": "ours (colour histogram, adaptive)", **judge(ours, clips, config.splice_frames)}]
+    detectors = {"ours (colour histogram, adaptive)": (ours, None)}
     for name in ("ContentDetector", "AdaptiveDetector"):
         detect = scenedetect_detector(name)
         if detect is not None:
-            rows.append({"detector": f"PySceneDetect {detect.version} {name}",
-                         **judge(detect, clips, config.splice_frames)})
+            detectors[f"PySceneDetect {detect.version} {name}"] = (detect, config.reference_splices)
+    rows = {name: {"detector": name, "frames": 0, "cpu_s": 0.0, "false_cuts": 0, "false_cut_clips": []}
+            for name in detectors}
+    ends, decode_cpu_s, frames_total = {}, 0.0, 0
+    for path in clip_paths(config.clips):
+        started = time.process_time()
+        try:
+            frames = decoded(path)
+        except MediaError as failure:
+            print(f"skipped {path}: {failure}")
+            continue
+        decode_cpu_s += time.process_time() - started
+        frames_total += len(frames)
+        for name, (detect, _) in detectors.items():
+            started = time.process_time()
+            cuts = detect(frames)
+            row = rows[name]
+            row["cpu_s"] += time.process_time() - started
+            row["frames"] += len(frames)
+            if cuts:
+                row["false_cuts"] += len(cuts)
+                row["false_cut_clips"].append(path.name)
+        # Splices are judged on frames shrunk to at most 256 px (PySceneDetect works at about that width anyway).
+        small = [fit_within(frame, SPLICE_SIDE) for frame in frames]
+        ends[path.name] = (small[-config.splice_frames:], small[:config.splice_frames])
+        del frames
+    if not ends:
+        raise ValueError("no readable clips")
+    for name, (detect, most) in detectors.items():
+        junctions = missed = 0
+        for junction, sequence in splices(ends, most):
+            junctions += 1
+            missed += junction not in detect(sequence)
+        row = rows[name]
+        row.update(clips=len(ends), clips_with_false_cuts=len(row["false_cut_clips"]), splices=junctions,
+                   missed_splices=missed, us_per_frame=round(1e6 * row.pop("cpu_s") / row["frames"], 1))
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, CPU, one thread",
-            "decode_us_per_frame": round(decode_us, 1), "rows": rows}
+            "decode_us_per_frame": round(1e6 * decode_cpu_s / frames_total, 1), "rows": list(rows.values())}
 
 
 def format_table(result: dict) -> str:

@@ -32,7 +32,7 @@ SIGNATURE_SIDE = 48  # pixels a side of the frame copy whose colours are counted
 HISTOGRAM_BINS = (16, 4, 4)  # hue, saturation, value
 HISTOGRAM_RANGES = [0, 180, 0, 256, 0, 256]  # OpenCV's 8-bit HSV: hue 0..179
 HISTORY_FRAMES = 10  # frames whose mean change a cut must stand out from (0.4 s at 25 fps)
-MIN_SHOT_FRAMES = 5  # no cut this soon after another (a flash, a dissolve's frames); one expert window at 25 fps
+MIN_SHOT_FRAMES = 5  # no cut this soon after another or the start (a flash, a fade); one expert window at 25 fps
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ShotConfig:
 
     split_shots: bool = field(default=True, metadata={"help": "end face tracks (and samples) at shot cuts found in the frames"})
     cut_threshold: float = field(default=10.0, metadata={"help": "smallest colour-histogram change between two frames that is a cut, in percent of the pixels"})
-    cut_ratio: float = field(default=6.0, metadata={"help": "... and how many times the mean change of the frames before it it must be"})
+    cut_ratio: float = field(default=6.0, metadata={"help": "... and at least this many times the mean change over the frames before it"})
 
     def __post_init__(self):
         if self.cut_threshold <= 0 or self.cut_ratio < 1:

@@ -92,7 +92,7 @@ def test_the_shot_field_is_checked_and_old_samples_are_shot_0():
 @pytest.fixture(scope="module")
 def spliced_corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("spliced")
-    rows = generate_corpus(SyntheticConfig(out=out, num_videos=3, seed=21, splice=2, heldout_fraction=0,
+    rows = generate_corpus(SyntheticConfig(out=out, num_videos=3, seed=21, splice=1, heldout_fraction=0,
                                            min_seconds=3.0, max_seconds=3.5, workers=2), progress=False)
     return out, rows
 
@@ -107,7 +107,7 @@ def preprocess(corpus: Path, output: Path, split_shots: bool) -> list:
 def test_no_sample_spans_a_spliced_cut_and_the_cut_is_recorded(spliced_corpus, tmp_path):
     corpus, rows = spliced_corpus
     truth = {row["key"]: [cut * EXPERT_CLOCK.fps for cut in row["cuts_s"]] for row in rows}
-    assert sorted(len(cuts) for cuts in truth.values()) == [0, 1, 1]
+    assert sorted(len(cuts) for cuts in truth.values()) == [0, 0, 1]
 
     segments = preprocess(corpus, tmp_path / "split", split_shots=True)
     videos = {Path(video["uri"]).stem: video for stats in shard_stats(str(tmp_path / "split"), LOCAL)
@@ -142,3 +142,18 @@ def test_scoring_cuts_its_segments_at_the_same_cuts(spliced_corpus, untrained_sc
     spans = [(s.meta["start_frame"], s.meta["start_frame"] + s.num_frames, sample_shot(s.meta)) for s in segments]
     assert all(end <= cut + 1 or start >= cut - 1 for start, end, _ in spans), (spans, cut)
     assert {shot for _, _, shot in spans} == {0, 1}
+
+
+def test_the_bench_finds_no_cut_in_single_shots_and_the_cut_of_each_splice(spliced_corpus, tmp_path):
+    from bench.shots import main
+
+    corpus, rows = spliced_corpus
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for row in rows:
+        if not row["cuts_s"]:
+            (clips / Path(row["path"]).name).symlink_to(corpus / row["path"])
+    assert main(["--clips", str(clips), "--out", str(tmp_path / "shots.json")]) == 0
+    ours = json.loads((tmp_path / "shots.json").read_text())["rows"][0]
+    assert (ours["clips"], ours["false_cuts"], ours["splices"], ours["missed_splices"]) == (2, 0, 2, 0)
+    assert ours["us_per_frame"] > 0
