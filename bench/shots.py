@@ -48,7 +48,7 @@ class ShotsBenchConfig:
 
 def ours(frames: list[np.ndarray]) -> list[int]:
     """Our detector, chunk by chunk as the decoder runs it (here one chunk: chunks do not change its cuts)."""
-    return detect_cuts(np.stack(frames), ShotState(), ShotConfig())[0].tolist()
+    return detect_cuts(frames, ShotState(), ShotConfig())[0].tolist()
 
 
 def scenedetect_detector(name: str) -> Callable[[list[np.ndarray]], list[int]] | None:
