@@ -24,6 +24,7 @@ from pipelines.audio import AudioConfig, prepare_stream
 from pipelines.core.columns import object_column
 from pipelines.core.storage import StorageConfig, local_copy
 from pipelines.media import MediaError, MediaInfo, iter_frames, probe, stream_audio
+from pipelines.shots import ShotConfig, mark_cuts
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
 
@@ -34,6 +35,7 @@ class DecodeConfig:
 
     chunk_seconds: float = field(default=10.0, metadata={"help": "longest piece a video is cut into (and the longest sample)"})
     max_side: int = field(default=640, metadata={"help": "frames are downscaled so their longer side is at most this before face detection"})
+    shots: ShotConfig = field(default_factory=ShotConfig, metadata={"help": "shot cuts"})
 
     def __post_init__(self):
         if self.chunk_seconds <= 0 or self.max_side < 32:
@@ -48,12 +50,16 @@ class Chunk:
     frames: uint8 [T, H, W, 3] RGB, upright, frame t at time (start_frame + t) / fps.
     audio:  float32 mono at 16 kHz covering frames [start_frame - CONTEXT_FRAMES, start_frame + T + CONTEXT_FRAMES),
             zero where that lies outside the recording.
+    cuts:   int64 [C] the frames (of this chunk) that start a new shot (`pipelines.shots`), ascending.
+    shot:   the video's shot index at the chunk's first frame before any of its cuts (shots before it).
     """
 
     index: int
     start_frame: int
     frames: np.ndarray
     audio: np.ndarray
+    cuts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    shot: int = 0
 
 
 def resample_indices(source_times: np.ndarray, fps: float, duration_s: float) -> np.ndarray:
@@ -241,8 +247,9 @@ class DecodeStage:
         try:
             with local_copy(str(source["uri"]), self.storage) as path:
                 info = probe(path)
-                for chunk in decode_chunks(path, info, self.config, self.audio_config):
-                    yield self._row(source, info, chunk.index, chunk.start_frame, chunk.frames, chunk.audio)
+                for chunk in mark_cuts(decode_chunks(path, info, self.config, self.audio_config), self.config.shots):
+                    yield self._row(source, info, chunk.index, chunk.start_frame, chunk.frames, chunk.audio,
+                                    cuts=chunk.cuts, shot=chunk.shot)
                     count += 1
         except MediaError as failure:
             error, detail = failure.reason, str(failure)
@@ -253,11 +260,12 @@ class DecodeStage:
         empty = np.zeros((0, 2, 2, 3), np.uint8)
         yield self._row(source, info, count, 0, empty, np.zeros(0, np.float32), end=True, error=error, detail=detail)
 
-    def _row(self, source, info, chunk, start_frame, frames, audio, end=False, error="", detail=""):
+    def _row(self, source, info, chunk, start_frame, frames, audio, end=False, error="", detail="", cuts=None, shot=0):
         return {
             **{name: np.array([str(value)]) for name, value in source.items()},
             "chunk": np.array([chunk]), "start_frame": np.array([start_frame]), "end": np.array([end]),
             "frames": object_column([frames]), "audio": object_column([audio]),
+            "cuts": object_column([np.zeros(0, np.int64) if cuts is None else cuts]), "shot": np.array([shot]),
             "source_fps": np.array([info.fps if info else 0.0]),
             "source_rate": np.array([info.sample_rate or 0 if info else 0]),
             "error": np.array([error]), "detail": np.array([detail]),

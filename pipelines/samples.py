@@ -1,7 +1,7 @@
 """From a chunk's face crops, face tracks and audio to samples, one per continuous face segment.
 
-The face stage's tracks (`FaceStage`, the same runs its landmarks were smoothed along) are cut into segments of
-at most the chunk's length and at least `min_segment_frames`; each becomes a sample of the shard format
+The face stage's tracks (`FaceStage`, the same runs its landmarks were smoothed along, ended at shot cuts) are cut
+into segments of at most the chunk's length and at least `min_segment_frames`; each becomes a sample of the shard format
 (`pipelines.shards.format`: its faces, the log-mel of its (separated) voice, its json), and the chunk's samples
 one tar. With it goes the chunk's record (`pipelines.shards.records`: sample summaries, frame counts, drops),
 or, for the row that ends a video, the end record with the chunk count or the decoder's failure.
@@ -17,6 +17,7 @@ from pipelines.audio import AudioConfig, segment_mel, separate_voice
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import CONTEXT_FRAMES
 from pipelines.faces.tracks import landmark_quality, split_and_filter
+from pipelines.shots import shot_of
 from pipelines.shards.format import JPEG_QUALITY, sample_key
 from pipelines.shards.records import ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part
 
@@ -69,7 +70,8 @@ class SampleStage:
             samples = [self.segment_sample(row, voice, begin, end) for begin, end in segments]
         part, summaries = chunk_part(samples, self.audio_config.clock, self.config.jpeg_quality)
         record = ChunkRecord(key=key, uri=uri, chunk=int(row["chunk"]), samples=summaries, frames=len(row["faces"]),
-                             frames_with_face=int(np.isfinite(row["landmarks"][:, 0, 0]).sum()), dropped_short=dropped)
+                             frames_with_face=int(np.isfinite(row["landmarks"][:, 0, 0]).sum()), dropped_short=dropped,
+                             cuts=tuple(int(row["start_frame"]) + int(cut) for cut in row.get("cuts", ())))
         return record, part
 
     def segment_sample(self, row: dict, voice: np.ndarray, begin: int,
@@ -87,6 +89,7 @@ class SampleStage:
             "split": str(row["split"]),
             "aligner": str(row["aligner"]),
             "crop": str(row["crop"]),
+            "shot": shot_of(begin, int(row.get("shot", 0)), row.get("cuts", ())),
             "separated": self.config.separate,
             "quality": landmark_quality(row["landmarks"][begin:end], row["scores"][begin:end]),
         }

@@ -3,6 +3,7 @@
 A video is decoded (`pipelines.decode`), its faces aligned (`pipelines.faces.stage.FaceStage`) and cut into face
 segments with the log-mel of their (separated) voice (`pipelines.samples.SampleStage`), in this process and in
 the same order as `python -m pipelines.preprocess`; the samples are then read back as the trainer reads shards.
+So segments end at shot cuts as preprocessing's do (`pipelines.shots`), and no window spans one.
 So the expert scores exactly the kind of input it was trained on, whatever the file's fps, rate or container.
 
 Every window of `window_frames` frames is compared with the audio shifted by -K..K frames (`model.offset`); the
@@ -29,6 +30,7 @@ from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import DEVICES, FaceConfig
 from pipelines.faces.stage import FaceStage
 from pipelines.samples import SampleConfig, SampleStage
+from pipelines.shards.format import sample_shot
 from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.sources import make_key
 
@@ -206,6 +208,7 @@ class VideoScore:
             "faces_in_view": {str(k): v for k, v in sorted(self.face_counts.items())},
             "windows_scored": int(len(result.window_starts)),
             "segments": [{"key": s.key, "start_s": s.start_s, "end_s": s.end_s, "frames": s.num_frames,
+                          "shot": sample_shot(s.segment.meta),
                           "offset_frames": s.result.offset_frames if s.result else None,
                           "confidence": s.result.confidence if s.result else None,
                           "sync_probability": s.result.best_similarity if s.result else None}

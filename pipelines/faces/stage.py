@@ -2,7 +2,8 @@
 
 Runs as a Ray Data actor so the aligner's models load once per worker; on a GPU worker the retinaface and
 face-alignment aligners batch detection and landmarks across the chunk's frames. The tracks it finds (runs of one
-face without a cut, `pipelines.faces.tracks.face_tracks`) are the runs its landmarks are smoothed along, and go on
+face without a cut, `pipelines.faces.tracks.face_tracks`, also ended at the shot cuts the decoder found,
+`pipelines.shots`) are the runs its landmarks are smoothed along, and go on
 as the "tracks" column (int64 [n, 2], [start, end) per track) for the sample stage to cut segments from.
 
 The crops are aligned (`align.crop_faces`, warped on the aligner's GPU when it has one) or the detector's boxes
@@ -20,6 +21,7 @@ from pipelines.faces.align import box_crops, crop_faces, smooth_landmarks
 from pipelines.faces.base import FaceConfig
 from pipelines.faces.factory import make_aligner
 from pipelines.faces.tracks import face_tracks
+from pipelines.shots import split_at_cuts
 
 
 class FaceStage:
@@ -33,9 +35,9 @@ class FaceStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = {"faces": [], "landmarks": [], "scores": [], "tracks": []}
         errors, details = list(batch["error"]), list(batch["detail"])
-        for i, frames in enumerate(batch["frames"]):
+        for i, (frames, cuts) in enumerate(zip(batch["frames"], batch.get("cuts", [None] * len(errors)))):
             try:
-                found = self.align(frames)
+                found = self.align(frames, cuts)
             except Exception as failure:  # an unforeseen failure costs its video, not the run (as in decoding)
                 found = self.align(frames[:0])
                 errors[i], details[i] = "faces_error", f"{type(failure).__name__}: {failure}"
@@ -48,8 +50,10 @@ class FaceStage:
         out["crop"] = np.array([self.config.crop] * len(errors))
         return out
 
-    def align(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """A chunk's frames -> crops, landmarks, scores and tracks (see the module docstring)."""
+    def align(self, frames: np.ndarray,
+              cuts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A chunk's frames, and those of them that start a new shot -> crops, landmarks, scores and tracks (see
+        the module docstring)."""
         config = self.config
         if not len(frames):
             return (np.zeros((0, config.crop_size, config.crop_size, 3), np.uint8), *_no_faces(0),
@@ -58,7 +62,7 @@ class FaceStage:
         on_device = self.crop_device is not None and getattr(self.aligner, "takes_device_frames", False)
         source = upload_frames(frames, self.crop_device) if on_device and config.crop != "box" else frames
         points, score, boxes = self.aligner.track(source)
-        runs = face_tracks(points, config.max_center_jump)
+        runs = split_at_cuts(face_tracks(points, config.max_center_jump), () if cuts is None else cuts)
         # Smooth within tracks only: averaging across a cut would blur the jump that ends a track.
         points = smooth_landmarks(points, tracks=runs)
         if config.crop == "box":

@@ -3,7 +3,8 @@
 An output folder (local or s3://) holds
 
     shard-NNNNNN.tar     WebDataset samples: per face segment KEY.jpg, KEY.mel.npy and KEY.json (below)
-    shard-NNNNNN.json    the shard's stats: sample count, and per video its verdict and sample summaries
+    shard-NNNNNN.json    the shard's stats: sample count, and per video its verdict, sample summaries and
+                         "cuts" (the frames that start a new shot, on the expert's clock; absent: none found)
     index.parquet        one row per sample and per failed video, rebuilt from the stats
     _parts/VIDEO/        work in progress of the part writer: cNNNNN.tar + cNNNNN.json per chunk, end.json
 
@@ -15,9 +16,10 @@ first dot, and keys name folders):
     KEY.mel.npy   float32 [80, clock.mel_column(T)] log-mel, column 0 at the first frame; never a pickle
     KEY.json      key, source, source_key, speaker, split, aligner, start_frame, num_frames, start_s, end_s,
                   fps, mel_fps, crop_size (`sample_members` derives the last six), what the producer adds
-                  (preprocessing: source_fps, source_sample_rate, separated, quality, crop; curation: realigned,
-                  sync_offset_frames, sync_confidence) and, since format 1, "format": FORMAT_VERSION and
-                  "clock": {fps, sample_rate, hop_length}
+                  (preprocessing: source_fps, source_sample_rate, separated, quality, crop, shot; curation:
+                  realigned, sync_offset_frames, sync_confidence) and, since format 1, "format": FORMAT_VERSION and
+                  "clock": {fps, sample_rate, hop_length}. "shot" is the index (from 0) of the camera shot of
+                  the video the sample lies in: no sample spans a cut (`pipelines.shots`); `sample_shot` reads it
 
 Samples without "format" are version 0: they record only fps and mel_fps, and were all written at 16 kHz
 (`sample_clock`). Kept free of heavy imports: the training loader needs this and nothing else of preprocessing.
@@ -46,6 +48,8 @@ JPEG_QUALITY = 95
 # The json fields a reader relies on, with their types; a sample lacking one is damaged.
 META_TYPES = {"split": str, "source_key": str, "speaker": str, "crop_size": int, "num_frames": int,
               "fps": (int, float), "mel_fps": (int, float)}
+# Fields samples of earlier versions lack, with their types where present.
+OPTIONAL_META_TYPES = {"shot": int}
 
 # A shard is a USTAR tar, whose member name field holds tarfile.LENGTH_NAME (100) bytes; the 155-byte prefix field
 # takes only what precedes a "/", and member names have none. The longest name a sample gets is its video's key,
@@ -211,8 +215,16 @@ def decode_meta(data: bytes) -> dict:
     for field, kind in META_TYPES.items():
         if not isinstance(meta[field], kind):
             raise TypeError(f"json field {field!r} is {type(meta[field]).__name__}")
+    for field, kind in OPTIONAL_META_TYPES.items():
+        if field in meta and (not isinstance(meta[field], kind) or isinstance(meta[field], bool)):
+            raise TypeError(f"json field {field!r} is {type(meta[field]).__name__}")
     format_version(meta)
     return meta
+
+
+def sample_shot(meta: dict) -> int:
+    """The shot of its video a sample lies in; samples written before shots were told apart count as shot 0."""
+    return meta.get("shot", 0)
 
 
 def decode_arrays(members: dict[str, bytes], meta: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,7 @@ class ChunkRecord:
     dropped_short: int = 0  # face segments shorter than the minimum
     annotations: tuple[dict, ...] = ()  # the producer's own notes (JSON objects), stored in the stats unread
     failure: Failure | None = None  # what stopped a stage on this chunk: the whole video fails with it
+    cuts: tuple[int, ...] = ()  # video frames in this chunk that start a new shot (`pipelines.shots`)
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,10 @@ def record_from_json(text: str | bytes) -> Record:
     if kind == "chunk":
         samples = tuple(SampleSummary(**sample) for sample in data.pop("samples"))
         annotations = tuple(data.pop("annotations"))
-        failure = data.pop("failure", None)  # absent from the records of earlier versions
+        failure = data.pop("failure", None)  # absent from the records of earlier versions, as are cuts
+        cuts = tuple(data.pop("cuts", ()))
         return ChunkRecord(**data, samples=samples, annotations=annotations,
-                           failure=Failure(**failure) if failure else None)
+                           failure=Failure(**failure) if failure else None, cuts=cuts)
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -85,6 +85,9 @@ def video_verdict(records: list[Record]) -> dict:
                "frames_with_face": sum(r.frames_with_face for r in chunks),
                "dropped_short": sum(r.dropped_short for r in chunks), "samples": samples,
                "status": "ok", "reason": "", "detail": ""}
+    cuts = sorted(cut for r in chunks for cut in r.cuts)
+    if cuts:
+        verdict["cuts"] = cuts
     annotations = [note for r in chunks for note in r.annotations]
     if annotations:
         verdict["annotations"] = annotations

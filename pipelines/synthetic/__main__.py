@@ -1,4 +1,4 @@
-"""`python -m pipelines.synthetic --out DIR --num-videos N --seed S [--corrupt K]`"""
+"""`python -m pipelines.synthetic --out DIR --num-videos N --seed S [--corrupt K] [--splice K]`"""
 
 from __future__ import annotations
 

@@ -9,6 +9,11 @@ Layout of `--out DIR`:
     DIR/heldout/vidNNNNN.<ext>  audio shifted by a known offset in [-max, +max] frames, unseen speakers
     DIR/manifest.jsonl          one JSON object per file, sorted by key (fields: `manifest_entry`)
 
+With --splice K, K in-sync videos are two shots: mid-speech the picture cuts to another face on another
+backdrop, framed the same (the head keeps its place and motion, the lips keep following the speech), so that
+a face track would run across the cut. The manifest's `cuts_s` gives the time of the first frame of the
+second shot.
+
 Offsets are in frames of the expert's 25 fps clock (40 ms each) whatever the clip's own frame rate; positive
 means the audio is late (the sound of a phoneme comes after the lips make it).
 """
@@ -73,6 +78,7 @@ class SyntheticConfig:
     face_sources: Path | None = field(default=None, metadata={
         "help": "with --faces photo: a folder of face images or clips to take identities from (read when the "
                 "corpus is made); default skimage's astronaut photo"})
+    splice: int = field(default=0, metadata={"help": "in-sync videos that cut mid-speech to another face and backdrop, framed the same"})
 
     def __post_init__(self):
         problems = []
@@ -89,6 +95,8 @@ class SyntheticConfig:
             problems.append("--face-sources needs --faces photo")
         if self.corrupt < 0 or self.workers < 1 or self.videos_per_speaker < 1:
             problems.append("--corrupt >= 0, --workers >= 1 and --videos-per-speaker >= 1")
+        if not 0 <= self.splice <= self.num_videos - round(self.num_videos * self.heldout_fraction):
+            problems.append("--splice must lie between 0 and the number of in-sync videos")
         if problems:
             raise ValueError("invalid synthetic corpus config: " + "; ".join(problems))
 
@@ -113,6 +121,7 @@ class VideoPlan:
     seconds: float
     background: str
     corrupt: str | None = None  # which broken input this is, if any
+    splice_at: float | None = None  # where in the clip (share of its length) the second shot begins, if any
 
     @property
     def relative_path(self) -> str:
@@ -131,6 +140,7 @@ def plan_corpus(config: SyntheticConfig) -> list[VideoPlan]:
     train_rank = {i: rank for rank, i in enumerate(i for i in range(count) if i not in heldout)}
     heldout_rank = {i: rank for rank, i in enumerate(sorted(heldout))}
     train_speakers = math.ceil(len(train_rank) / config.videos_per_speaker)
+    spliced = set(sorted(train_rank)[:config.splice])
     plans = []
     for index in range(count + config.corrupt):
         video_rng = np.random.default_rng([config.seed, 1, index])
@@ -164,6 +174,9 @@ def plan_corpus(config: SyntheticConfig) -> list[VideoPlan]:
             background=str(video_rng.choice(["music", "noise"])) if video_rng.random() < config.background_fraction
             else "none",
             corrupt=corrupt.KINDS[(index - count) % len(corrupt.KINDS)] if is_corrupt else None,
+            # Its own generator, so that a corpus without splices stays the same draw for draw.
+            splice_at=float(np.random.default_rng([config.seed, 4, index]).uniform(0.4, 0.6))
+            if index in spliced else None,
         ))
     return plans
 
@@ -268,17 +281,29 @@ def generate_video(plan: VideoPlan, config: SyntheticConfig) -> dict:
     width, height = plan.frame_size
     noise_bank = [rng.normal(0, sigma, (height, width, 3)).astype(np.float32) for _ in range(6)]
 
+    cuts_s = splice_times(plan, times, seconds)
+    # The second shot: a face of no speaker of the corpus, before its own backdrop.
+    second = (FaceRenderer(random_identity(np.random.default_rng([config.seed, 5, plan.index])), plan.frame_size)
+              if cuts_s else None)
+
     path = config.out / plan.relative_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         if plan.corrupt:
             corrupt.write_broken(path, plan.corrupt, renderer, motion, track, times, audio, plan)
         else:
-            frames = (renderer.render(motion.at(t), track.at(t), noise_bank[k % len(noise_bank)])
-                      for k, t in enumerate(times))
+            frames = ((second if cuts_s and t >= cuts_s[0] else renderer).render(
+                motion.at(t), track.at(t), noise_bank[k % len(noise_bank)]) for k, t in enumerate(times))
             write_clip(path, frames, times, audio, plan.sample_rate, CONTAINERS[plan.container],
                        fps=plan.fps or Fraction(round(len(times) / seconds * 1000), 1000))
-    return manifest_entry(plan, speaker, speech, speech_start, seconds, times)
+    return manifest_entry(plan, speaker, speech, speech_start, seconds, times, cuts_s)
+
+
+def splice_times(plan: VideoPlan, times: np.ndarray, seconds: float) -> list[float]:
+    """When the spliced second shot begins: the time of its first frame ([] for a single shot)."""
+    if plan.splice_at is None:
+        return []
+    return [float(times[np.searchsorted(times, plan.splice_at * seconds)])]
 
 
 def make_renderer(config: SyntheticConfig, plan: VideoPlan, speaker: Speaker):
@@ -323,7 +348,7 @@ def check_face_sources(config: SyntheticConfig) -> list[str]:
 
 
 def manifest_entry(plan: VideoPlan, speaker: Speaker, speech: Speech, speech_start: float, seconds: float,
-                   times: np.ndarray) -> dict:
+                   times: np.ndarray, cuts_s: list[float]) -> dict:
     spec = CONTAINERS[plan.container]
     return {
         "key": plan.key,
@@ -353,6 +378,7 @@ def manifest_entry(plan: VideoPlan, speaker: Speaker, speech: Speech, speech_sta
                      for p in speech.phonemes],
         "corrupt": plan.corrupt,
         "expected_error": corrupt.EXPECTED_REASON.get(plan.corrupt),
+        "cuts_s": [round(cut, 4) for cut in cuts_s],  # where a new shot begins (its first frame's time)
     }
 
 
@@ -428,6 +454,9 @@ def summarize(rows: list[dict], wall_s: float) -> str:
         "  background:    " + _counts(r["background"] for r in good),
         "  held-out offsets: " + " ".join(str(r["offset_frames"]) for r in good if r["subset"] == "heldout"),
     ]
+    spliced = [r for r in good if r.get("cuts_s")]
+    if spliced:
+        lines.append(f"  spliced (two shots): {len(spliced)}")
     if len(rows) > len(good):
         lines.append("  broken inputs: " + _counts(r["corrupt"] for r in rows if r["corrupt"]))
     return "\n".join(lines)
