@@ -65,19 +65,21 @@ def bench_real_offsets(config: RealOffsetsConfig) -> dict:
 
 
 def accuracy(rows: list[dict], offsets) -> dict:
-    absolute, relative, within_1 = [], [], []
+    absolute, relative, within_1, confidence = [], [], [], []
     for row in rows:
         base = row["estimates"].get("0")
         for offset in offsets:
             found = row["estimates"].get(str(offset))
             if found is None or base is None:
                 continue
+            confidence.append(found[1])
             absolute.append(found[0] == offset)
             relative.append(found[0] - base[0] == offset)
             within_1.append(abs(found[0] - base[0] - offset) <= 1)
     mean = lambda values: round(float(np.mean(values)), 3) if values else 0.0  # noqa: E731
     return {"scored": len(absolute), "absolute_exact": mean(absolute), "relative_exact": mean(relative),
-            "relative_within_1": mean(within_1)}
+            "relative_within_1": mean(within_1),
+            "median_confidence": round(float(np.median(confidence)), 4) if confidence else 0.0}
 
 
 def format_table(result: dict) -> str:
@@ -88,7 +90,8 @@ def format_table(result: dict) -> str:
         lines.append(f"| {row['clip']} | " + " | ".join(cells) + " |")
     lines.append(f"\nestimate (confidence) per applied offset; {result['scored']} scored: exact {result['absolute_exact']:.0%}, "
                  f"relative to the unshifted clip exact {result['relative_exact']:.0%}, within +-1 "
-                 f"{result['relative_within_1']:.0%}; {result['video_seconds_per_second']} video-s per s")
+                 f"{result['relative_within_1']:.0%}; median confidence {result['median_confidence']:.3f}; "
+                 f"{result['video_seconds_per_second']} video-s per s")
     return "\n".join(lines)
 
 

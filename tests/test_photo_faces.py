@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -15,7 +13,9 @@ from pipelines.synthetic.face import REST, HeadPose, MouthShape
 from pipelines.synthetic.speech import Phoneme
 from pipelines.synthetic.visemes import mouth_track
 
-REAL_MORE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_more"
+from conftest import SHARED_DATA
+
+REAL_MORE = SHARED_DATA / "real_more"
 SHARP = photo_face.Camera(blur_sigma=0.0, jpeg_quality=100, gain=(1.0, 1.0, 1.0), gamma=1.0)
 SIZE = (320, 320)
 POSE = HeadPose(angle_deg=4.0, scale=320 / 256 * 0.85, center=(162.0, 158.0))

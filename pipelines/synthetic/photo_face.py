@@ -264,14 +264,14 @@ def _closed_mouth(landmarks: np.ndarray) -> np.ndarray:
 
 def articulate(neutral: np.ndarray, mouth: MouthShape) -> np.ndarray:
     """Landmarks [68, 2] of the closed-mouth `neutral` moved to `mouth`: lips parted, jaw dropped, corners
-    spread or rounded. The scale follows `face.py`'s drawn mouth: fully open, the inner lips part by about
-    the mouth's width."""
+    spread or rounded. Fully open, the inner lips part by about half the mouth's width, as a real mouth
+    on a wide vowel does."""
     points = neutral.copy()
     corners = neutral[[48, 54]]
     centre_x = corners[:, 0].mean()
     half = (corners[1, 0] - corners[0, 0]) / 2
     spread = (0.75 + 0.45 * mouth.width) / 0.975 - 0.13 * mouth.open * (1 - mouth.width)
-    gap = 0.95 * 2 * half * mouth.open * 0.55
+    gap = 1.05 * half * mouth.open
     mouth_points = list(range(48, 68))
     offsets = neutral[mouth_points, 0] - centre_x
     points[mouth_points, 0] = centre_x + offsets * spread
