@@ -1,7 +1,7 @@
 """Two people in one picture, one of them speaking: a clip for telling who speaks (`model.sync.speaker`).
 
-The speaker's clip gives the left of the picture and the whole soundtrack; the other clip's picture, scaled, goes
-beside it, so its mouth moves to speech that is not heard (another speaker of the corpus), or, given the speaker's
+The speaker's clip gives one side of the picture and the whole soundtrack; the other clip's picture goes beside
+it, so its mouth moves to speech that is not heard (another speaker of the corpus), or, given the speaker's
 own clip and `other_delay_frames`, to the heard speech shifted in time. Only the left face's lips follow the audio.
 Clips of the synthetic corpus or real ones alike, at 25 fps.
 """
@@ -31,10 +31,11 @@ def side_by_side(left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarra
 
 
 def write_two_faces(target: Path, speaker: Path, other: Path, scale: float = 1.0, frames: int | None = None,
-                    other_delay_frames: int = 0) -> None:
-    """Write a 25 fps Matroska clip of `speaker` (picture and sound) with `other`'s picture beside it, scaled by
-    `scale`, `other_delay_frames` later than it was recorded (its first frame held meanwhile); the first
-    `frames` frames and their audio only, when given. Both inputs must be 25 fps."""
+                    other_delay_frames: int = 0, speaker_on_right: bool = False) -> None:
+    """Write a 25 fps Matroska clip of `speaker` (picture and sound) with `other`'s picture beside it, `other`
+    `other_delay_frames` later than it was recorded (its first frame held meanwhile); the right-hand one scaled
+    by `scale`, which is `other` unless `speaker_on_right`. The first `frames` frames and their audio only, when
+    given. Both inputs must be 25 fps."""
     from pipelines.media import iter_frames, probe, read_audio
     from pipelines.synthetic.container import CONTAINERS, write_clip
 
@@ -48,5 +49,7 @@ def write_two_faces(target: Path, speaker: Path, other: Path, scale: float = 1.0
     pairs = pairs[:frames]
     audio, rate = read_audio(speaker)
     audio = audio[:, :round(len(pairs) / EXPERT_CLOCK.fps * rate)]
-    write_clip(target, (side_by_side(left, right, scale) for _, left, right in pairs), [t for t, _, _ in pairs],
+    pictures = (side_by_side(other, mine, scale) if speaker_on_right else side_by_side(mine, other, scale)
+                for _, mine, other in pairs)
+    write_clip(target, pictures, [t for t, _, _ in pairs],
                audio, rate, CONTAINERS["mkv"], Fraction(EXPERT_CLOCK.fps))
