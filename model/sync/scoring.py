@@ -251,10 +251,12 @@ class VideoScore:
 
     def notes(self) -> list[str]:
         notes = []
-        if len(self.tracks) > 1:
-            speakers = [t.number for t in self.tracks if t.speaking]
+        speakers = [t.number for t in self.tracks if t.speaking]
+        if len(speakers) < len(self.tracks):
             notes.append(f"{len(self.tracks)} face tracks scored; the offset is that of the one speaking (track "
                          f"{', '.join(map(str, speakers))}: the clearest sync among the faces in view at its time)")
+        elif len(self.tracks) > 1:
+            notes.append(f"{len(self.tracks)} face tracks scored, none in view with another: all pooled")
         elif several_faces(self.face_counts) > 0:
             notes.append(f"{faces_in_view(self.face_counts)}, but one face track found")
         short = [s for s in self.segments if s.result is None]

@@ -103,9 +103,9 @@ class FaceStage:
             return layers, np.zeros(0, np.int64)
         counted = np.asarray(self.aligner.count_faces(frames[::FACE_COUNT_EVERY]), np.int64)
         wanted = min(self.max_faces, int(counted.max(initial=1)))
-        hidden = frames
+        hidden = frames.copy() if wanted > 1 else frames
         while len(layers) < wanted:
-            hidden = hide_faces(hidden, held_boxes(layers[-1][2]))
+            hide_faces(hidden, held_boxes(layers[-1][2]))
             found = self.aligner.track(hidden)
             if not np.isfinite(found[1]).any():
                 break

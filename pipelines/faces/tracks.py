@@ -1,7 +1,9 @@
 """Continuous face tracks: the runs of frames that show one face without a cut, and how good their landmarks are.
 
 A track ends where the face is lost (no landmarks) or where its centre jumps further between two frames than a
-head moves in 1/25 s: a shot cut or another person. Landmarks are iBUG-68 or RetinaFace-5 points [N, K, 2] (x, y;
+head moves in 1/25 s: a shot cut or another person. Several faces in view are followed one after another, each
+with the faces before it hidden (`hide_faces`); pieces of tracks that meet are linked by box overlap
+(`link_pieces`), and tracks that overlap in time compete to be the one speaking (`overlapping_groups`). Landmarks are iBUG-68 or RetinaFace-5 points [N, K, 2] (x, y;
 `pipelines.faces.landmarks`), NaN where a frame has no face; tracks are half-open frame ranges [start, end).
 """
 
@@ -80,18 +82,17 @@ def held_boxes(boxes: np.ndarray, hold: int = HIDE_HOLD_FRAMES) -> np.ndarray:
     return np.where((np.abs(nearest - frames) <= hold)[:, None], boxes[nearest], np.nan).astype(boxes.dtype)
 
 
-def hide_faces(frames: np.ndarray, boxes: np.ndarray, margin: float = HIDE_MARGIN) -> np.ndarray:
-    """A copy of frames [N, H, W, 3] with each frame's box [N, 4] (x1, y1, x2, y2; NaN: none) and `margin` of
-    its side around it painted flat grey: what a detector then finds there is another face."""
-    hidden = frames.copy()
+def hide_faces(frames: np.ndarray, boxes: np.ndarray, margin: float = HIDE_MARGIN) -> None:
+    """Paint each frame's box [N, 4] (x1, y1, x2, y2; NaN: none) and `margin` of its side around it flat grey, in
+    frames [N, H, W, 3] themselves (a chunk's frames are hundreds of MB): what a detector then finds is another
+    face."""
     height, width = frames.shape[1:3]
     for i in np.flatnonzero(np.isfinite(boxes).all(axis=1)):
         x1, y1, x2, y2 = boxes[i]
         pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
         left, top = max(int(x1 - pad_x), 0), max(int(y1 - pad_y), 0)
         right, bottom = min(int(math.ceil(x2 + pad_x)), width), min(int(math.ceil(y2 + pad_y)), height)
-        hidden[i, top:bottom, left:right] = 128
-    return hidden
+        frames[i, top:bottom, left:right] = 128
 
 
 def median_box(boxes: np.ndarray) -> np.ndarray | None:
