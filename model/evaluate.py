@@ -99,7 +99,7 @@ def score_videos(config: EvaluateConfig, truth: dict[str, dict]) -> Scored:
         scored.seconds += score.frames / score.fps
         scored.rows.append(_row(name, row["offset_frames"], score.result))
         if scored.protocol is not None:
-            for segment in score.segments:
+            for segment in score.speaking_segments:  # another face in view is not what the offset is of
                 if segment.grid is not None:
                     scored.protocol.add(name, row["offset_frames"], segment.segment, segment.grid)
     return scored

@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +108,27 @@ class PreprocessConfig:
             problems.append("--chunk-seconds is shorter than --min-segment-frames")
         if self.faces.face_weights is not None and not Path(self.faces.face_weights).is_dir():
             problems.append(f"--face-weights {self.faces.face_weights} is not a folder")
+        if self.samples.speaker_expert:
+            problems += speaker_expert_problems(self.samples.speaker_expert, self.faces)
         if problems:
             raise ValueError("invalid preprocess config: " + "; ".join(problems))
+
+
+def speaker_expert_problems(checkpoint: str, faces: FaceConfig) -> list[str]:
+    """What keeps `checkpoint` from judging who speaks among the faces preprocessing cuts: it must read these crops
+    on this clock, and there must be several faces to judge."""
+    from model.checkpoint import find_checkpoint, read_checkpoint
+
+    if (faces.max_faces or 1) == 1:
+        return ["--speaker-expert judges which of several faces speaks: give --max-faces 2 or more"]
+    try:
+        model = read_checkpoint(find_checkpoint(checkpoint)).model_config
+    except (FileNotFoundError, ValueError) as error:
+        return [f"--speaker-expert {checkpoint}: {error}"]
+    if model.crop != faces.crop or model.face_size != faces.crop_size or model.clock != EXPERT_CLOCK:
+        return [f"--speaker-expert {checkpoint} reads {model.crop} crops of {model.face_size} px on {model.clock}; "
+                f"preprocessing cuts {faces.crop} crops of {faces.crop_size} px on {EXPERT_CLOCK}"]
+    return []
 
 
 def assign_split(group: str, val_fraction: float) -> str:
@@ -230,6 +249,9 @@ def run(config: PreprocessConfig) -> dict:
     """Process every video not yet in a shard, pack, index; returns the summary."""
     started = time.perf_counter()
     check_output(config.output, config.storage)
+    if config.samples.speaker_expert and "://" not in config.samples.speaker_expert:  # actors may run elsewhere
+        config = replace(config, samples=replace(config.samples,
+                                                 speaker_expert=str(Path(config.samples.speaker_expert).resolve())))
     sources = list_sources(config.input, config.storage)
     done = packed_videos(config.output, config.storage)
     pending = [s for s in sources if s.key not in done]

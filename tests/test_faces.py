@@ -23,7 +23,9 @@ from pipelines.faces.base import Aligner, FaceConfig
 from pipelines.faces.factory import make_aligner
 from pipelines.faces.stage import FaceStage
 from pipelines.faces.fan_weights import FAN_WEIGHTS, S3FD_WEIGHTS, WEIGHT_URLS, fan_weights_present
-from pipelines.faces.tracks import face_tracks, follow_face, landmark_quality, split_and_filter
+from pipelines.faces.tracks import (HIDE_HOLD_FRAMES, HIDE_MARGIN, box_overlap, face_tracks, follow_face, held_boxes,
+                                    hide_faces, landmark_quality, link_pieces, overlapping_groups, split_and_filter)
+from model.sync.speaker import speaking
 from pipelines.media import iter_frames
 from pipelines.synthetic.corpus import SyntheticConfig, generate_corpus
 from pipelines.synthetic.face import REST, FaceRenderer, HeadPose, random_identity
@@ -282,8 +284,8 @@ def test_the_face_stage_cuts_detector_boxes_when_asked(clips):
     assert np.isfinite(boxes).all()
     mouths = landmarks[:, 48:68].mean(axis=1)
     assert ((mouths > boxes[:, :2]) & (mouths < boxes[:, 2:])).all()
-    crops, points, _, tracks = boxed.align(frames)
-    reference, reference_points, _, reference_tracks = aligned.align(frames)
+    crops, points, _, _, tracks, _ = boxed.align(frames)
+    reference, reference_points, _, _, reference_tracks, _ = aligned.align(frames)
     np.testing.assert_array_equal(points, reference_points)
     np.testing.assert_array_equal(tracks, reference_tracks)
     assert crops.shape == reference.shape and crops.any(axis=(1, 2, 3)).all()
@@ -378,3 +380,52 @@ def test_landmark_quality(clips):
     assert 0 <= quality["jitter"] < 0.05 and 0 <= quality["motion"] < 0.2
     single = landmark_quality(landmarks[:1], scores[:1])
     assert np.isnan(single["motion"]) and np.isnan(single["jitter"]) and single["frames"] == 1
+
+
+def test_pieces_that_meet_with_overlapping_boxes_are_one_track():
+    left, right = np.array([0.1, 0.2, 0.4, 0.7]), np.array([0.6, 0.2, 0.9, 0.7])
+    pieces = [(0, 250, left), (0, 250, right), (250, 400, right + 0.01), (250, 400, left), (400, 450, left),
+              (460, 500, left)]  # the last starts after a gap: a new track, wherever it is
+    assert link_pieces(pieces) == [0, 1, 1, 0, 0, 2]
+    no_box = np.full(4, np.nan)  # samples written before boxes were recorded link to nothing
+    assert link_pieces([(0, 10, no_box), (10, 20, no_box)]) == [0, 1]
+    assert box_overlap(left, left) == 1.0 and box_overlap(left, right) == 0.0
+
+
+def test_tracks_overlapping_in_time_compete_and_the_clearest_speaks():
+    spans = [(0, 100), (0, 100), (100, 150), (140, 200), (300, 320)]
+    assert overlapping_groups(spans) == [[0, 1], [2, 3], [4]]
+    assert speaking(spans, [0.1, 0.4, None, 0.05, None]) == [False, True, False, True, True]
+    assert speaking([(0, 10), (5, 15)], [None, None]) == [None, None]  # nobody could be judged
+
+
+def test_faces_already_followed_are_hidden_from_the_next_pass():
+    boxes = np.full((12, 4), np.nan, np.float32)
+    boxes[:4] = [20, 20, 40, 40]  # lost after frame 3: held for HIDE_HOLD_FRAMES frames, then not
+    held = held_boxes(boxes)
+    assert np.isfinite(held[:4 + HIDE_HOLD_FRAMES]).all() and np.isnan(held[4 + HIDE_HOLD_FRAMES:]).all()
+    hidden = np.full((12, 64, 64, 3), 7, np.uint8)
+    hide_faces(hidden, held)
+    pad = round(HIDE_MARGIN * 20)
+    assert (hidden[0, 20 - pad:40 + pad, 20 - pad:40 + pad] == 128).all()
+    assert (hidden[0, :20 - pad - 1] == 7).all() and (hidden[-1] == 7).all()
+
+
+def test_the_face_stage_follows_two_faces_each_on_its_own_layer(clips):
+    """The same clip twice side by side: two layers, each a whole track in its own half, its crops its face's."""
+    frames = clips[0][0]
+    two = np.concatenate([frames, frames[:, :, ::-1]], axis=2)  # the right one mirrored: not a copy of a crop
+    stage = FaceStage(FaceConfig(aligner="dlib", max_faces=3))
+    found = stage.align(two)
+    n = len(frames)
+    assert found.tracks.tolist() == [[0, n, 0], [0, n, 1]] and len(found.crops) == 2 * n
+    assert found.faces_counted.max() == 2  # so no third pass was made
+    centres = (found.boxes[:, 0] + found.boxes[:, 2]) / 2
+    assert (centres[:n] < 0.5).all() and (centres[n:] > 0.5).all()
+    np.testing.assert_allclose(found.crops[n:].astype(float).mean(), found.crops[:n].astype(float).mean(), rtol=0.05)
+    single = FaceStage(FaceConfig(aligner="dlib")).align(two)  # the default follows one face, as always
+    assert single.tracks.tolist() == [[0, n, 0]] and len(single.faces_counted) == 0
+    row = {"frames": object_column([two]), "error": np.array([""]), "detail": np.array([""])}
+    assert stage(row)["faces_followed"].tolist() == [2]
+    with pytest.raises(ValueError, match="--max-faces"):
+        FaceConfig(max_faces=0)

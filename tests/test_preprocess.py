@@ -434,3 +434,40 @@ def test_samples_are_cut_from_the_face_stage_tracks():
         assert np.abs(segment.faces.astype(int) - row["faces"][begin:end]).max() <= 1
         assert segment.mel.shape == (80, clock.mel_column(end - begin))
         assert segment.meta["start_s"] == (start + begin) / 25 and segment.meta["format"] == FORMAT_VERSION
+
+
+def test_each_followed_face_gives_samples_of_its_own():
+    """Two layers of 12 frames (two faces followed): a sample per face track, the second face's keyed "g", each
+    recording its face, track and median box; frames with a face are counted once, whichever face shows."""
+    rng = np.random.default_rng(1)
+    frames, clock = 12, EXPERT_CLOCK
+    faces = np.concatenate([np.full((frames, 96, 96, 3), 40, np.uint8), np.full((frames, 96, 96, 3), 200, np.uint8)])
+    landmarks = rng.uniform(30, 60, (2 * frames, 68, 2)).astype(np.float32)
+    landmarks[frames + 8:] = np.nan  # the second face leaves after 8 frames
+    boxes = np.tile(np.array([[0.1, 0.2, 0.4, 0.6]], np.float32), (2 * frames, 1))
+    boxes[frames:] += 0.5
+    row = {"key": "vid", "uri": "/in/vid.mp4", "chunk": 0, "end": False, "error": "", "detail": "",
+           "start_frame": 100, "faces": faces, "landmarks": landmarks, "scores": np.ones(2 * frames, np.float32),
+           "boxes": boxes, "tracks": np.array([[0, frames, 0], [0, 8, 1]]), "faces_followed": 2,
+           "audio": 0.1 * rng.standard_normal((frames + 2 * CONTEXT_FRAMES) * clock.samples_per_frame, np.float32),
+           "source_fps": 25.0, "source_rate": 16000, "speaker": "spk", "split": "train", "aligner": "dlib",
+           "crop": "aligned"}
+    record, part = SampleStage(AudioConfig(), SampleConfig(separate=False)).chunk_samples(row)
+    assert (record.frames, record.frames_with_face) == (frames, frames)
+    segments = {s.key: s for s in segments_in_tar(part, "chunk")}
+    assert sorted(segments) == ["vid_f0000100", "vid_g0000100"]
+    first, second = segments["vid_f0000100"], segments["vid_g0000100"]
+    assert (first.meta["face"], first.meta["track"], second.meta["face"], second.meta["track"]) == (0, 0, 1, 1)
+    assert first.meta["box"] == pytest.approx([0.1, 0.2, 0.4, 0.6]) and second.meta["box"][0] == pytest.approx(0.6)
+    assert (first.num_frames, second.num_frames) == (frames, 8)
+    assert abs(int(first.faces.mean()) - 40) <= 1 and abs(int(second.faces.mean()) - 200) <= 1  # each its own face
+    assert first.mel.shape == (80, clock.mel_column(frames)) and "speaking" not in first.meta  # nobody judged
+
+
+def test_a_speaker_expert_needs_several_faces_and_crops_it_reads(tmp_path):
+    with pytest.raises(ValueError, match="--max-faces 2 or more"):
+        PreprocessConfig(input="in", samples=SampleConfig(speaker_expert=str(tmp_path)))
+    with pytest.raises(ValueError, match=f"--speaker-expert {tmp_path}: no expert.pt"):
+        PreprocessConfig(input="in", faces=FaceConfig(max_faces=2), samples=SampleConfig(speaker_expert=str(tmp_path)))
+    with pytest.raises(ValueError, match="--keep-tracks"):
+        SampleConfig(keep_tracks="loudest")

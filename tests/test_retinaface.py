@@ -231,9 +231,9 @@ def test_face_stage_on_five_points(synthetic_clips):
 
     stage = FaceStage(FaceConfig(aligner="retinaface", device="cpu"))
     frames = synthetic_clips[1]
-    crops, landmarks, scores, tracks = stage.align(frames)
+    crops, landmarks, scores, _, tracks, _ = stage.align(frames)
     assert crops.shape == (len(frames), CROP, CROP, 3) and landmarks.shape == (len(frames), 5, 2)
-    assert tracks.tolist() == [[0, len(frames)]]  # one speaker, no cut
+    assert tracks.tolist() == [[0, len(frames), 0]]  # one speaker, no cut, the first face followed
     assert crops[has_face(landmarks)].mean() > 20  # faces, not the black of a frame without one
 
 

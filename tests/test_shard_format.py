@@ -19,8 +19,8 @@ from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from pipelines.core.clock import EXPERT_CLOCK, Clock
 from pipelines.core.storage import StorageConfig, join
-from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, sample_members,
-                                     shard_number, stats_of, tar_bytes)
+from pipelines.shards.format import (FORMAT_VERSION, clock_json, part_folder, sample_clock, sample_key,
+                                     sample_members, sample_track, shard_number, stats_of, tar_bytes, track_json)
 from pipelines.shards import reader
 from pipelines.shards.reader import ShardWarning, iter_segments, list_shards
 from pipelines.shards.records import (ChunkRecord, EndRecord, Failure, SampleSummary, batch_of, chunk_part,
@@ -290,3 +290,11 @@ def test_parts_a_killed_run_left_of_packed_videos_are_deleted_when_packing_start
     assert [v["key"] for v in first["videos"]] == ["a"] and [v["key"] for v in second["videos"]] == ["b"]
     assert list((tmp_path / "out" / "_parts").iterdir()) == []
     assert [s.key for s in iter_segments(list_shards(output, LOCAL), LOCAL, None)] == ["a_f0000000", "b_f0000000"]
+
+
+def test_a_sample_names_its_face_and_older_samples_are_the_first_face():
+    assert sample_key("vid", 53) == "vid_f0000053" == sample_key("vid", 53, face=0)  # as written before
+    assert sample_key("vid", 53, face=1) == "vid_g0000053" and len(sample_key("vid", 53, face=7)) == len("vid_f0000053")
+    assert sample_track({"face": 2, "track": 5}) == (2, 5) and sample_track({}) == (0, 0)
+    assert track_json(1, 3, np.array([0.1, 0.2, 0.3, 0.4])) == {"face": 1, "track": 3, "box": [0.1, 0.2, 0.3, 0.4]}
+    assert track_json(0, 0, np.full(4, np.nan)) == {"face": 0, "track": 0}

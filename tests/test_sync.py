@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +25,8 @@ from pipelines.core.storage import StorageConfig
 from pipelines.faces.base import FaceConfig
 from pipelines.remux import shift_audio, shifted
 from pipelines.shards.reader import iter_segments, list_shards
+from pipelines.synthetic.two_faces import write_two_faces
+from conftest import REAL_CLIPS
 
 
 def dlib_scoring(trained_expert: Path) -> ScoreConfig:
@@ -40,30 +40,6 @@ def heldout(corpus) -> list[dict]:
 def video_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as container:
         return [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, scale: float) -> np.ndarray:
-    """One frame showing two people: `left` as it is, `right` scaled by `scale` beside it."""
-    height, width = left.shape[:2]
-    small = cv2.resize(right, (round(width * scale) // 2 * 2, round(height * scale) // 2 * 2))
-    canvas = np.zeros((height, width + small.shape[1], 3), np.uint8)
-    canvas[:, :width] = left
-    canvas[:small.shape[0], width:] = small
-    return canvas
-
-
-def write_two_people(target: Path, speaker: Path, other: Path, scale: float, frames: int | None = None) -> None:
-    """A 25 fps clip of `speaker` (picture and sound) with `other`'s picture, scaled by `scale`, beside it; its
-    first `frames` frames and their audio only, when given."""
-    from pipelines.media import iter_frames, read_audio
-    from pipelines.synthetic.container import CONTAINERS, write_clip
-
-    pairs = list(zip(iter_frames(speaker), iter_frames(other)))[:frames]
-    audio, rate = read_audio(speaker)
-    if frames is not None:
-        audio = audio[:, :round(frames / 25 * rate)]
-    write_clip(target, (side_by_side(a, b, scale) for (_, a), (_, b) in pairs), [t for (t, _), _ in pairs],
-               audio, rate, CONTAINERS["mkv"], Fraction(25))
 
 
 # --- pure parts -----------------------------------------------------------------------------------------------
@@ -211,16 +187,85 @@ def test_score_says_why_a_video_cannot_be_scored(small_corpus, scorer, kind, rea
     assert failure.value.reason == reason and row["path"].split("/")[-1] in str(failure.value)
 
 
-def test_several_faces_score_the_largest_and_say_so(small_corpus, scorer, tmp_path):
-    """Two people side by side: the speaker at full size and a smaller copy of the same clip."""
-    out, rows = small_corpus
-    row = next(r for r in heldout(small_corpus) if r["fps"] == 25.0 and abs(r["offset_frames"]) < 15)
+def two_faces_one_speaking(corpus) -> tuple[dict, Path]:
+    """A held-out clip at 25 fps (an unseen speaker, a known offset) and another speaker's 25 fps clip."""
+    out, rows = corpus
+    row = next(r for r in heldout(corpus) if r["fps"] == 25.0 and abs(r["offset_frames"]) < 15)
+    other = next(r for r in rows if not r["corrupt"] and r["fps"] == 25.0 and r["speaker"] != row["speaker"])
+    return row, out / other["path"]
+
+
+def test_the_face_whose_lips_follow_the_audio_is_the_one_speaking(small_corpus, trained_expert, tmp_path, capsys):
+    """Two people side by side, only one of whom is heard; the other's lips move to speech that is not. The
+    speaker is the smaller face, on the right, so neither the largest nor the first face is what is chosen."""
+    row, other = two_faces_one_speaking(small_corpus)
     target = tmp_path / "two.mkv"
-    write_two_people(target, out / row["path"], out / row["path"], scale=2 / 3)
-    score = scorer.score(target)
-    assert max(score.face_counts) == 2
-    assert any("faces in view" in note for note in score.notes())
-    assert score.result.offset_frames == pytest.approx(row["offset_frames"], abs=1)
+    write_two_faces(target, small_corpus[0] / row["path"], other, scale=2 / 3, speaker_on_right=True)
+    assert sync_main(["score", str(target), "--checkpoint", str(trained_expert), "--aligner", "dlib", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["faces_in_view"]) == {"2"}  # every sampled frame shows both
+    tracks = {track["track"]: track for track in report["tracks"]}
+    assert len(tracks) == 2 and all(t["start_s"] == 0 and t["frames"] == report["frames"] for t in tracks.values())
+    # The speaker's picture fills the right third of the frame: its box lies there, the other's left of it.
+    speaker = next(t for t in tracks.values() if t["box"][0] > 0.6)
+    listener = next(t for t in tracks.values() if t["box"][2] < 0.6)
+    assert speaker["speaking"] and not listener["speaking"] and report["speaking_tracks"] == [speaker["track"]]
+    assert speaker["confidence"] > listener["confidence"], tracks
+    assert abs(speaker["offset_frames"] - row["offset_frames"]) <= 1 and report["offset_frames"] == speaker["offset_frames"]
+    assert [s["track"] for s in report["segments"]] and {s["track"] for s in report["segments"]} == set(tracks)
+
+    assert sync_main(["score", str(target), "--checkpoint", str(trained_expert), "--aligner", "dlib"]) == 0
+    text = capsys.readouterr().out
+    assert f"track {speaker['track']} " in text and f"track {listener['track']} " in text
+    assert re.search(rf"track {speaker['track']} .*<- speaking", text) and "2 face tracks scored" in text
+
+
+def test_preprocessing_with_a_speaker_expert_keeps_the_one_speaking(small_corpus, trained_expert, tmp_path):
+    """The preprocessing stages on two faces, one heard: with --keep-tracks all both faces' samples, tagged; by
+    default the speaker's alone."""
+    from pipelines.audio import AudioConfig
+    from pipelines.decode import DecodeConfig, DecodeStage
+    from pipelines.faces.stage import FaceStage
+    from pipelines.samples import SampleConfig, SampleStage
+    from pipelines.shards.reader import segments_in_tar
+
+    row, other = two_faces_one_speaking(small_corpus)
+    target = tmp_path / "two.mkv"
+    write_two_faces(target, small_corpus[0] / row["path"], other)
+    audio = AudioConfig()
+    source = {"key": "two", "uri": str(target), "speaker": "spk", "split": "train"}
+    chunks = [chunk for chunk in DecodeStage(DecodeConfig(), audio, StorageConfig()).decode_source(source)
+              if not chunk["end"][0]]
+    faces = FaceStage(FaceConfig(aligner="dlib", max_faces=2))
+    aligned = [{name: column[0] for name, column in faces(chunk).items()} for chunk in chunks]
+    kept = {}
+    for keep in ("all", "speaker"):
+        stage = SampleStage(audio, SampleConfig(speaker_expert=str(trained_expert), keep_tracks=keep))
+        kept[keep] = [s.meta for chunk in aligned for s in segments_in_tar(stage.chunk_samples(chunk)[1], "two")]
+    both = sorted(kept["all"], key=lambda meta: meta["box"][0])
+    assert [meta["box"][2] < 0.5 for meta in both] == [True, False] and len({m["face"] for m in both}) == 2
+    speaker, listener = both
+    assert speaker["speaking"] is True and listener["speaking"] is False
+    assert speaker["sync_confidence"] > listener["sync_confidence"], both
+    assert [meta["key"] for meta in kept["speaker"]] == [speaker["key"]]
+
+
+def test_curate_judges_each_face_track(small_corpus, trained_expert, tmp_path):
+    """Curating a video of two faces: a report row per face track, the one not speaking left out for that."""
+    row, other = two_faces_one_speaking(small_corpus)
+    inputs = tmp_path / "videos"
+    inputs.mkdir()
+    write_two_faces(inputs / "two.mkv", small_corpus[0] / row["path"], other)
+    summary = curate(CurateConfig(input=str(inputs), output=str(tmp_path / "report"),
+                                  score=dlib_scoring(trained_expert), max_abs_offset=15, min_confidence=0.05,
+                                  write_shards=False, num_workers=1, progress=False))
+    report = sorted(pq.read_table(tmp_path / "report" / "report.parquet").to_pylist(), key=lambda r: r["key"])
+    assert summary["segments"] == len(report) == 2 and len({r["track"] for r in report}) == 2
+    speaker = next(r for r in report if r["speaking"])
+    listener = next(r for r in report if r["speaking"] is False)
+    assert speaker["kept"] and abs(speaker["offset_frames"] - row["offset_frames"]) <= 1
+    assert not listener["kept"] and listener["reason"] == "not_speaking"
+    assert summary["rejected"] == {"not_speaking": 1}
 
 
 def two_speakers(corpus) -> tuple[Path, Path]:
@@ -231,16 +276,22 @@ def two_speakers(corpus) -> tuple[Path, Path]:
     return out / first["path"], out / second["path"]
 
 
-def test_two_nearly_equal_faces_give_one_track_and_a_score(small_corpus, untrained_scorer, tmp_path):
-    """Side by side at 97% of each other's size: the track keeps to one face instead of flipping between them
-    (which cut it into 5-25-frame pieces, too short to score)."""
+def test_two_nearly_equal_faces_give_a_whole_track_each(small_corpus, untrained_scorer, tmp_path):
+    """Side by side at 97% of each other's size: each face is followed as its own track from start to end,
+    neither flipping to the other (a single track taking the larger face cut itself into 5-25-frame pieces)."""
     target = tmp_path / "two.mkv"
-    write_two_people(target, *two_speakers(small_corpus), scale=0.97)
+    write_two_faces(target, *two_speakers(small_corpus), scale=0.97)
     score = untrained_scorer.score(target)
-    assert max(score.face_counts) == 2 and any("faces in view" in note for note in score.notes())
-    assert score.frames_with_face == score.frames
-    assert [s.num_frames for s in score.segments] == [score.frames]
-    assert len(score.result.window_starts) == score.frames - score.window_frames - 2 * score.max_offset + 1
+    assert max(score.face_counts) == 2 and score.frames_with_face == score.frames
+    assert len(score.tracks) == 2 and [len(t.segments) for t in score.tracks] == [1, 1]
+    assert all((t.start_frame, t.end_frame) == (0, score.frames) for t in score.tracks)
+    boxes = sorted((t.box for t in score.tracks), key=lambda box: box[0])
+    assert boxes[0][2] < 0.5 < boxes[1][0]  # one face in each half, each the whole time
+    assert sum(bool(t.speaking) for t in score.tracks) == 1
+    speaking = next(t for t in score.tracks if t.speaking)
+    assert len(score.result.window_starts) == len(speaking.result.window_starts) == \
+        score.frames - score.window_frames - 2 * score.max_offset + 1
+    assert any("2 face tracks scored" in note for note in score.notes())
 
 
 def test_too_short_says_what_is_true_and_which_offset_fits():
@@ -248,22 +299,40 @@ def test_too_short_says_what_is_true_and_which_offset_fits():
     message = too_short_message("clip.mp4", [25, 12], window_frames=5, max_offset=15, fps=25, face_counts=counts)
     assert "2 segment(s), the longest 25 frames (1.00 s)" in message and "35 needed" in message
     assert "--max-offset 10 fits" in message and "faces in view" not in message
-    # Only 6 frames at once, two people in view: no offset fits, so none is suggested.
+    # Only 6 frames at once, two people in view, both followed: no offset fits, so none is suggested.
     message = too_short_message("clip.mp4", [6, 6, 5], window_frames=5, max_offset=15, fps=25,
-                                face_counts=Counter({2: 4, 1: 1}))
-    assert "--max-offset" not in message and "up to 2 faces in view (80% of sampled frames)" in message
-    assert "never seen long enough" in message
+                                face_counts=Counter({2: 4, 1: 1}), faces_followed=2)
+    assert "--max-offset" not in message and "up to 2 faces in view (80% of sampled frames), 2 followed" in message
+    assert "never seen long enough" in message and "breaks" not in message
 
 
 def test_a_short_clip_is_too_short_and_names_the_offset_that_fits(small_corpus, untrained_scorer, tmp_path):
+    """One second of two people: each face is followed for all of it, and that second is what is too short."""
     target = tmp_path / "short.mkv"
-    write_two_people(target, *two_speakers(small_corpus), scale=0.97, frames=25)
+    write_two_faces(target, *two_speakers(small_corpus), scale=0.97, frames=25)
     with pytest.raises(ScoreError) as failure:
         untrained_scorer.score(target)
     message = str(failure.value)
     assert failure.value.reason == "too_short" and target.name in message
-    assert "1 segment(s), the longest 25 frames" in message and "--max-offset 10 fits" in message
-    assert "up to 2 faces in view" in message
+    assert "2 segment(s), the longest 25 frames" in message and "--max-offset 10 fits" in message
+    assert "up to 2 faces in view" in message and "2 followed, each as a track of its own" in message
+
+
+REAL_PAIR = ("pcavs_00015.mp4", "pcavs_741400104.mp4")  # two 25 fps interview crops of different people
+
+
+@pytest.mark.skipif(not all((REAL_CLIPS / name).is_file() for name in REAL_PAIR), reason="real clips absent")
+def test_two_real_people_side_by_side_are_two_tracks(untrained_scorer, tmp_path, capsys):
+    """Two real clips side by side, the left one heard: each face is one track over the whole clip, in its own
+    half of the picture, both reported, one named speaking (which one, an untrained expert cannot know)."""
+    target = tmp_path / "real_two.mkv"
+    write_two_faces(target, REAL_CLIPS / REAL_PAIR[0], REAL_CLIPS / REAL_PAIR[1], frames=100)
+    report = untrained_scorer.score(target).to_json()
+    assert report["frames"] == 100 and max(map(int, report["faces_in_view"])) == 2
+    tracks = sorted(report["tracks"], key=lambda t: t["box"][0])
+    assert len(tracks) == 2 and tracks[0]["box"][2] < 0.5 < tracks[1]["box"][0]
+    assert all(t["frames"] >= 90 for t in tracks), tracks
+    assert sum(t["speaking"] for t in tracks) == 1 and len(report["speaking_tracks"]) == 1
 
 
 def test_curate_keeps_segments_in_sync_and_realigns_them(small_corpus, trained_expert, tmp_path):

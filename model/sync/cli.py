@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScore, VideoScorer
 
 
@@ -46,17 +48,26 @@ def describe(score: VideoScore) -> str:
     lines = [
         f"{score.video}",
         f"  {score.frames / score.fps:.1f} s ({score.frames} frames at {score.fps} fps; source {score.source_fps:.3f} "
-        f"fps, {score.source_sample_rate} Hz), {sum(s.result is not None for s in score.segments)} face segment(s), "
+        f"fps, {score.source_sample_rate} Hz), {sum(s.result is not None for s in score.speaking_segments)} face "
+        f"segment(s) of the speaker, "
         f"{len(result.window_starts)} windows scored",
         f"  offset      {result.offset_frames:+d} frames ({score.offset_ms:+.0f} ms): {late}   "
         f"[positive = audio late]",
         f"  confidence  {result.confidence:.3f} (LSE-C)   min distance {result.min_distance:.3f} (LSE-D)",
         f"  P(in sync)  {result.best_similarity:.3f} at the offset, {result.similarity_at(0):.3f} as it plays",
     ]
-    for segment in score.segments:
-        if segment.result is not None and len(score.segments) > 1:
-            lines.append(f"    {segment.start_s:6.2f}-{segment.end_s:6.2f} s  offset {segment.result.offset_frames:+d}  "
-                         f"confidence {segment.result.confidence:.3f}")
+    if len(score.tracks) > 1:
+        for track in score.tracks:
+            box = ", ".join(f"{v:.2f}" for v in track.box) if np.isfinite(track.box).all() else "?"
+            judged = (f"offset {track.result.offset_frames:+d}  confidence {track.result.confidence:.3f}"
+                      if track.result else "too short to score")
+            lines.append(f"  track {track.number}  {track.start_frame / score.fps:6.2f}-{track.end_frame / score.fps:6.2f} s"
+                         f"  box ({box})  {judged}{'  <- speaking' if track.speaking else ''}")
+    else:
+        for segment in score.segments:
+            if segment.result is not None and len(score.segments) > 1:
+                lines.append(f"    {segment.start_s:6.2f}-{segment.end_s:6.2f} s  offset "
+                             f"{segment.result.offset_frames:+d}  confidence {segment.result.confidence:.3f}")
     lines += [f"  note: {note}" for note in score.notes()]
     return "\n".join(lines)
 
@@ -79,7 +90,7 @@ def plot_score(score: VideoScore, path: Path) -> None:
     times = score.window_times
     timeline.plot(times, result.window_similarity, ".", markersize=3, label=f"at the offset ({result.offset_frames:+d})")
     zero = list(result.shifts).index(0)
-    if result.offset_frames != 0 and score.segments:
+    if result.offset_frames != 0 and score.speaking_segments:
         at_zero = _window_similarity_at(score, zero)
         timeline.plot(times, at_zero, ".", markersize=3, alpha=0.6, label="as it plays (0)")
     timeline.set(xlabel="time (s)", ylabel="P(in sync) per window", ylim=(0, 1), title="sync over time")
@@ -91,9 +102,7 @@ def plot_score(score: VideoScore, path: Path) -> None:
 
 
 def _window_similarity_at(score: VideoScore, shift_index: int):
-    import numpy as np
-
-    return np.concatenate([s.grid[2][shift_index] for s in score.segments if s.grid is not None])
+    return np.concatenate([s.grid[2][shift_index] for s in score.speaking_segments if s.grid is not None])
 
 
 def run_score(command: ScoreCommand) -> int:

@@ -4,10 +4,13 @@ The input is either shards written by `pipelines.preprocess` or videos (a folder
 prefix, run through the preprocessing stages in process). Actors holding the expert (on a GPU when the cluster
 has one) score every face segment over -K..K frames; a segment is kept when |offset| <= `max_abs_offset` and
 confidence >= `min_confidence` (LatentSync's filter, here on this expert's scale), and is re-aligned to offset
-0 by trimming `|offset|` frames so that faces and audio of the same instant line up.
+0 by trimming `|offset|` frames so that faces and audio of the same instant line up. Where several faces are in
+view, each face track is judged (`model.sync.scoring.face_tracks_of`): a track that is not the one speaking
+among those in view at its time is left out (`not_speaking`), whatever its own offset.
 
 Output, under `output`:
-    report.parquet                      one row per segment: offset, confidence, P(in sync), kept or why not;
+    report.parquet                      one row per segment: its face track, whether it speaks, offset,
+                                        confidence, P(in sync), kept or why not;
                                         one row per input that failed, with its reason
     shard-NNNNNN.tar/.json, index.parquet    the kept, re-aligned segments (unless --no-write-shards), written
                                         through the preprocessing's part writer and packer: atomic, resumable
@@ -30,8 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.checkpoint import read_checkpoint
-from model.offset import OffsetResult, offset_curve
-from model.sync.scoring import DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, VideoScorer, check_crop
+from model.offset import OffsetResult
+from model.sync.scoring import (DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, SegmentScore, VideoScorer, check_crop,
+                                face_tracks_of)
 from pipelines.core.clock import Clock
 from pipelines.core.ray_session import ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output, join, local_copy, write_bytes_atomic
@@ -66,10 +70,13 @@ class CurateConfig:
                              f"{self.score.max_offset}")
 
 
-def verdict(result: OffsetResult | None, config: CurateConfig) -> str:
-    """'' to keep the segment, else why not: too_short (to search the range), offset, confidence."""
+def verdict(result: OffsetResult | None, config: CurateConfig, speaking: bool | None = True) -> str:
+    """'' to keep the segment, else why not: too_short (to search the range), not_speaking (another face in view
+    at the same time follows the audio more clearly), offset, confidence."""
     if result is None:
         return "too_short"
+    if speaking is False:
+        return "not_speaking"
     if abs(result.offset_frames) > config.max_abs_offset:
         return "offset"
     if result.confidence < config.min_confidence:
@@ -117,7 +124,8 @@ class ScoredVideo:
 
     key: str
     uri: str
-    results: list[tuple[Segment, OffsetResult | None]]
+    results: list[SegmentScore]  # each with its face track's number; `speaking` by track number
+    speaking: dict[int, bool | None] = field(default_factory=dict)
     frames: int = 0
     frames_with_face: int = 0
     dropped_short: int = 0
@@ -146,24 +154,19 @@ class CurateStage:
         return self.writer(out) if self.writer is not None else {RECORD: out[RECORD]}
 
     def _scored_shard(self, uri: str) -> list[ScoredVideo]:
-        by_source: dict[str, list] = {}
+        by_source: dict[str, list[Segment]] = {}
         sources = {}
         for segment in iter_segments([uri], self.config.storage, split=None):
             check_crop(segment, self.expert.config)
-            try:
-                score = self.config.score
-                result = offset_curve(self.expert, segment.faces, segment.mel, score.max_offset, step=score.step,
-                                      batch_size=score.batch_size)
-            except ValueError:
-                result = None
-            by_source.setdefault(segment.source_key, []).append((segment, result))
+            by_source.setdefault(segment.source_key, []).append(segment)
             sources[segment.source_key] = segment.source
         videos = []
-        for key, results in by_source.items():
+        for key, segments in by_source.items():
             # A shard holds a video's segments only: its frames here are theirs, every one with a face, and
             # nothing was dropped (what preprocessing saw of the whole video is in the input shard's stats).
-            frames = sum(segment.num_frames for segment, _ in results)
-            videos.append(ScoredVideo(key, sources[key], results, frames=frames, frames_with_face=frames))
+            frames = sum(segment.num_frames for segment in segments)
+            videos.append(self._judged(key, sources[key], self.scorer.score_segments(segments), frames=frames,
+                                       frames_with_face=frames))
         return videos
 
     def _scored_video(self, uri: str, key: str) -> ScoredVideo:
@@ -173,8 +176,14 @@ class CurateStage:
             scored = self.scorer.score_segments(segments)
         except ScoreError as failure:
             return ScoredVideo(key, uri, [], failure=Failure(failure.reason, str(failure)))
-        return ScoredVideo(key, uri, [(s.segment, s.result) for s in scored], frames=seen["frames"],
-                           frames_with_face=seen["frames_with_face"], dropped_short=seen["dropped_short"])
+        return self._judged(key, uri, scored, frames=seen["frames"], frames_with_face=seen["frames_with_face"],
+                            dropped_short=seen["dropped_short"])
+
+    @staticmethod
+    def _judged(key: str, uri: str, scored: list[SegmentScore], **seen) -> ScoredVideo:
+        """A video's scored segments with its face tracks judged: who speaks where several are in view."""
+        tracks = face_tracks_of(scored)
+        return ScoredVideo(key, uri, scored, speaking={t.number: t.speaking for t in tracks}, **seen)
 
     def _records(self, video: ScoredVideo) -> list[tuple[Record, bytes]]:
         # A video curation leaves without samples was out of sync (or too short once re-aligned): no failure.
@@ -184,15 +193,16 @@ class CurateStage:
             return [(end, b"")]
         clock = self.expert.config.clock
         samples, report = [], []
-        for segment, result in video.results:
-            reason = verdict(result, self.config)
+        for scored in video.results:
+            segment, result, speaks = scored.segment, scored.result, video.speaking.get(scored.track)
+            reason = verdict(result, self.config, speaks)
             kept = None
             if not reason and self.config.write_shards:
                 kept = curated_sample(segment, result, clock)
                 reason = "" if kept else "too_short"
             if kept:
                 samples.append(kept)
-            report.append(report_row(video.key, video.uri, segment, result, reason))
+            report.append(report_row(video.key, video.uri, segment, result, reason, scored.track, speaks))
         part, summaries = chunk_part(samples, clock)
         chunk = ChunkRecord(key=video.key, uri=video.uri, chunk=0, samples=summaries, frames=video.frames,
                             frames_with_face=video.frames_with_face, dropped_short=video.dropped_short,
@@ -200,12 +210,13 @@ class CurateStage:
         return [(chunk, part), (end, b"")]
 
 
-def report_row(source_key: str, source: str, segment: Segment, result: OffsetResult | None, reason: str) -> dict:
+def report_row(source_key: str, source: str, segment: Segment, result: OffsetResult | None, reason: str,
+               track: int = 0, speaking: bool | None = True) -> dict:
     meta = segment.meta or {}
     return {"source_key": source_key, "source": source, "key": segment.key,
             "start_s": float(meta.get("start_s", 0.0)), "end_s": float(meta.get("end_s", 0.0)),
             "num_frames": segment.num_frames, "speaker": str(meta.get("speaker", "")),
-            "split": str(meta.get("split", "")),
+            "split": str(meta.get("split", "")), "track": track, "speaking": speaking,
             "offset_frames": result.offset_frames if result else None,
             "confidence": round(result.confidence, 4) if result else None,
             "sync_probability": round(result.best_similarity, 4) if result else None,
@@ -214,14 +225,16 @@ def report_row(source_key: str, source: str, segment: Segment, result: OffsetRes
 
 REPORT_SCHEMA = pa.schema([("source_key", pa.string()), ("source", pa.string()), ("key", pa.string()),
                            ("start_s", pa.float64()), ("end_s", pa.float64()), ("num_frames", pa.int64()),
-                           ("speaker", pa.string()), ("split", pa.string()), ("offset_frames", pa.int64()),
+                           ("speaker", pa.string()), ("split", pa.string()), ("track", pa.int64()),
+                           ("speaking", pa.bool_()), ("offset_frames", pa.int64()),
                            ("confidence", pa.float64()), ("sync_probability", pa.float64()),
                            ("kept", pa.bool_()), ("reason", pa.string()), ("error", pa.string())])
 
 
 def failure_row(video: dict) -> dict:
     return {"source_key": video["key"], "source": video["uri"], "key": "", "start_s": 0.0, "end_s": 0.0,
-            "num_frames": 0, "speaker": "", "split": "", "offset_frames": None, "confidence": None,
+            "num_frames": 0, "speaker": "", "split": "", "track": None, "speaking": None,
+            "offset_frames": None, "confidence": None,
             "sync_probability": None, "kept": False, "reason": "failed", "error": video["reason"]}
 
 

@@ -6,9 +6,12 @@ the same order as `python -m pipelines.preprocess`; the samples are then read ba
 So segments end at shot cuts as preprocessing's do (`pipelines.shots`), and no window spans one.
 So the expert scores exactly the kind of input it was trained on, whatever the file's fps, rate or container.
 
-Every window of `window_frames` frames is compared with the audio shifted by -K..K frames (`model.offset`); the
-grids of all segments are pooled, and SyncNet's rules give the offset (positive = audio late), the confidence
-(median - min of the mean distance curve) and the sync over time.
+Every face in view is followed (`FaceConfig.max_faces`), its segments linked across chunks into face tracks by
+box overlap (`pipelines.faces.tracks.link_pieces`), and every track scored. Every window of `window_frames`
+frames is compared with the audio shifted by -K..K frames (`model.offset`); a track's grids are pooled, and the
+track that speaks is the one of the highest confidence among those in view at the same time
+(`model.sync.speaker`). The video's result pools the grids of the speaking tracks: SyncNet's rules give the offset
+(positive = audio late), the confidence (median - min of the mean distance curve) and the sync over time.
 """
 
 from __future__ import annotations
@@ -23,20 +26,21 @@ import numpy as np
 from model.config import ModelConfig
 from model.expert import SyncExpert
 from model.offset import OffsetResult, offset_from_grid, similarity_grid
+from model.sync.speaker import speaking
 from pipelines.audio import AudioConfig
 from pipelines.core.device import resolve_device
 from pipelines.core.storage import StorageConfig
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import DEVICES, FaceConfig
-from pipelines.faces.stage import FaceStage
+from pipelines.faces.stage import FACE_COUNT_EVERY, FaceStage
+from pipelines.faces.tracks import link_pieces
 from pipelines.samples import SampleConfig, SampleStage
 from pipelines.shards.format import sample_shot
 from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.sources import make_key
 
-# Faces are counted (to warn about several people) on one frame in this many: detection on every frame is
-# what the aligner's tracking saves, and who is in the picture changes slowly.
-FACE_COUNT_EVERY = 25
+# Faces followed at once by default: a talk show's panel; each face in view costs the aligner a pass.
+SCORE_MAX_FACES = 4
 
 # Below this confidence (median - min of the mean cosine-distance curve) the curve has no clear dip and the
 # offset is a guess. With a trained expert, synthetic speech at any offset scores 0.3-0.6, a face without
@@ -74,7 +78,8 @@ class ScoreConfig:
         "omit": ("device", "batch_size", "crop_size", "crop", "crop_pad_bottom")})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
     samples: SampleConfig = field(default_factory=SampleConfig, metadata={
-        "help": "segments, cut as preprocessing cuts them", "omit": ("min_segment_frames", "jpeg_quality")})
+        "help": "segments, cut as preprocessing cuts them",
+        "omit": ("min_segment_frames", "jpeg_quality", "speaker_expert", "keep_tracks")})
 
     def __post_init__(self):
         if self.max_offset < 0 or self.step < 1 or self.batch_size < 1:
@@ -108,7 +113,7 @@ def faces_in_view(face_counts: Counter) -> str:
 
 
 def too_short_message(video, segment_frames: list[int], window_frames: int, max_offset: int, fps: int,
-                      face_counts: Counter) -> str:
+                      face_counts: Counter, faces_followed: int = 1) -> str:
     """Why no face segment can be searched, from what is true of this video; it names the --max-offset that fits
     the longest segment only when some offset does (a window needs `window_frames` plus the shifts either way)."""
     longest = max(segment_frames)
@@ -116,7 +121,8 @@ def too_short_message(video, segment_frames: list[int], window_frames: int, max_
              f"({window_frames + 2 * max_offset} needed): {len(segment_frames)} segment(s), the longest "
              f"{longest} frames ({longest / fps:.2f} s)"]
     if several_faces(face_counts) > 0:
-        parts.append(f"{faces_in_view(face_counts)}; a face track breaks where another face comes close")
+        parts.append(f"{faces_in_view(face_counts)}, {faces_followed} followed, each as a track of its own: no "
+                     f"face stays in view long enough at once")
     fitting = (longest - window_frames) // 2
     if fitting >= 1:
         parts.append(f"--max-offset {fitting} fits the longest segment")
@@ -131,6 +137,7 @@ class SegmentScore:
     start_frame: int  # in the video, on the 25 fps clock
     grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # `similarity_grid`'s; None: too short to search
     result: OffsetResult | None
+    track: int = 0  # the face track it belongs to (`face_tracks_of`)
 
     @property
     def key(self) -> str:
@@ -148,6 +155,72 @@ class SegmentScore:
     def end_s(self) -> float:
         return (self.start_frame + self.num_frames) / self.segment.meta["fps"]
 
+    @property
+    def box(self) -> np.ndarray:
+        """The segment's median face box (x1, y1, x2, y2, fractions of the frame); NaN where none was recorded."""
+        return np.array((self.segment.meta or {}).get("box", [np.nan] * 4), np.float64)
+
+
+@dataclass
+class TrackScore:
+    """One face followed through the video: its segments (linked across chunks), their pooled result (None when
+    none could be searched) and whether it is the one speaking (None: could not be judged)."""
+
+    number: int
+    segments: list[SegmentScore]
+    result: OffsetResult | None
+    speaking: bool | None = None
+
+    @property
+    def start_frame(self) -> int:
+        return self.segments[0].start_frame
+
+    @property
+    def end_frame(self) -> int:
+        return self.segments[-1].start_frame + self.segments[-1].num_frames
+
+    @property
+    def box(self) -> np.ndarray:
+        """The median of its segments' boxes (fractions of the frame)."""
+        boxes = np.array([s.box for s in self.segments])
+        present = boxes[np.isfinite(boxes).all(axis=1)]
+        return np.median(present, axis=0) if len(present) else np.full(4, np.nan)
+
+    def to_json(self, fps: int) -> dict:
+        box = self.box
+        return {"track": self.number, "speaking": self.speaking, "start_s": self.start_frame / fps,
+                "end_s": self.end_frame / fps, "frames": sum(s.num_frames for s in self.segments),
+                "box": box.round(4).tolist() if np.isfinite(box).all() else None,
+                "offset_frames": self.result.offset_frames if self.result else None,
+                "confidence": self.result.confidence if self.result else None,
+                "sync_probability": self.result.best_similarity if self.result else None,
+                "segments": [s.key for s in self.segments]}
+
+
+def pooled_result(segments: list[SegmentScore]) -> OffsetResult | None:
+    """SyncNet's result over every scored window of the segments (None when none could be searched)."""
+    usable = [s for s in segments if s.result is not None]
+    if not usable:
+        return None
+    return offset_from_grid(usable[0].grid[0], np.concatenate([s.grid[1] + s.start_frame for s in usable]),
+                            np.concatenate([s.grid[2] for s in usable], axis=1))
+
+
+def face_tracks_of(segments: list[SegmentScore]) -> list[TrackScore]:
+    """Segments grouped into face tracks (`link_pieces`), each scored, and who speaks judged among them."""
+    numbers = link_pieces([(s.start_frame, s.start_frame + s.num_frames, s.box) for s in segments])
+    tracks = []
+    for number in sorted(set(numbers)):
+        mine = sorted((s for s, n in zip(segments, numbers) if n == number), key=lambda s: s.start_frame)
+        for segment in mine:
+            segment.track = number
+        tracks.append(TrackScore(number=number, segments=mine, result=pooled_result(mine)))
+    verdicts = speaking([(t.start_frame, t.end_frame) for t in tracks],
+                        [t.result.confidence if t.result else None for t in tracks])
+    for track, verdict in zip(tracks, verdicts):
+        track.speaking = verdict
+    return tracks
+
 
 @dataclass
 class VideoScore:
@@ -158,10 +231,16 @@ class VideoScore:
     source_fps: float
     source_sample_rate: int
     segments: list[SegmentScore]
-    result: OffsetResult  # pooled over every scored window of the video
+    tracks: list[TrackScore]
+    result: OffsetResult  # pooled over every scored window of the speaking tracks
     face_counts: Counter  # faces detected -> sampled frames
     max_offset: int
     window_frames: int
+
+    @property
+    def speaking_segments(self) -> list[SegmentScore]:
+        """The segments of the speaking tracks, in time order: those the video's result pools."""
+        return sorted((s for t in self.tracks if t.speaking for s in t.segments), key=lambda s: s.start_frame)
 
     @property
     def offset_ms(self) -> float:
@@ -174,9 +253,14 @@ class VideoScore:
 
     def notes(self) -> list[str]:
         notes = []
-        if several_faces(self.face_counts) > 0:
-            notes.append(f"{faces_in_view(self.face_counts)}: scored the face that was the largest where its "
-                         f"track starts, assumed to be the speaker")
+        speakers = [t.number for t in self.tracks if t.speaking]
+        if len(speakers) < len(self.tracks):
+            notes.append(f"{len(self.tracks)} face tracks scored; the offset is that of the one speaking (track "
+                         f"{', '.join(map(str, speakers))}: the clearest sync among the faces in view at its time)")
+        elif len(self.tracks) > 1:
+            notes.append(f"{len(self.tracks)} face tracks scored, none in view with another: all pooled")
+        elif several_faces(self.face_counts) > 0:
+            notes.append(f"{faces_in_view(self.face_counts)}, but one face track found")
         short = [s for s in self.segments if s.result is None]
         if short:
             notes.append(f"{len(short)} face segment(s) too short for +-{self.max_offset} frames left out")
@@ -209,10 +293,13 @@ class VideoScore:
             "windows_scored": int(len(result.window_starts)),
             "segments": [{"key": s.key, "start_s": s.start_s, "end_s": s.end_s, "frames": s.num_frames,
                           "shot": sample_shot(s.segment.meta),
+                          "track": s.track,
                           "offset_frames": s.result.offset_frames if s.result else None,
                           "confidence": s.result.confidence if s.result else None,
                           "sync_probability": s.result.best_similarity if s.result else None}
                          for s in self.segments],
+            "tracks": [track.to_json(self.fps) for track in self.tracks],
+            "speaking_tracks": [track.number for track in self.tracks if track.speaking],
             "curve": {"shifts": result.shifts.tolist(), "mean_similarity": result.mean_similarity.round(5).tolist()},
             "windows": {"time_s": self.window_times.round(3).tolist(),
                         "sync_probability": result.window_similarity.round(4).tolist(),
@@ -234,7 +321,7 @@ class VideoScorer:
             raise ValueError(f"the checkpoint expects {model.mel_bins} mel bins; preprocessing makes {audio.n_mels}")
         # Faces cut as the expert's training faces were: aligned for ours, detector boxes for Wav2Lip's.
         faces = replace(config.faces, device=config.device, crop_size=model.face_size, crop=model.crop,
-                        crop_pad_bottom=model.crop_pad_bottom)
+                        crop_pad_bottom=model.crop_pad_bottom, max_faces=config.faces.max_faces or SCORE_MAX_FACES)
         self.decode = DecodeStage(config.decode, audio, StorageConfig())
         self.faces = FaceStage(faces)
         aligner = self.faces.aligner
@@ -249,11 +336,12 @@ class VideoScorer:
 
     def segments(self, video: str | Path) -> tuple[list[Segment], dict]:
         """The video's face segments as preprocessing would store them, and what was seen on the way:
-        frames, frames_with_face, dropped_short, face_counts, source_fps, source_sample_rate. Raises ScoreError."""
+        frames, frames_with_face, dropped_short, face_counts, faces_followed, source_fps, source_sample_rate.
+        Raises ScoreError."""
         source = {"key": make_key(Path(video).name), "uri": str(video), "speaker": "", "split": "score"}
         segments: list[Segment] = []
         seen = {"frames": 0, "frames_with_face": 0, "dropped_short": 0, "face_counts": Counter(), "source_fps": 0.0,
-                "source_sample_rate": 0}
+                "source_sample_rate": 0, "faces_followed": 1}
         for row in self.decode.decode_source(source):
             if row["end"][0]:
                 if row["error"][0]:
@@ -262,8 +350,12 @@ class VideoScorer:
                 break
             seen["source_fps"], seen["source_sample_rate"] = float(row["source_fps"][0]), int(row["source_rate"][0])
             frames = row["frames"][0]
-            seen["face_counts"].update(self.faces.aligner.count_faces(frames[::FACE_COUNT_EVERY]).tolist())
             aligned = self.faces(row)
+            counted = aligned["faces_counted"][0]  # what the face stage counted to know how many to follow
+            if not len(counted):  # one face followed: counted here, to say when others are in view
+                counted = self.faces.aligner.count_faces(frames[::FACE_COUNT_EVERY])
+            seen["face_counts"].update(counted.tolist())
+            seen["faces_followed"] = max(seen["faces_followed"], int(aligned["faces_followed"][0]))
             record, tar = self.samples.chunk_samples({name: column[0] for name, column in aligned.items()})
             if record.failure is not None:
                 reason = record.failure.reason
@@ -287,23 +379,24 @@ class VideoScorer:
                                        step=self.config.step, batch_size=self.config.batch_size)
             except ValueError:  # shorter than the shifted windows need
                 grid = None
-            scores.append(SegmentScore(segment=segment, start_frame=int(segment.meta["start_frame"]), grid=grid,
+            # What preprocessing always records, a shard made by other means may lack.
+            start_frame = int((segment.meta or {}).get("start_frame", 0))
+            scores.append(SegmentScore(segment=segment, start_frame=start_frame, grid=grid,
                                        result=offset_from_grid(*grid) if grid else None))
         return scores
 
     def score(self, video: str | Path) -> VideoScore:
         segments, seen = self.segments(video)
         scored = self.score_segments(segments)
-        usable = [s for s in scored if s.result is not None]
-        if not usable:
+        tracks = face_tracks_of(scored)
+        pooled = pooled_result(sorted((s for t in tracks if t.speaking for s in t.segments), key=lambda s: s.start_frame))
+        if pooled is None:
             raise ScoreError("too_short", too_short_message(video, [s.num_frames for s in scored],
                                                             self.expert.config.window_frames,
-                                                            self.config.max_offset, self.fps, seen["face_counts"]))
-        pooled = offset_from_grid(usable[0].grid[0],
-                                  np.concatenate([s.grid[1] + s.start_frame for s in usable]),
-                                  np.concatenate([s.grid[2] for s in usable], axis=1))
+                                                            self.config.max_offset, self.fps, seen["face_counts"],
+                                                            seen["faces_followed"]))
         return VideoScore(video=str(video), fps=self.fps, frames=seen["frames"],
                           frames_with_face=seen["frames_with_face"], source_fps=seen["source_fps"],
-                          source_sample_rate=seen["source_sample_rate"], segments=scored, result=pooled,
-                          face_counts=seen["face_counts"], max_offset=self.config.max_offset,
+                          source_sample_rate=seen["source_sample_rate"], segments=scored, tracks=tracks,
+                          result=pooled, face_counts=seen["face_counts"], max_offset=self.config.max_offset,
                           window_frames=self.expert.config.window_frames)

@@ -29,6 +29,9 @@ FAN_DETECTORS = ("auto", "s3fd", "retinaface")
 # fixed template (`align.crop_faces`; what our experts are trained on). "box": the face detector's box, padded
 # below, resized to the square without alignment (`align.box_crops`; what Wav2Lip's expert was trained on).
 CROPS = ("aligned", "box")
+# The most faces followed at once (`--max-faces`): each costs the aligner one more pass over the frames, and a
+# sample's key names its face with one letter (`pipelines.shards.format.sample_key`).
+MAX_FACES = 8
 
 
 def crop_problems(crop: str, pad_bottom: float) -> list[str]:
@@ -86,6 +89,10 @@ class FaceConfig:
         "help": "face-centre jump between consecutive frames, in face widths, that ends a track (a cut, another person)"})
     min_score: float | None = field(default=None, metadata={
         "help": "detection score threshold; default: the aligner's own (RetinaFace 0.9, S3FD 0.5, dlib 0.0)"})
+    max_faces: int | None = field(default=None, metadata={
+        "help": "faces followed at once, each its own track: 1 = the face that is the largest where its track "
+                "starts; more = up to this many people in view (each found with the faces before it hidden); "
+                "default: 1 in preprocessing, 4 when scoring"})
 
     def __post_init__(self):
         problems = []
@@ -102,6 +109,8 @@ class FaceConfig:
         problems += crop_problems(self.crop, self.crop_pad_bottom)
         if self.max_center_jump <= 0:
             problems.append("--max-center-jump must be positive")
+        if self.max_faces is not None and not 1 <= self.max_faces <= MAX_FACES:
+            problems.append(f"--max-faces must be in [1, {MAX_FACES}], got {self.max_faces}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -16,10 +16,17 @@ first dot, and keys name folders):
     KEY.mel.npy   float32 [80, clock.mel_column(T)] log-mel, column 0 at the first frame; never a pickle
     KEY.json      key, source, source_key, speaker, split, aligner, start_frame, num_frames, start_s, end_s,
                   fps, mel_fps, crop_size (`sample_members` derives the last six), what the producer adds
-                  (preprocessing: source_fps, source_sample_rate, separated, quality, crop, shot; curation:
-                  realigned, sync_offset_frames, sync_confidence) and, since format 1, "format": FORMAT_VERSION and
-                  "clock": {fps, sample_rate, hop_length}. "shot" is the index (from 0) of the camera shot of
-                  the video the sample lies in: no sample spans a cut (`pipelines.shots`); `sample_shot` reads it
+                  (preprocessing: source_fps, source_sample_rate, separated, quality, crop, shot, face, track,
+                  box; curation: realigned, sync_offset_frames, sync_confidence) and, since format 1, "format":
+                  FORMAT_VERSION and "clock": {fps, sample_rate, hop_length}. "shot" is the index (from 0) of the
+                  camera shot of the video the sample lies in: no sample spans a cut (`pipelines.shots`);
+                  `sample_shot` reads it (0 for samples without it)
+
+Several faces in view (`--max-faces`): a sample is one face's, and records its face track: "face" (0 = the first
+followed, also in its key, `sample_key`), "track" (the track's number within its chunk), "box" (its median
+detector box, x1, y1, x2, y2 as fractions of the frame's width and height), and where an expert judged who speaks,
+"sync_confidence" and "speaking" (`SPEAKER_KEYS`). Samples without them are a single face's: face 0, track 0
+(`sample_track`).
 
 Samples without "format" are version 0: they record only fps and mel_fps, and were all written at 16 kHz
 (`sample_clock`). Kept free of heavy imports: the training loader needs this and nothing else of preprocessing.
@@ -65,9 +72,16 @@ _KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # --- paths ---------------------------------------------------------------------------------------------
 
-def sample_key(video_key: str, start_frame: int) -> str:
-    """The key of a video's sample that starts at `start_frame` (7 digits: over 110 hours at 25 fps)."""
-    return f"{video_key}_f{start_frame:07d}"
+# One letter per face followed at once (`pipelines.faces.base.MAX_FACES`): "f" for the first, which every sample
+# written before several faces were followed has, then "g", "h", ...; one letter keeps a key the length that
+# MAX_VIDEO_KEY_CHARS was sized for.
+FACE_LETTERS = "fghijklm"
+
+
+def sample_key(video_key: str, start_frame: int, face: int = 0) -> str:
+    """The key of a video's sample of face `face` (0: the first followed) that starts at `start_frame` (7 digits:
+    over 110 hours at 25 fps)."""
+    return f"{video_key}_{FACE_LETTERS[face]}{start_frame:07d}"
 
 
 def is_safe_key(key: str) -> bool:
@@ -191,6 +205,24 @@ def sample_members(faces: np.ndarray, mel: np.ndarray, meta: dict, clock: Clock,
     members = {f"{key}.{FACES}": encode_faces(faces, quality), f"{key}.{MEL}": npy_bytes(mel.astype(np.float32)),
                f"{key}.{META}": json.dumps(written, sort_keys=True).encode()}
     return members, written
+
+
+# What a sample records of its face track and of the expert's judgement of who speaks (module docstring).
+TRACK_KEYS = ("face", "track", "box")
+SPEAKER_KEYS = ("sync_confidence", "speaking")
+
+
+def track_json(face: int, track: int, box: np.ndarray | None) -> dict:
+    """The sample json's record of its face track (`box` None: the producer knew no box)."""
+    written = {"face": int(face), "track": int(track)}
+    if box is not None and np.isfinite(box).all():
+        written["box"] = [round(float(value), 4) for value in box]
+    return written
+
+
+def sample_track(meta: dict) -> tuple[int, int]:
+    """(face, track) of a sample: (0, 0) for samples written before several faces were followed."""
+    return int(meta.get("face", 0)), int(meta.get("track", 0))
 
 
 def format_version(meta: dict) -> int:
