@@ -15,7 +15,6 @@ from __future__ import annotations
 import cProfile
 import functools
 import io
-import json
 import pstats
 import sys
 import time
