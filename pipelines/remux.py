@@ -89,9 +89,13 @@ def _remux(inp, out, audio: np.ndarray, rate: int, encoder: str, pre_advance_pri
     out.start_encoding()
     if pre_advance_priming:
         audio = audio[:, encoder_priming(encoder, rate, sound.codec_context.layout.name):]
-    # Interleaved by time so neither stream is buffered whole by the muxer.
-    items = heapq.merge(_video_packets(inp, video_in), audio_frames(sound, audio, rate), key=lambda item: item[0])
-    for _, stream, item in items:
+    mux_in_time_order(out, video_in, video_out, sound, _video_packets(inp, video_in), audio_frames(sound, audio, rate))
+
+
+def mux_in_time_order(out, video_in, video_out, sound, video_items, audio_items) -> None:
+    """Mux (time, stream, item) entries of both streams interleaved by time, so that neither is buffered whole by
+    the muxer: video packets copied from `video_in` to `video_out`, audio frames encoded by `sound` (then flushed)."""
+    for _, stream, item in heapq.merge(video_items, audio_items, key=lambda entry: entry[0]):
         if stream is video_in:
             item.stream = video_out
             out.mux(item)

@@ -24,7 +24,7 @@ import numpy as np
 from pipelines.audio_encoding import add_audio_stream, audio_frames, encoder_priming
 from pipelines.core.storage import atomic_local_path
 from pipelines.media import iter_frames, probe
-from pipelines.remux import MUXERS
+from pipelines.remux import MUXERS, mux_in_time_order
 
 __all__ = ["CLOCK_CASES", "ClockCase", "MPEG_PS_CASE", "mpeg1_rate", "write_case"]
 
@@ -95,15 +95,8 @@ def _write_remuxed(case: ClockCase, video_source: Path, audio: np.ndarray, rate:
         out.start_encoding()
         video_shift = round(case.video_delay_s / video_in.time_base)
         audio_shift = round(case.audio_delay_s * rate)
-        video = _shifted_packets(inp, video_in, video_shift)
-        sound_frames = _shifted_frames(audio_frames(sound, audio, rate), audio_shift, rate)
-        for _, stream, item in heapq.merge(video, sound_frames, key=lambda entry: entry[0]):
-            if stream is video_in:
-                item.stream = video_out
-                out.mux(item)
-            else:
-                out.mux(stream.encode(item))
-        out.mux(sound.encode(None))
+        mux_in_time_order(out, video_in, video_out, sound, _shifted_packets(inp, video_in, video_shift),
+                          _shifted_frames(audio_frames(sound, audio, rate), audio_shift, rate))
 
 
 def _shifted_packets(inp, stream, shift: int):
