@@ -172,7 +172,7 @@ def test_a_local_resume_says_where_it_goes_on_from_and_passes_over_a_truncated_c
     bad.write_bytes(bad.read_bytes()[:1000])
     with pytest.warns(CheckpointWarning, match=str(bad)):
         assert restore(expert, torch.optim.AdamW(expert.parameters()), session) == 10
-    assert f"resuming from step 10 (checkpoint {good})" in capsys.readouterr().out
+    assert f"resuming from step 10 (checkpoint {good})" in capsys.readouterr().err  # with the progress bar, on stderr
 
 
 def test_the_command_refuses_a_mismatched_resume_before_any_worker_starts(shards, tmp_path, capsys):
