@@ -18,11 +18,12 @@ import numpy as np
 import soxr
 
 from pipelines.audio_encoding import add_audio_stream, to_sample_format
+from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import atomic_local_path
 from pipelines.decode import resample_indices
 from pipelines.media import iter_frames, probe, read_audio
 
-FPS = 25
+FPS = EXPERT_CLOCK.fps  # the long input is made on the expert's clock, so no frame is resampled
 AUDIO_RATE = 48_000
 SAMPLES_PER_FRAME = AUDIO_RATE // FPS
 

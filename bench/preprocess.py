@@ -270,22 +270,20 @@ def rss_by_name(pids: list[int], table: dict[int, tuple[int, int, int]], page: i
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set size so far (VmHWM, kept by the kernel: no sample can miss it while the
     process lives); 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/status", "VmHWM:") * 1024
 
 
 def pss_bytes(pid: int) -> int:
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
+
+
+def _proc_kib(path: str, key: str) -> int:
+    """The kB figure of the line starting with `key` in a /proc file; 0 when the process (or the line) is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(key):
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0

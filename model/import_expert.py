@@ -147,11 +147,8 @@ def import_wav2lip(path: Path, out: Path, crop_pad_bottom: float = 0.0) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 PROJECTS = {"wav2lip": import_wav2lip}

@@ -25,6 +25,7 @@ import torch
 from model.loader.windows import KINDS, OTHER_CODE, POSITIVE_CODE, PairConfig, Windows, audio_windows, \
     draw_window_arrays
 from pipelines.core.clock import Clock
+from pipelines.core.device import to_device
 
 __all__ = ["PoolConfig", "SegmentPool", "pool_bytes"]
 
@@ -358,15 +359,3 @@ class SegmentPool:
 def kind_counts(kinds: np.ndarray) -> dict[str, int]:
     return {f"pairs_{KINDS[code]}": count for code, count in
             enumerate(np.bincount(kinds, minlength=len(KINDS)).tolist()) if count}
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`; through pinned memory to a GPU, so that the copy does not wait for the queue
-    (a copy from pageable memory synchronises the stream). torch's host allocator keeps a pinned block until
-    the copies that read it are done."""
-    tensor = torch.from_numpy(array)
-    if device.type != "cuda":
-        return tensor.to(device)
-    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    pinned.copy_(tensor)
-    return pinned.to(device, non_blocking=True)

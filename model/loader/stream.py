@@ -31,7 +31,7 @@ from model.loader.pool import PoolConfig, SegmentPool, kind_counts, pool_bytes
 from model.loader.windows import PairConfig
 from pipelines.core.clock import Clock
 from pipelines.core.storage import StorageConfig
-from pipelines.shards.format import clock_json, sample_clock
+from pipelines.shards.format import clock_json, sample_clock, sample_crop
 from pipelines.shards.reader import Segment, iter_segments, shards_holding
 
 __all__ = ["PairStream", "SegmentSource"]
@@ -213,7 +213,7 @@ def _check_segment(segment: Segment, expected_clock: str) -> None:
     if written != expected_clock:
         raise ValueError(f"segment {segment.key} was written on the clock {written}; the expert's clock is "
                          f"{expected_clock}: preprocess with the expert's clock")
-    crop = segment.meta.get("crop", "aligned")  # shards from before the crop was recorded: aligned
+    crop = sample_crop(segment.meta)
     if crop != "aligned":
         raise ValueError(f"segment {segment.key} holds {crop} face crops (curated with an imported expert?); "
                          f"experts train on aligned crops: preprocess the videos with pipelines.preprocess")

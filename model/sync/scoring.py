@@ -16,6 +16,7 @@ track that speaks is the one of the highest confidence among those in view at th
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,7 @@ from pipelines.faces.base import DEVICES, FaceConfig
 from pipelines.faces.stage import FACE_COUNT_EVERY, FaceStage
 from pipelines.faces.tracks import link_pieces
 from pipelines.samples import SampleConfig, SampleStage
-from pipelines.shards.format import sample_shot
+from pipelines.shards.format import sample_crop, sample_shot
 from pipelines.shards.reader import Segment, segments_in_tar
 from pipelines.sources import make_key
 
@@ -88,7 +89,7 @@ class ScoreConfig:
 
 def check_crop(segment: Segment, model: ModelConfig) -> None:
     """Raise ValueError when a stored segment's faces are not cut the way the expert of `model` reads them."""
-    stored = (segment.meta or {}).get("crop", "aligned")  # shards from before the crop was recorded: aligned
+    stored = sample_crop(segment.meta)
     if stored != model.crop:
         raise ValueError(f"{segment.source} ({segment.key}) holds {stored} face crops, the expert reads {model.crop} "
                          f"crops: give it the videos, whose faces are then cut for it as it scores them")
@@ -222,6 +223,11 @@ def face_tracks_of(segments: list[SegmentScore]) -> list[TrackScore]:
     return tracks
 
 
+def speaking_segments(tracks: list[TrackScore]) -> list[SegmentScore]:
+    """The segments of the speaking tracks, in time order: those a video's result pools."""
+    return sorted((s for t in tracks if t.speaking for s in t.segments), key=lambda s: s.start_frame)
+
+
 @dataclass
 class VideoScore:
     video: str
@@ -237,10 +243,10 @@ class VideoScore:
     max_offset: int
     window_frames: int
 
-    @property
+    @functools.cached_property
     def speaking_segments(self) -> list[SegmentScore]:
         """The segments of the speaking tracks, in time order: those the video's result pools."""
-        return sorted((s for t in self.tracks if t.speaking for s in t.segments), key=lambda s: s.start_frame)
+        return speaking_segments(self.tracks)
 
     @property
     def offset_ms(self) -> float:
@@ -389,7 +395,7 @@ class VideoScorer:
         segments, seen = self.segments(video)
         scored = self.score_segments(segments)
         tracks = face_tracks_of(scored)
-        pooled = pooled_result(sorted((s for t in tracks if t.speaking for s in t.segments), key=lambda s: s.start_frame))
+        pooled = pooled_result(speaking_segments(tracks))
         if pooled is None:
             raise ScoreError("too_short", too_short_message(video, [s.num_frames for s in scored],
                                                             self.expert.config.window_frames,

@@ -23,17 +23,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def to_device(array, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; through pinned memory to a GPU, so that the copy runs at the link's speed and
+    does not wait for the queue (a copy from pageable memory synchronises the stream). torch's host allocator
+    keeps a pinned block until the copies that read it are done."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    pinned.copy_(tensor)
+    return pinned.to(device, non_blocking=True)
+
+
 def upload_frames(frames, device: torch.device) -> torch.Tensor:
     """Video frames uint8 [N, H, W, 3] (numpy, or a tensor already there) -> the same uint8 tensor on `device`.
 
-    uint8 crosses (a quarter of the bytes of float; frames become float on the device, batch by batch), and to a
-    GPU from pinned memory, so that the copy runs at the link's speed and does not hold this thread."""
+    uint8 crosses (a quarter of the bytes of float; frames become float on the device, batch by batch)."""
     import numpy as np
     import torch
 
     if isinstance(frames, torch.Tensor):
         return frames.to(device)
-    tensor = torch.from_numpy(np.ascontiguousarray(frames))
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return to_device(np.ascontiguousarray(frames), device)

@@ -259,6 +259,12 @@ def sample_shot(meta: dict) -> int:
     return meta.get("shot", 0)
 
 
+def sample_crop(meta: dict | None) -> str:
+    """What a sample's faces are: "aligned" crops or the detector's "box"; samples written before the crop was
+    recorded are aligned."""
+    return (meta or {}).get("crop", "aligned")
+
+
 def decode_arrays(members: dict[str, bytes], meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """A sample's faces and mel, checked against its json: both cover its frames on its clock, or every window
     drawn from them would be misaligned."""

@@ -8,6 +8,7 @@ Clips of the synthetic corpus or real ones alike, at 25 fps.
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -45,8 +46,8 @@ def write_two_faces(target: Path, speaker: Path, other: Path, scale: float = 1.0
             raise ValueError(f"{path} is at {fps:.3f} fps; two faces are composed at {EXPERT_CLOCK.fps} fps")
     others = [image for _, image in iter_frames(other)]
     others = [others[0]] * other_delay_frames + others
-    pairs = [(time, image, others[i]) for i, (time, image) in enumerate(iter_frames(speaker)) if i < len(others)]
-    pairs = pairs[:frames]
+    pairs = [(time, image, theirs)
+             for (time, image), theirs in itertools.islice(zip(iter_frames(speaker), others), frames)]
     audio, rate = read_audio(speaker)
     audio = audio[:, :round(len(pairs) / EXPERT_CLOCK.fps * rate)]
     pictures = (side_by_side(other, mine, scale) if speaker_on_right else side_by_side(mine, other, scale)
