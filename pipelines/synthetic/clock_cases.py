@@ -13,7 +13,6 @@ back to the start resumes at the second. `MPEG_PS_CASE` writes that timestamp pa
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -154,6 +153,4 @@ def _write_mpeg_ps(video_source: Path, audio: np.ndarray, rate: int, target: Pat
             packet.pts, packet.dts = index, max(index - 1, 0)
         pictures = ((float(p.dts / fps), video, p) for p in packets)
         sound_frames = _shifted_frames(audio_frames(sound, audio, rate), priming, rate)
-        for _, stream, item in heapq.merge(pictures, sound_frames, key=lambda entry: entry[0]):
-            out.mux(item if stream is video else stream.encode(item))
-        out.mux(sound.encode(None))
+        mux_in_time_order(out, video, video, sound, pictures, sound_frames)
