@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The expert at scale on the lent H200 (bench/README.md, "The expert at scale"): a synthetic corpus of drawn and
-# photo faces made there, the real clips of ../shared/data/real_more beside it, all preprocessed there with the GPU
-# aligner, the full expert trained, then measured with the field's protocol. Three device calls made one right
-# after another while the machine stays warm (/tmp keeps what the earlier ones left):
+# photo faces made there (>= 2 h), the real clips of ../shared/data/real_more beside it (those of speakers kept for
+# testing left out, and the five flagged clips), all preprocessed there with the GPU aligner, the full expert
+# trained, then measured with the field's protocol and with real clips' audio moved by known amounts. Five device
+# calls made one right after another while the machine stays warm (/tmp keeps what the earlier ones left; the
+# machine goes back after 30 s idle, so have the next call ready):
 #
 #   bash bench/device_carry.sh && bash bench/device_carry.sh media
 #   mkdir -p runs/carry && cp -r ../shared/data/real_more runs/carry/ && cp -r ../shared/data/real runs/carry/
@@ -11,7 +13,9 @@
 #   [s(str(p), 'runs/carry/stills') for p in sorted(pathlib.Path('runs/carry/real_more').glob('*.mp*'))]"
 #   call 1, carry .whl, runs/carry/real_more, runs/carry/stills:  bash bench/device_scale.sh ray
 #   call 2, carry .whl-media and runs/carry/real:       bash bench/device_scale.sh corpus
-#   call 3:                                             bash bench/device_scale.sh train
+#   call 3:                                             bash bench/device_scale.sh photo
+#   call 4:                                             bash bench/device_scale.sh train
+#   call 5:                                             bash bench/device_scale.sh evaluate
 #
 # Each step has its own time limit so that a call ends inside the tool's and returns what it has; results come
 # back as one tar (the tool returns at most 8 files) and the expert in bf16 pieces of < 16 MiB (`cat` them).
@@ -20,8 +24,22 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 scale=/tmp/scale
 results=$scale/results
 mkdir -p "$results"
-# The five clips real_more's MANIFEST.tsv flags as possibly out of sync stay out of training.
+# The five clips real_more's MANIFEST.tsv flags as possibly out of sync stay out of training and testing.
 flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp4 latentsync_demo2_video.mp4 latentsync_demo3_video.mp4"
+# Speakers of real_more never trained on (nor lent to the photo faces), one or two per source, for the protocol.
+testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.mp4 lipnet_bbaf2n.mpg lipnet_lrwp9a.mpg
+lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
+preprocess() {  # LIMIT_S NAME INPUT: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
+  local busy_before monitor
+  busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
+  monitor=$!
+  step "$1" "preprocess_$2" python3 -m pipelines.preprocess --input "$3" --output "$scale/shards/$2" \
+    --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress
+  kill $monitor
+  echo "$2: machine CPU-s $(( ($(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat) - busy_before) / $(getconf CLK_TCK) )), GPU busy" \
+    "(mean of 0.5 s samples) $(awk '{s+=$1} END{printf "%.0f %%", s/NR}' "$results/gpu_$2.txt")" | tee -a "$results/preprocess_machine.txt"
+}
 pack() { tar czf "$OUT/results_$1.tgz" -C "$scale" results; }
 step() {  # LIMIT_S NAME COMMAND...: one step, its log in results/, its exit status and time on the console
   local limit=$1 name=$2 start=$SECONDS
@@ -34,34 +52,38 @@ case "$1" in
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
       tar xJf .whl/ray-*-trimmed.tar.xz -C /tmp/site || exit 1
-    rm -rf "$scale" && mkdir -p "$scale/real_more" "$results" && cp -r runs/carry/stills "$scale/stills"
+    rm -rf "$scale" && mkdir -p "$scale/real_more" "$scale/real_more_test" "$scale/stills" "$results"
     for clip in runs/carry/real_more/*; do
-      case " $flagged " in *" $(basename "$clip") "*) continue ;; esac
+      name=$(basename "$clip")
+      case " $flagged " in *" $name "*) continue ;; esac
       case "$clip" in *.md|*.tsv) continue ;; esac
-      cp "$clip" "$scale/real_more/"
+      case " $(echo $testing) " in
+        *" $name "*) cp "$clip" "$scale/real_more_test/" ;;
+        *) cp "$clip" "$scale/real_more/"; cp runs/carry/stills/"${name%.*}".* "$scale/stills/" 2>/dev/null ;;
+      esac
     done
-    ls "$scale/real_more" | wc -l ;;
+    echo "real_more: $(ls $scale/real_more | wc -l) to train on, $(ls $scale/real_more_test | wc -l) to test on," \
+      "$(ls $scale/stills/*.png | wc -l) stills" ;;
   corpus)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-media/*.whl || exit 1
     rm -rf /tmp/real && cp -r runs/carry/real /tmp/real
-    # Two corpora of ~25 min each at once, 8 processes apiece: the identities of the photo one are stills of
-    # real_more's speakers (never those of ../shared/data/real, on which the expert is judged).
-    step 200 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 200 --seed 31 \
-      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.1 --workers 8 &
-    step 200 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 200 --seed 32 \
-      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.1 --workers 8 --faces photo \
+    # Two corpora of ~70 min each at once, 8 processes apiece: the identities of the photo one are stills of
+    # real_more's training speakers (never those of ../shared/data/real or real_more_test, on which it is judged).
+    step 280 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 560 --seed 41 \
+      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 &
+    step 280 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 560 --seed 42 \
+      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 --faces photo \
       --face-sources $scale/stills &
     wait
     du -sh $scale/drawn $scale/photo
-    for part in real_more drawn photo; do
-      input=$scale/$part/videos; [ "$part" = real_more ] && input=$scale/real_more
-      step 150 preprocess_$part python3 -m pipelines.preprocess --input "$input" --output $scale/shards/$part \
-        --aligner retinaface --device cuda --num-workers 16 --no-progress
-    done
-    ls $scale/shards/*/ | head -20; pack corpus ;;
+    preprocess 290 drawn $scale/drawn/videos; pack corpus ;;
+  photo)
+    preprocess 280 photo $scale/photo/videos
+    preprocess 100 real_more $scale/real_more
+    ls -la $scale/shards/*/; pack photo ;;
   train)
-    step 300 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
-      --preset full --max-steps 6000 --batch-size 512 --lr 5e-4 --log-every 200 --val-every 1000 \
+    step 560 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
+      --preset full --max-steps 10000 --batch-size 512 --lr 5e-4 TRAIN_RECIPE --log-every 250 --val-every 1000 \
       --checkpoint-every 2000 --no-progress
     cp $scale/run/metrics.jsonl $scale/run/curves.png "$results/" 2>/dev/null
     python3 - <<'EOF'
@@ -72,13 +94,20 @@ weights = {k: v.bfloat16() if v.is_floating_point() else v for k, v in c.model.i
 write_checkpoint("/tmp/scale/expert_bf16.pt", dataclasses.replace(c, model=weights, optimizer=None))
 EOF
     (cd "$OUT" && split -b 15M /tmp/scale/expert_bf16.pt expert_bf16.pt.part-)
+    pack train ;;
+  evaluate)
     for part in drawn photo; do
-      step 60 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --manifest $scale/$part/manifest.jsonl \
+      step 90 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --manifest $scale/$part/manifest.jsonl \
         --protocol --aligner retinaface --device cuda --json "$results/protocol_$part.json" \
         --plot "$results/protocol_$part.png"
     done
-    step 60 protocol_real python3 -m model.evaluate --checkpoint $scale/run --videos /tmp/real --protocol \
-      --aligner retinaface --device cuda --json "$results/protocol_real.json" --plot "$results/protocol_real.png"
-    pack train ;;
-  *) echo "usage: bash bench/device_scale.sh ray|corpus|train" >&2; exit 2 ;;
+    for part in real real_more_test; do
+      clips=/tmp/real; [ "$part" = real_more_test ] && clips=$scale/real_more_test
+      step 60 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --videos $clips --protocol \
+        --aligner retinaface --device cuda --json "$results/protocol_$part.json" --plot "$results/protocol_$part.png"
+      step 120 offsets_$part python3 -m bench.real_offsets --checkpoint $scale/run --clips $clips \
+        --offsets -12 -8 -4 0 4 8 12 --device cuda --out "$results/real_offsets_$part.json"
+    done
+    pack evaluate ;;
+  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|train|evaluate" >&2; exit 2 ;;
 esac

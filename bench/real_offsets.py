@@ -37,18 +37,21 @@ class RealOffsetsConfig:
 def bench_real_offsets(config: RealOffsetsConfig) -> dict:
     from model.sync.scoring import ScoreConfig, ScoreError, VideoScorer
     from pipelines.remux import shift_audio
+    from pipelines.sources import VIDEO_EXTENSIONS
 
     if 0 not in config.offsets:
         raise ValueError("--offsets must include 0: the unshifted clip is the baseline")
     scorer = VideoScorer(ScoreConfig(checkpoint=config.checkpoint, max_offset=config.max_offset, device=config.device))
-    clips = sorted(p for p in Path(config.clips).iterdir() if p.suffix.lower() in (".mp4", ".mkv", ".mov", ".avi", ".webm"))
+    clips = sorted(p for p in Path(config.clips).iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    fps = scorer.expert.config.clock.fps  # offsets are frames of the expert's clock
     rows, started, video_s = [], time.perf_counter(), 0.0
     with tempfile.TemporaryDirectory() as scratch:
         for clip in clips:
             estimates = {}
             for offset in config.offsets:
-                moved = Path(scratch) / f"{clip.stem}_{offset:+d}{clip.suffix}"
-                shift_audio(clip, moved, offset / 25)  # positive: audio later, i.e. late
+                # Matroska holds whatever the clip holds (an MPEG-PS file, e.g., takes no re-encoded AAC back).
+                moved = Path(scratch) / f"{clip.stem}_{offset:+d}.mkv"
+                shift_audio(clip, moved, offset / fps)  # positive: audio later, i.e. late
                 try:
                     score = scorer.score(moved)
                 except ScoreError as error:
