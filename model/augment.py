@@ -41,7 +41,8 @@ class AugmentConfig:
     augment_shift: float = field(default=0.04, metadata={"help": "translation, up to this fraction of the crop "
                                                                  "side either way, each axis"})
     augment_scale: float = field(default=0.05, metadata={"help": "zoom factor in [1 - this, 1 + this]"})
-    augment_blur: float = field(default=0.1, metadata={"help": "probability of a Gaussian blur"})
+    augment_blur: float = field(default=0.1, metadata={"help": "share of each batch's pairs given a Gaussian blur "
+                                                               "(chosen at random)"})
     augment_blur_sigma: float = field(default=1.0, metadata={"help": "that blur's sigma, in pixels"})
     augment_noise: float = field(default=0.02, metadata={"help": "pixel noise, standard deviation up to this"})
     augment_gain_db: float = field(default=6.0, metadata={"help": "audio gain, up to this many dB either way"})
@@ -89,7 +90,7 @@ def augment_faces(faces: torch.Tensor, config: AugmentConfig, generator: torch.G
     if faces.ndim != 4 or faces.shape[1] % 3 or not faces.is_floating_point():
         raise ValueError(f"expected prepared float faces [B, 3*T, H, S], got {faces.dtype} {list(faces.shape)}")
     batch = len(faces)
-    frames = faces.view(batch, faces.shape[1] // 3, 3, *faces.shape[2:])
+    frames = faces.reshape(batch, faces.shape[1] // 3, 3, *faces.shape[2:])
     frames = adjust_colour(frames, 1 + _uniform(batch, config.augment_contrast, faces, generator),
                            1 + _uniform(batch, config.augment_saturation, faces, generator),
                            _uniform(batch, config.augment_brightness, faces, generator))
@@ -97,13 +98,16 @@ def augment_faces(faces: torch.Tensor, config: AugmentConfig, generator: torch.G
     if config.augment_shift or config.augment_scale:
         shift = torch.stack([_uniform(batch, config.augment_shift, faces, generator) for _ in range(2)], dim=1)
         frames = reframe(frames, 1 + _uniform(batch, config.augment_scale, faces, generator), shift)
-    if config.augment_blur and config.augment_blur_sigma:
-        frames = blur(frames, _chance(batch, config.augment_blur, faces, generator), config.augment_blur_sigma)
+    blurred = round(config.augment_blur * batch) if config.augment_blur_sigma else 0
+    if blurred:
+        # A fixed share, so that its count is known without asking the device: only those pairs are blurred.
+        chosen = torch.randperm(batch, generator=generator, device=faces.device)[:blurred]
+        frames = frames.index_copy(0, chosen, blur(frames[chosen], config.augment_blur_sigma))
     if config.augment_noise:
         spread = torch.rand(batch, generator=generator, device=faces.device) * config.augment_noise
         noise = torch.randn(frames.shape, generator=generator, device=faces.device)
-        frames = frames + noise * spread.view(batch, 1, 1, 1, 1)
-    return frames.clamp(0, 1).reshape(faces.shape)
+        frames = torch.addcmul(frames, noise, spread.view(batch, 1, 1, 1, 1))
+    return frames.clamp_(0, 1).reshape(faces.shape)
 
 
 def adjust_colour(frames: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
@@ -111,11 +115,12 @@ def adjust_colour(frames: torch.Tensor, contrast: torch.Tensor, saturation: torc
     """frames ``[B, T, 3, H, S]``; factors and shift ``[B]``. Contrast pivots on the window's mean grey (one
     number for all T frames, so each frame gets the same mapping); saturation blends each pixel with its grey."""
     shape = (len(frames), 1, 1, 1, 1)
-    luma = torch.tensor(LUMA, dtype=frames.dtype, device=frames.device).view(1, 1, 3, 1, 1)
-    grey = (frames * luma).sum(dim=2, keepdim=True)
-    frames = grey + (frames - grey) * saturation.view(shape)
+    contrast, saturation, brightness = contrast.view(shape), saturation.view(shape), brightness.view(shape)
+    grey = sum(weight * frames[:, :, channel:channel + 1] for channel, weight in enumerate(LUMA))
     pivot = grey.mean(dim=(1, 2, 3, 4), keepdim=True)
-    return (frames - pivot) * contrast.view(shape) + pivot + brightness.view(shape)
+    # (grey + (x - grey) * saturation - pivot) * contrast + pivot + brightness, in two passes over the pixels.
+    offset = grey * (contrast * (1 - saturation)) + (pivot * (1 - contrast) + brightness)
+    return torch.addcmul(offset, frames, contrast * saturation)
 
 
 def flip(frames: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -138,17 +143,17 @@ def reframe(frames: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> to
     return moved.view(frames.shape)
 
 
-def blur(frames: torch.Tensor, chosen: torch.Tensor, sigma: float) -> torch.Tensor:
-    """frames ``[B, T, 3, H, S]`` blurred by a Gaussian of `sigma` pixels where `chosen` ``[B]`` is true (computed
-    for all: picking the chosen ones out would make the host wait for the device)."""
+def blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+    """frames ``[B, T, 3, H, S]`` blurred by a Gaussian of `sigma` pixels, edges repeated."""
     radius = max(1, math.ceil(2 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=frames.dtype, device=frames.device)
-    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    images = frames.reshape(-1, 1, *frames.shape[-2:])
-    images = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    images = F.conv2d(F.pad(images, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return torch.where(chosen.view(-1, 1, 1, 1, 1), images.view(frames.shape), frames)
+    weights = [math.exp(-offset**2 / (2 * sigma**2)) for offset in range(-radius, radius + 1)]
+    weights = [weight / sum(weights) for weight in weights]
+    height, side = frames.shape[-2:]
+    padded = F.pad(frames.reshape(-1, 1, height, side), (radius,) * 4, mode="replicate")[:, 0]
+    # Weighted sums of shifted views, rows then columns: 3.5x faster than a one-channel conv2d on a CPU.
+    across = sum(weight * padded[:, :, tap:tap + side] for tap, weight in enumerate(weights))
+    blurred = sum(weight * across[:, tap:tap + height] for tap, weight in enumerate(weights))
+    return blurred.view(frames.shape)
 
 
 def augment_mels(mels: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
@@ -174,7 +179,7 @@ def mel_units_per_db(audio: AudioConfig) -> float:
 
 def gain(mels: torch.Tensor, decibels: torch.Tensor, audio: AudioConfig) -> torch.Tensor:
     """mels ``[B, 1, M, W]`` as though the audio were `decibels` ``[B]`` louder, clipped as preprocessing clips."""
-    moved = mels + (decibels * mel_units_per_db(audio)).view(-1, 1, 1, 1)
+    moved = mels + (decibels * mel_units_per_db(audio)).to(mels.dtype).view(-1, 1, 1, 1)
     return moved.clamp(-audio.max_abs_value, audio.max_abs_value)
 
 
