@@ -5,7 +5,7 @@ shards into a pool on its device and draws its batches there (model/loader/): in
 shifted ones, balanced. Every rank runs exactly `--max-steps` steps from an endless stream, so no rank ever waits
 at an epoch end for another.
 
-Rank 0 logs loss, accuracy and samples/s every `--log-every` steps, validates every `--val-every` steps
+Rank 0 logs loss, accuracy, samples/s and the learning rate every `--log-every` steps, validates every `--val-every` steps
 (validation BCE and accuracy on the fixed, seeded validation pairs; offset accuracy on validation segments
 with simulated audio delays), appends everything to RUN/metrics.jsonl and redraws RUN/curves.png.
 A checkpoint (model, optimizer, step, config) is reported every `--checkpoint-every` steps and at the end;
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.augment import AugmentConfig, augment_pairs
 from model.checkpoint import check_resumable, find_checkpoint, restore_checkpoint, save_checkpoint
 from model.config import PRESETS
 from model.expert import SyncExpert
@@ -38,6 +40,7 @@ from model.loader.stream import PairStream
 from model.loader.windows import PairConfig
 from model.loss import accuracy, sync_loss
 from model.offset import offset_curve
+from pipelines.audio import AudioConfig
 from pipelines.core.clock import Clock
 from pipelines.core.device import resolve_device
 from pipelines.core.ray_session import train_runtime_env
@@ -49,6 +52,7 @@ from pipelines.shards.reader import iter_segments, list_shards, shards_holding
 # on the same pairs and delays at every validation. The purposes lie above any step a run reaches, so that no
 # resumed run draws validation's stream.
 VALIDATION_PAIRS, VALIDATION_DELAYS = 2**32 - 1, 2**32 - 2  # one 32-bit word each: SeedSequence splits larger ints
+AUGMENTATION = 2**32 - 3  # the augmentation's draws: [run seed, AUGMENTATION, rank, the step the run resumed from]
 # Decoding for the pool loader at the default windows per segment: what keeps one H200's step fed (bench/README.md).
 LOADER_PROCESSES_PER_GPU = 4
 
@@ -64,7 +68,12 @@ class TrainConfig:
                                                      "first step; 1.3x the steps per second after); not on CPUs"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps (each rank)"})
     batch_size: int = field(default=64, metadata={"help": "pairs per step per worker"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (the peak, with a schedule)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant: --lr after the warmup; cosine: from --lr down to --min-lr-fraction of it at --max-steps",
+        "choices": ["constant", "cosine"]})
+    warmup_steps: int = field(default=0, metadata={"help": "steps of linear warmup to --lr"})
+    min_lr_fraction: float = field(default=0.1, metadata={"help": "cosine: the last learning rate, a fraction of --lr"})
     scale_lr: bool = field(default=False, metadata={"help": "multiply --lr by --num-workers (the linear scaling rule: "
                                                     "about one worker's loss at equal samples seen)"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
@@ -83,6 +92,8 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
     pairs: PairConfig = field(default_factory=PairConfig, metadata={"help": "training pairs"})
     pool: PoolConfig = field(default_factory=PoolConfig, metadata={"help": "decoded segments on the training device"})
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig,
+                                        metadata={"help": "augmentation of training pairs (model/augment.py)"})
     storage: StorageConfig = field(default_factory=StorageConfig, metadata={"help": "object storage for s3:// shards"})
 
     def __post_init__(self):
@@ -92,6 +103,12 @@ class TrainConfig:
         for name in ("num_workers", "max_steps", "batch_size", "log_every", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append("--lr-schedule must be constant or cosine")
+        if self.warmup_steps < 0:
+            problems.append("--warmup-steps must not be negative")
+        if not 0 <= self.min_lr_fraction <= 1:
+            problems.append("--min-lr-fraction must lie in [0, 1]")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -176,8 +193,8 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
     expert = SyncExpert(PRESETS[config.preset]).to(device)
     if on_gpu:
         expert = expert.to(memory_format=torch.channels_last)
-    lr = config.lr * world if config.scale_lr else config.lr
-    optimizer = torch.optim.AdamW(expert.parameters(), lr=lr, weight_decay=config.weight_decay, fused=on_gpu)
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=learning_rate(0, config, world),
+                                  weight_decay=config.weight_decay, fused=on_gpu)
     step = restore(expert, optimizer, session)
     model = session.prepare_model(expert)
     compiled = config.compile and on_gpu
@@ -191,6 +208,11 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
                         seed=(config.seed, step), rank=rank, world_size=world, repeat=True, device=device,
                         pool=config.pool, loader_workers=loader_processes(config))
     batches = iter(stream)
+    # On the training device, seeded like the pairs, so that a resumed run does not replay the same draws.
+    augmenting = torch.Generator(device=device)
+    augmenting.manual_seed(int(np.random.SeedSequence([config.seed, AUGMENTATION, rank, step]).generate_state(
+        1, dtype=np.uint64)[0]))
+    audio = AudioConfig(clock=expert.config.clock)  # the mels' normalisation, for the gain in dB
     log = RunLog(Path(config.output), owner) if rank == 0 else None
     if rank == 0 and compiled and config.progress:
         say("compiling the model at the first step (about 40 s, once)")
@@ -204,10 +226,14 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
             say(pool_summary(stream.counters, device))
             announce = False
         faces = expert.prepare_lower_faces(batch["faces"])
+        mels = expert.prepare_mels(batch["mels"])
+        faces, mels = augment_pairs(faces, mels, config.augmentation, augmenting, audio)
         if on_gpu:
             faces = faces.contiguous(memory_format=torch.channels_last)
-        mels = expert.prepare_mels(batch["mels"])
         labels = batch["labels"]
+        lr = learning_rate(step, config, world)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
             similarity = model(faces, mels)
         loss = sync_loss(similarity.float(), labels)
@@ -228,7 +254,8 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
                (("log", config.log_every), ("val", config.val_every), ("checkpoint", config.checkpoint_every))}
         if not any(due.values()):
             continue
-        metrics = {"step": step, **_reduce(window, rank, world, step, device), **loader_metrics(stream.counters)}
+        metrics = {"step": step, "lr": lr, **_reduce(window, rank, world, step, device),
+                   **loader_metrics(stream.counters)}
         window = _window(device)
         if due["val"]:
             metrics.update(validate(expert, config, validation))
@@ -242,6 +269,20 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
     batches.close()  # stops the loader processes now, not at interpreter exit (a pin-memory thread would complain)
     if bar is not None:
         bar.close()
+
+
+def learning_rate(step: int, config: TrainConfig, workers: int = 1) -> float:
+    """The rate of the optimizer step after `step` steps: a function of the step alone, so a resumed run goes on
+    where it stopped. Linear warmup over `warmup_steps` to --lr (times `workers` with --scale-lr), then constant,
+    or a half cosine down to `min_lr_fraction` of it, reached at `max_steps`."""
+    peak = config.lr * workers if config.scale_lr else config.lr
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return peak
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    floor = peak * config.min_lr_fraction
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def loader_processes(config: TrainConfig) -> int:

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -213,6 +213,27 @@ def test_local_launcher_from_s3_shards(shards, s3_server, tmp_path):
     rows = metrics(tmp_path / "run")
     assert rows[-1]["step"] == 10 and rows[-1]["val_pairs"] > 0
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000010"]
+
+
+def test_a_local_run_with_augmentation_and_a_cosine_schedule_records_both(shards, tmp_path):
+    from model.augment import AugmentConfig
+    from model.checkpoint import read_checkpoint
+    from train_ray import learning_rate
+
+    config = TrainConfig(shards=str(shards), output=str(tmp_path / "run"), launcher="local", max_steps=10,
+                         lr_schedule="cosine", warmup_steps=3, min_lr_fraction=0.2,
+                         augmentation=AugmentConfig(augment=True, augment_flip=1.0), **FAST)
+    train(config)
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [5, 10] and rows[-1]["val_pairs"] > 0 and rows[-1]["loss"] < 2
+    # Each row's rate is its last step's: step 5 is the cosine's second step, step 10 the last before the floor.
+    assert [r["lr"] for r in rows] == [pytest.approx(learning_rate(s - 1, config)) for s in (5, 10)]
+    assert rows[0]["lr"] > rows[1]["lr"] > 0.2 * config.lr
+    checkpoint = read_checkpoint(tmp_path / "run")
+    assert checkpoint.train_config["lr_schedule"] == "cosine" and checkpoint.train_config["warmup_steps"] == 3
+    assert checkpoint.train_config["augmentation"] == {**asdict(AugmentConfig()), "augment": True, "augment_flip": 1.0}
+    state = torch.load(find_checkpoint(tmp_path / "run"), map_location="cpu", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(9, config))
 
 
 def test_a_run_killed_and_rerun_at_once_stops_writing_when_the_new_one_claims_the_folder(tmp_path):
