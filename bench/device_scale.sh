@@ -29,12 +29,12 @@ flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp
 # Speakers of real_more never trained on (nor lent to the photo faces), one or two per source, for the protocol.
 testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.mp4 lipnet_bbaf2n.mpg lipnet_lrwp9a.mpg
 lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
-preprocess() {  # LIMIT_S NAME INPUT: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
+preprocess() {  # LIMIT_S NAME INPUT [OUTPUT]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
   local busy_before monitor
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
-  step "$1" "preprocess_$2" python3 -m pipelines.preprocess --input "$3" --output "$scale/shards/$2" \
+  step "$1" "preprocess_$2" python3 -m pipelines.preprocess --input "$3" --output "${4:-$scale/shards/$2}" \
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress
   kill $monitor
   echo "$2: machine CPU-s $(( ($(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat) - busy_before) / $(getconf CLK_TCK) )), GPU busy" \
@@ -67,23 +67,35 @@ case "$1" in
   corpus)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-media/*.whl || exit 1
     rm -rf /tmp/real && cp -r runs/carry/real /tmp/real
-    # Two corpora of ~70 min each at once, 8 processes apiece: the identities of the photo one are stills of
+    # The training step's augmentation draws on the GPU's own generator: checked here, before the long steps.
+    python3 -c "import torch; from model.augment import AugmentConfig, augment_pairs; from pipelines.audio import AudioConfig
+g = torch.Generator(device='cuda'); g.manual_seed(0)
+f, m = augment_pairs(torch.rand(512, 15, 48, 96, device='cuda'), torch.rand(512, 1, 80, 16, device='cuda') * 8 - 4,
+                     AugmentConfig(augment=True), g, AudioConfig())
+print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), float(m.mean()))" || exit 1
+    # Two corpora of ~62 min each at once, 8 processes apiece: the identities of the photo one are stills of
     # real_more's training speakers (never those of ../shared/data/real or real_more_test, on which it is judged).
-    step 280 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 560 --seed 41 \
+    step 250 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 500 --seed 41 \
       --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 &
-    step 280 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 560 --seed 42 \
+    step 250 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 500 --seed 42 \
       --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 --faces photo \
       --face-sources $scale/stills &
     wait
     du -sh $scale/drawn $scale/photo
-    preprocess 290 drawn $scale/drawn/videos; pack corpus ;;
+    preprocess 270 drawn $scale/drawn/videos; pack corpus ;;
   photo)
     preprocess 280 photo $scale/photo/videos
     preprocess 100 real_more $scale/real_more
+    # GPU preprocessing's real-clip row: ../shared/data/real copied 20 times (20.6 min; copies, since one file
+    # linked twice is one input), shards outside the training set.
+    mkdir -p /tmp/real20 && for n in $(seq -w 1 20); do for clip in /tmp/real/*.mp4; do
+      cp "$clip" "/tmp/real20/${n}_$(basename "$clip")"; done; done
+    preprocess 150 real20 /tmp/real20 /tmp/bench_shards/real20
     ls -la $scale/shards/*/; pack photo ;;
   train)
-    step 560 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
-      --preset full --max-steps 10000 --batch-size 512 --lr 5e-4 TRAIN_RECIPE --log-every 250 --val-every 1000 \
+    step 540 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
+      --preset full --max-steps 12000 --batch-size 512 --lr 5e-4 --lr-schedule cosine \
+      --warmup-steps 500 --min-lr-fraction 0.05 --augment --log-every 250 --val-every 1000 \
       --checkpoint-every 2000 --no-progress
     cp $scale/run/metrics.jsonl $scale/run/curves.png "$results/" 2>/dev/null
     python3 - <<'EOF'
