@@ -16,6 +16,7 @@
 #   call 3:                                             bash bench/device_scale.sh photo
 #   call 4:                                             bash bench/device_scale.sh train
 #   call 5:                                             bash bench/device_scale.sh evaluate
+#   (not yet run) after corpus:                         bash bench/device_scale.sh sweep
 #
 # Each step has its own time limit so that a call ends inside the tool's and returns what it has; results come
 # back as one tar (the tool returns at most 8 files) and the expert in bf16 pieces of < 16 MiB (`cat` them).
@@ -29,13 +30,13 @@ flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp
 # Speakers of real_more never trained on (nor lent to the photo faces), one or two per source, for the protocol.
 testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.mp4 lipnet_bbaf2n.mpg lipnet_lrwp9a.mpg
 lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
-preprocess() {  # LIMIT_S NAME INPUT [OUTPUT]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
+preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
   local busy_before monitor
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
   step "$1" "preprocess_$2" python3 -m pipelines.preprocess --input "$3" --output "${4:-$scale/shards/$2}" \
-    --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress
+    --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
   kill $monitor
   echo "$2: machine CPU-s $(( ($(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat) - busy_before) / $(getconf CLK_TCK) )), GPU busy" \
     "(mean of 0.5 s samples) $(awk '{s+=$1} END{printf "%.0f %%", s/NR}' "$results/gpu_$2.txt")" | tee -a "$results/preprocess_machine.txt"
@@ -92,6 +93,13 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
       cp "$clip" "/tmp/real20/${n}_$(basename "$clip")"; done; done
     preprocess 150 real20 /tmp/real20 /tmp/bench_shards/real20
     ls -la $scale/shards/*/; pack photo ;;
+  sweep)  # after corpus: what bounds GPU preprocessing (neither the GPU nor the CPUs were busy, bench/README.md)
+    mkdir -p /tmp/sweep && cp $(ls -d $scale/drawn/videos/* | head -160) /tmp/sweep  # ~20 min
+    for setting in "4 1" "4 4" "8 1" "8 4"; do
+      set -- $setting
+      preprocess 120 "sweep_f$1_q$2" /tmp/sweep "/tmp/bench_shards/sweep_f$1_q$2" --face-workers "$1" --queued-chunks "$2"
+    done
+    pack sweep ;;
   train)
     step 540 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
       --preset full --max-steps 12000 --batch-size 512 --lr 5e-4 --lr-schedule cosine \
@@ -121,5 +129,5 @@ EOF
         --offsets -12 -8 -4 0 4 8 12 --device cuda --out "$results/real_offsets_$part.json"
     done
     pack evaluate ;;
-  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|train|evaluate" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|sweep|train|evaluate" >&2; exit 2 ;;
 esac

@@ -85,6 +85,10 @@ class PreprocessConfig:
     face_workers: int = field(default=0, metadata={"help": "face-stage actors when stages run in separate pools; 0 = "
                                                           f"{FACE_ACTORS_PER_GPU} per GPU on GPUs (at most num_workers), "
                                                           "else num_workers"})
+    queued_chunks: int = field(default=QUEUED_CHUNKS_PER_FACE_ACTOR, metadata={
+        "help": "decoded chunks that may wait per face actor when stages run in separate pools (Ray Data's object "
+                "store budget between them, each counted at its bound): more overlaps decoding with the face stage, "
+                "at that much memory"})
     ray_address: str | None = field(default=None, metadata={"help": "join this Ray cluster ('auto' for the one this node belongs to; "
                                                                       "under `ray job submit`, the job's cluster by default)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over videos"})
@@ -100,8 +104,8 @@ class PreprocessConfig:
         problems = []
         if not 0 <= self.val_fraction < 1:
             problems.append("--val-fraction must lie in [0, 1)")
-        if self.num_workers < 1:
-            problems.append("--num-workers must be at least 1")
+        if self.num_workers < 1 or self.queued_chunks < 1:
+            problems.append("--num-workers and --queued-chunks must be at least 1")
         if self.max_cpus is not None and self.max_cpus < MIN_CPUS:
             problems.append(f"--max-cpus must be at least {MIN_CPUS}: one actor of every stage runs whatever the cap")
         if self.decode.chunk_seconds * EXPERT_CLOCK.fps < self.samples.min_segment_frames:
@@ -222,7 +226,7 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
         )
         # Decoding outruns the face stage; without a cap, decoded chunks pile up in the object store (and the
         # actors' memory) as far as Ray Data's default budget, half the object store, lets them.
-        queued_bytes = QUEUED_CHUNKS_PER_FACE_ACTOR * face_workers * chunk_bytes_bound(config.decode)
+        queued_bytes = config.queued_chunks * face_workers * chunk_bytes_bound(config.decode)
     if config.max_cpus is not None or queued_bytes is not None:
         # Ray Data's documented limits on what a dataset takes: --max-cpus so that a training job sharing the
         # cluster keeps the rest; object store memory to bound what waits between stages. Unset fields stay

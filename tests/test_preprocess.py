@@ -321,6 +321,10 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
         actors = min(FACE_ACTORS_PER_GPU, workers)
         assert shared.compute.min_size == shared.compute.max_size == actors
         assert shared.ray_remote_args["num_gpus"] == pytest.approx(1 / actors, abs=1e-4)
+        # --queued-chunks scales what may wait between the stages
+        deeper = build_dataset(rows, PreprocessConfig(input="in", num_workers=workers, queued_chunks=3), use_gpu=True)
+        assert deeper.context.execution_options.resource_limits.object_store_memory == \
+            3 * actors * chunk_bytes_bound(DecodeConfig())
         capped = build_dataset(rows, PreprocessConfig(input="in", num_workers=workers, max_cpus=2), use_gpu=False)
         assert capped.context.execution_options.resource_limits.cpu == 2
         assert map_operators(capped)[0].compute.min_size == 1
