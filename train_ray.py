@@ -377,7 +377,9 @@ class ValidationData:
 def validation_data(config: TrainConfig, shard_uris: list[str], clock: Clock,
                     device: torch.device = torch.device("cpu")) -> ValidationData:
     held = shards_holding(shard_uris, config.storage, "val")
-    pairs = PairStream(held, config.storage, "val", config.pairs, clock, config.batch_size,
+    # Validation measures the corpus as it is: its pairs are not weighted by source.
+    unweighted = replace(config.pairs, source_weights=())
+    pairs = PairStream(held, config.storage, "val", unweighted, clock, config.batch_size,
                        seed=(config.seed, VALIDATION_PAIRS), repeat=False, device=device,
                        pool=config.pool) if held else None
     return ValidationData(held, pairs)

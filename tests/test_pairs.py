@@ -17,7 +17,7 @@ from model.config import ModelConfig
 from model.expert import SyncExpert
 from model.loader.pool import PoolConfig, SegmentPool
 from model.loader.stream import PairStream
-from model.loader.windows import KINDS, OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs
+from model.loader.windows import KINDS, OTHER_SEGMENT_SHIFT, PairConfig, sample_pairs, source_weight
 from model.loss import sync_loss
 from model.offset import offset_curve
 from pipelines.core.clock import EXPERT_CLOCK, Clock
@@ -197,6 +197,23 @@ def test_every_segment_gives_exactly_its_pairs_and_leaves(uris, segments):
              zip(b["keys"], b["starts"], b["columns"], b["shifts"])}
     assert len(pairs) > 0.8 * len(keys)  # drawn, not repeated (a few coincide by chance)
     assert stream.counters["pool_segments"] == 0 and stream.counters["pool_tickets"] == 0
+
+
+def test_source_weights_multiply_a_segments_pairs(uris, segments):
+    """One pass with one training video weighted 3: its segment gives 3x the pairs, the others theirs; the first
+    matching rule wins, validation-style streams without rules are untouched."""
+    train = [s for s in segments if s.split == "train"]
+    heavy = train[0]
+    rules = (f"*{Path(heavy.source).name}=3", "*=5")  # the second rule never reaches the heavy one
+    config = PairConfig(windows_per_segment=40, source_weights=rules)
+    stream = PairStream(uris, LOCAL, "train", config, CLOCK, batch_size=16, seed=2, repeat=False)
+    keys = [key for b in stream for key in b["keys"]]
+    assert keys.count(heavy.key) == 120
+    assert all(keys.count(s.key) == 200 for s in train[1:])
+    assert source_weight(heavy.source, ()) == 1 and source_weight("/a/real/x.mp4", ("*/real/*=8",)) == 8
+    for bad in ("*/real/*", "=3", "*/real/*=0", "*/real/*=1.5"):
+        with pytest.raises(ValueError, match="GLOB=K"):
+            PairConfig(source_weights=(bad,))
 
 
 def test_a_seven_frame_expert_trains_on_the_same_shards(uris, segments):

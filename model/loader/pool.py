@@ -143,7 +143,8 @@ class PagedRows:
 
 
 class Tickets:
-    """The pairs drawn but not yet batched, a stack per slot: [slot, up to windows_per_segment] arrays.
+    """The pairs drawn but not yet batched, a stack per slot: [slot, up to windows_per_segment] arrays (wider
+    where a weighted segment needs it).
 
     A batch takes its tickets segment first: `count` slots at random among those with tickets left (with
     replacement), then the top ticket of each slot's stack for each time it was picked. A segment's tickets
@@ -168,6 +169,10 @@ class Tickets:
             self.left = grown(self.left, slots)
             self.arrays = {name: grown(array, slots) for name, array in self.arrays.items()}
         count = len(values["start"])
+        if count > self.per_slot:  # a weighted segment's stack (`PairConfig.source_weights`): widen every row
+            self.arrays = {name: np.pad(array, ((0, 0), (0, count - self.per_slot)))
+                           for name, array in self.arrays.items()}
+            self.per_slot = count
         for name, array in self.arrays.items():
             array[slot, :count] = values[name]
         self.left[slot] = count
@@ -240,9 +245,11 @@ class SegmentPool:
             self._free_departed()
         return self.faces.fits(frames) and self.mels.fits(columns)
 
-    def admit(self, faces: torch.Tensor, mel: torch.Tensor, video: int, key: str, rng: np.random.Generator) -> Windows:
+    def admit(self, faces: torch.Tensor, mel: torch.Tensor, video: int, key: str, rng: np.random.Generator,
+              weight: int = 1) -> Windows:
         """Hold a segment (faces: lower halves uint8 [T, S/2, S, 3]; mel float32 [C, F], column-major) and draw its
-        tickets; returns what was drawn (none for a segment shorter than a window: it is not kept)."""
+        tickets, `weight` times the configured number; returns what was drawn (none for a segment shorter than a
+        window: it is not kept)."""
         if self.faces is None:
             self._allocate(tuple(faces.shape[1:]), mel.shape[1])
         elif tuple(faces.shape[1:]) != self.faces.row_shape or mel.shape[1:] != self.mels.row_shape:
@@ -251,7 +258,7 @@ class SegmentPool:
                              f"{self.mels.row_shape[0]}): preprocess the corpus with one crop size")
         other = self._other_audio(video, rng)
         other_columns = audio_windows(int(self.segments.columns[other]), self.clock) if other is not None else 0
-        windows = draw_window_arrays(len(faces), other_columns, self.config, self.clock, rng)
+        windows = draw_window_arrays(len(faces), other_columns, self.config, self.clock, rng, weight)
         if not len(windows):
             return windows
         slot = self._free_slot()

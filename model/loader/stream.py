@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from model.loader.pool import PoolConfig, SegmentPool, kind_counts, pool_bytes
-from model.loader.windows import PairConfig
+from model.loader.windows import PairConfig, source_weight
 from pipelines.core.clock import Clock
 from pipelines.core.storage import StorageConfig
 from pipelines.shards.format import clock_json, sample_clock, sample_crop
@@ -50,8 +50,9 @@ class SegmentSource(torch.utils.data.IterableDataset):
     forever, the shard order reshuffled each pass (the same on all ranks, so their shares stay disjoint).
     Items: faces (lower halves, uint8 [T, S/2, S, 3], built in shared memory inside a loader process so the
     DataLoader hands them over without a copy), mel (float32 [C, F]: column-major, as the pool stores it),
-    video (a number for the source video), key, reader, passes (completed passes of this reader) and counters (the
-    reader's counts so far: shards, bad_shards, bad_samples, ignored_members, segments, short_segments, ...).
+    video (a number for the source video), key, source (its URI), reader, passes (completed passes of this
+    reader) and counters (the reader's counts so far: shards, bad_shards, bad_samples, ignored_members, segments,
+    short_segments, ...).
     """
 
     def __init__(self, shard_uris: list[str], storage: StorageConfig, split: str | None, clock: Clock,
@@ -86,7 +87,8 @@ class SegmentSource(torch.utils.data.IterableDataset):
                     continue
                 usable += 1
                 yield {"faces": _lower_halves(segment.faces, shared), "mel": torch.from_numpy(segment.mel.T.copy()),
-                       "video": video_number(segment.source_key), "key": segment.key, "reader": reader,
+                       "video": video_number(segment.source_key), "key": segment.key, "source": segment.source,
+                       "reader": reader,
                        "passes": epoch, "counters": dict(counters)}
             if self.repeat and usable == 0:
                 # Repeating an empty pass would spin forever while the other ranks wait for this one.
@@ -158,7 +160,8 @@ class PairStream:
                 if not room:
                     raise ValueError(f"the pair pool ({pool.max_bytes / 2**30:.2f} GiB) holds fewer than a "
                                      f"batch of {batch_size} pairs: raise --memory-gib or lower --batch-size")
-                windows = pool.admit(pending["faces"], pending["mel"], pending["video"], pending["key"], pair_rng)
+                windows = pool.admit(pending["faces"], pending["mel"], pending["video"], pending["key"], pair_rng,
+                                     source_weight(pending["source"], self.config.source_weights))
                 self._count("segments_admitted", 1 if len(windows) else 0)
                 for name, count in kind_counts(windows.kinds).items():
                     self._count(name, count)

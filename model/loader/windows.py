@@ -27,6 +27,7 @@ the training loader (`model.loader.pool`) gathers them out of decoded segments h
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +36,7 @@ from pipelines.core.clock import Clock
 from pipelines.shards.reader import Segment
 
 __all__ = ["KINDS", "OTHER_CODE", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows",
-           "audio_windows", "draw_window_arrays", "draw_windows", "sample_pairs"]
+           "audio_windows", "draw_window_arrays", "draw_windows", "sample_pairs", "source_weight"]
 
 OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
 POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
@@ -60,6 +61,12 @@ class PairConfig:
     easy_shift_max: int = field(default=75, metadata={"help": "easy negatives: shifts up to this many frames (3 s)"})
     hard_fraction: float = field(default=0.5, metadata={"help": "share of negatives that are hard shifts"})
     easy_fraction: float = field(default=0.25, metadata={"help": "share of negatives that are easy shifts (rest: another segment's audio)"})
+    # A pool holds hundreds of segments and a batch draws from all of them, so a segment with K times the pairs
+    # stays K times as long and is in about K times as many batches: a few real clips among hours of synthetic
+    # ones are seen as often as their weight says, at no extra decoding or memory.
+    source_weights: tuple[str, ...] = field(default=(), metadata={
+        "help": "GLOB=K: segments whose source video's path matches GLOB (fnmatch; the first rule that matches) "
+                "give K times --windows-per-segment training pairs, e.g. '*/real/*=8' (validation's are unweighted)"})
 
     def __post_init__(self):
         problems = []
@@ -71,8 +78,31 @@ class PairConfig:
             problems.append("hard_fraction + easy_fraction <= 1 (the rest are other-segment negatives)")
         if not 1 <= self.hard_shift_min <= self.hard_shift_max < self.easy_shift_max:
             problems.append("1 <= hard_shift_min <= hard_shift_max < easy_shift_max")
+        for rule in self.source_weights:
+            try:
+                parse_weight(rule)
+            except ValueError as error:
+                problems.append(str(error))
         if problems:
             raise ValueError("PairConfig: " + "; ".join(problems))
+
+
+def parse_weight(rule: str) -> tuple[str, int]:
+    """'GLOB=K' -> (GLOB, K), K a whole number >= 1 (the last '=' splits, so a glob may hold one)."""
+    glob, equals, weight = rule.rpartition("=")
+    if not equals or not glob or not weight.isdigit() or int(weight) < 1:
+        raise ValueError(f"--source-weights {rule!r}: write GLOB=K with K a whole number >= 1, e.g. '*/real/*=8'")
+    return glob, int(weight)
+
+
+def source_weight(source: str, rules: tuple[str, ...]) -> int:
+    """The weight of a segment of video `source` (its URI as preprocessing recorded it): the K of the first rule
+    whose glob matches, else 1."""
+    for rule in rules:
+        glob, weight = parse_weight(rule)
+        if fnmatch.fnmatchcase(source, glob):
+            return weight
+    return 1
 
 
 # --- drawing a segment's windows ---------------------------------------------------------------------------
@@ -109,8 +139,9 @@ def draw_windows(segment: Segment, config: PairConfig, clock: Clock, rng: np.ran
 
 
 def draw_window_arrays(frames: int, other_columns: int, config: PairConfig, clock: Clock,
-                       rng: np.random.Generator) -> Windows:
-    """Up to `windows_per_segment` pairs of a segment of `frames` frames (see the module docstring for the kinds).
+                       rng: np.random.Generator, weight: int = 1) -> Windows:
+    """Up to `weight` x `windows_per_segment` pairs of a segment of `frames` frames (see the module docstring for
+    the kinds).
 
     `other_columns`: how many audio windows another video's segment offers for other-audio negatives (0: none).
     Each pair draws whether it is positive, its kind, then |shift| among the sizes that fit the segment, its
@@ -120,7 +151,7 @@ def draw_window_arrays(frames: int, other_columns: int, config: PairConfig, cloc
     room = frames - clock.window_frames  # the largest |shift| and the last start
     if room < 0:
         return _empty_windows()
-    count = config.windows_per_segment
+    count = config.windows_per_segment * weight
     positive = rng.random(count) < config.positive_fraction
     u = rng.random(count)
     drawn = np.where(u < config.hard_fraction, _HARD,
