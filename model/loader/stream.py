@@ -88,8 +88,7 @@ class SegmentSource(torch.utils.data.IterableDataset):
                 usable += 1
                 yield {"faces": _lower_halves(segment.faces, shared), "mel": torch.from_numpy(segment.mel.T.copy()),
                        "video": video_number(segment.source_key), "key": segment.key, "source": segment.source,
-                       "reader": reader,
-                       "passes": epoch, "counters": dict(counters)}
+                       "reader": reader, "passes": epoch, "counters": dict(counters)}
             if self.repeat and usable == 0:
                 # Repeating an empty pass would spin forever while the other ranks wait for this one.
                 raise RuntimeError(f"reader {reader} of {readers} found no segment of {self.clock.window_frames}+ "
