@@ -36,13 +36,13 @@ from pipelines.audio import AudioConfig, prepare, resample
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.decode import CONTEXT_FRAMES, DecodeConfig, decode_chunks
 from pipelines.media import iter_frames, probe, read_audio
+from pipelines.sources import VIDEO_EXTENSIONS
 from pipelines.synthetic.clock_cases import CLOCK_CASES, MPEG_PS_CASE, ClockCase, mpeg1_rate, write_case
 from pipelines.synthetic.container import CONTAINERS, write_clip
 
 # The shared development clips sit beside the checkout (../shared), or beside the folder of worktrees.
 SHARED_DATA = next((parent / "shared" / "data" for parent in Path(__file__).resolve().parents[1:4]
                     if (parent / "shared" / "data").is_dir()), Path(__file__).resolve().parents[2] / "shared" / "data")
-MEDIA_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts")
 
 # The synthetic source: 2 s at 25 fps, white flashes at irregular frames over full-range noise (large enough
 # pictures that MPEG-PS spreads the first ones over several 2 KiB packs, as GRID's are).
@@ -338,7 +338,7 @@ def bench_clock_check(config: ClockCheckConfig) -> dict:
         raise ValueError(f"--remux-clips must be 0 or more, got {config.remux_clips}")
     started = time.perf_counter()
     clips = [clip for folder in config.clips if Path(folder).is_dir()
-             for clip in sorted(Path(folder).iterdir()) if clip.suffix.lower() in MEDIA_SUFFIXES]
+             for clip in sorted(Path(folder).iterdir()) if clip.suffix.lower() in VIDEO_EXTENSIONS]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         source = write_flash_source(folder / "flashes.mp4")

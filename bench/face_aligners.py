@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg"}
+from pipelines.sources import VIDEO_EXTENSIONS
+
 SHEET_CROPS = 4
 CROP = 96
 
@@ -117,7 +118,8 @@ def run_bench(config: FaceAlignersBenchConfig) -> dict:
 
     torch.set_num_threads(config.threads)
     aligners = make_aligners(config.aligners, config.device)
-    paths = sorted(p for folder in config.clips for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    paths = sorted(p for folder in config.clips for p in Path(folder).rglob("*")
+                   if p.suffix.lower() in VIDEO_EXTENSIONS)
     clips, rows, in_dlib_crop = [], [], []
     for path in paths:
         frames = read_frames(path, config.frames_per_clip, config.max_side)

@@ -28,8 +28,8 @@ from pipelines.audio import AudioConfig
 from pipelines.decode import DecodeConfig, decode_chunks, fit_within
 from pipelines.media import MediaError, probe
 from pipelines.shots import ShotConfig, ShotState, detect_cuts
+from pipelines.sources import VIDEO_EXTENSIONS
 
-VIDEO_SUFFIXES = (".mp4", ".mpg", ".mkv", ".mov", ".avi", ".webm")
 SPLICE_SIDE = 256
 
 
@@ -75,7 +75,8 @@ def scenedetect_detector(name: str) -> Callable[[list[np.ndarray]], list[int]] |
 
 
 def clip_paths(folders: tuple[Path, ...]) -> list[Path]:
-    paths = [p for folder in folders for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
+    paths = [p for folder in folders for p in sorted(Path(folder).iterdir())
+             if p.suffix.lower() in VIDEO_EXTENSIONS]
     if not paths:
         raise ValueError(f"no clips under {', '.join(map(str, folders))}")
     return paths

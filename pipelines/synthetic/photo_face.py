@@ -21,13 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.sources import VIDEO_EXTENSIONS
 from pipelines.synthetic.face import HeadPose, MouthShape
 
 SPRITE = 512  # canonical photo sprite side; the drawn sprite's 256 px sit at its centre, 128 px in
 OFFSET = (SPRITE - 256) // 2
 EYE_CENTRES = np.array([[128 - 33 + OFFSET, 112 + OFFSET], [128 + 33 + OFFSET, 112 + OFFSET]], np.float64)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".mpg")
 SEAM_PX = 0.75  # how far either side of the closed lips' seam the parted lips' edges are taken from
 FRAMES_PER_CLIP = 8  # candidate stills read from a clip; the one with the most closed mouth is used
 MAX_STILL_SIDE = 720  # larger stills are shrunk first: the sprite needs far fewer pixels, the detector time
@@ -81,10 +81,10 @@ def identity_sources(folder: Path | None) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--face-sources {folder}: no such folder; give a folder of face images or clips")
-    sources = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    sources = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_EXTENSIONS)
     if not sources:
         raise FileNotFoundError(f"--face-sources {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) or clips "
-                                f"({', '.join(VIDEO_SUFFIXES)}) in it")
+                                f"({', '.join(VIDEO_EXTENSIONS)}) in it")
     return sources
 
 
