@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipelines.faces.align import similarity_transform
 from pipelines.sources import VIDEO_EXTENSIONS
 from pipelines.synthetic.face import HeadPose, MouthShape
 
@@ -194,7 +195,7 @@ def photo_identity(source: str, rng: np.random.Generator) -> PhotoIdentity:
     eyes = np.stack([landmarks[36:42].mean(0), landmarks[42:48].mean(0)])
     target = EYE_CENTRES.copy()
     target = (target - target.mean(0)) * rng.uniform(0.9, 1.12) + target.mean(0)
-    matrix = _similarity(eyes, target)
+    matrix = similarity_transform(eyes, target)  # two points: the exact similarity
     sprite = cv2.warpAffine(np.ascontiguousarray(image), matrix, (SPRITE, SPRITE), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     landmarks = landmarks @ matrix[:, :2].T + matrix[:, 2]
@@ -214,15 +215,6 @@ def mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
     mirrored = landmarks[order].copy()
     mirrored[:, 0] = width - 1 - mirrored[:, 0]
     return mirrored
-
-
-def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The 2x3 similarity taking two source points to two target points."""
-    s, t = source[1] - source[0], target[1] - target[0]
-    scale = np.linalg.norm(t) / np.linalg.norm(s)
-    angle = np.arctan2(t[1], t[0]) - np.arctan2(s[1], s[0])
-    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    return np.hstack([rotation, (target[0] - rotation @ source[0])[:, None]])
 
 
 def _light_field(rng: np.random.Generator) -> np.ndarray:
