@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import librosa
 import numpy as np
 import scipy.signal
+import sklearn.neighbors
 import soxr
 
 from pipelines.core.clock import EXPERT_CLOCK, Clock
@@ -158,39 +159,40 @@ def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
 def repeating_background(magnitude: np.ndarray, width: int) -> np.ndarray:
     """``[F, T]`` magnitudes -> ``[F, T]``: each frame's repeating part, the per-bin median of its neighbours, as
     ``librosa.decompose.nn_filter(magnitude, aggregate=np.median, metric="cosine", width=width)`` finds them:
-    of the ``k + 2 width`` frames nearest to it (cosine), those at least ``width`` frames away, the ``k`` earliest
-    of them, ``k = 2 ceil(sqrt(T - 2 width + 1))``.
+    of the ``k + 2 width`` frames nearest to it (cosine; sklearn's search, as librosa's), those at least ``width``
+    frames away, the ``k`` earliest of them, ``k = 2 ceil(sqrt(T - 2 width + 1))``.
 
-    Computed densely a block of frames at a time: librosa edits a sparse matrix entry by entry, which was most of
-    the sample stage's CPU time (`bench/README.md`). The earliest rather than the nearest: that is what librosa
-    keeps (its links all weigh 1, so its sort by weight keeps their index order), and it separates better, the
-    median then being over a broad set of similar frames rather than the few that share the voice too (the
-    nearest k: 1.2-1.7 dB better than the mixture in tests/test_audio.py, against 2.8-5.1 dB).
+    librosa edits a sparse matrix entry by entry to pick them, which was most of the sample stage's CPU time
+    (`bench/README.md`); here the same picks are array operations and the medians one sort per block of frames.
+    The earliest rather than the nearest: that is what librosa keeps (its links all weigh 1, so its sort by
+    weight keeps their index order), and it separates better, the median then being over a broad set of similar
+    frames rather than the few that share the voice too (the nearest k: 1.2-1.7 dB better than the mixture in
+    tests/test_audio.py, against 2.8-5.1 dB). The search is sklearn's own so that ties (digital silence is
+    equally far from every frame) fall as they fall in librosa.
     """
     frames = magnitude.shape[1]
     k = int(2 * np.ceil(np.sqrt(frames - 2 * width + 1)))
     searched = min(frames - 1, k + 2 * width)
-    unit = (magnitude / np.maximum(np.linalg.norm(magnitude, axis=0), np.finfo(np.float32).tiny)).T
+    search = sklearn.neighbors.NearestNeighbors(n_neighbors=searched, metric="cosine", algorithm="auto")
+    nearest = search.fit(magnitude.T).kneighbors(return_distance=False)  # [T, searched], itself left out
+    index = np.arange(frames)
+    far = np.abs(nearest - index[:, None]) >= width
+    kept = np.sort(np.where(far, nearest, frames), axis=1)[:, :k]  # [T, k], index `frames` = none
+    count = np.minimum(far.sum(axis=1), k)
     # A frame's bins side by side for the gather and the sort; the extra row, +inf, fills rows with fewer than k.
     by_frame = np.vstack([magnitude.T, np.full((1, magnitude.shape[0]), np.inf, magnitude.dtype)])
-    index = np.arange(frames)
     background = np.empty_like(magnitude.T)
     for start in range(0, frames, _BACKGROUND_BLOCK):
-        rows = index[start:start + _BACKGROUND_BLOCK]
-        distance = 1.0 - unit[rows] @ unit.T  # [b, T]; a silent frame is 1 from every frame, as in sklearn
-        distance[np.arange(len(rows)), rows] = np.inf  # not its own neighbour
-        nearest = np.argpartition(distance, searched - 1, axis=1)[:, :searched]
-        far = np.abs(nearest - rows[:, None]) >= width
-        kept = np.sort(np.where(far, nearest, frames), axis=1)[:, :k]  # [b, k], index `frames` = none
-        count = np.minimum(far.sum(axis=1), k)[:, None, None]
-        ordered = np.sort(by_frame[kept], axis=1)  # [b, k, F]; the missing (+inf) sort last
-        low = np.take_along_axis(ordered, (count - 1) // 2, axis=1)[:, 0]
-        high = np.take_along_axis(ordered, count // 2, axis=1)[:, 0]
+        rows = slice(start, start + _BACKGROUND_BLOCK)
+        ordered = np.sort(by_frame[kept[rows]], axis=1)  # [b, k, F]; the missing (+inf) sort last
+        counts = count[rows, None, None]
+        low = np.take_along_axis(ordered, (counts - 1) // 2, axis=1)[:, 0]
+        high = np.take_along_axis(ordered, counts // 2, axis=1)[:, 0]
         background[rows] = 0.5 * (low + high)
     return background.T
 
 
-# Frames whose neighbours are searched at once: bounds the distance rows and the gathered neighbours (~40 MB).
+# Frames whose medians are taken at once: bounds the gathered neighbours (~40 MB).
 _BACKGROUND_BLOCK = 256
 
 
