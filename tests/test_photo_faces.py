@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipelines.faces.align import similarity_transform
 from pipelines.synthetic import photo_face
 from pipelines.synthetic.corpus import SyntheticConfig, check_face_sources, generate_corpus
 from pipelines.synthetic.envelope_check import estimate_offset, mouth_opening
@@ -47,7 +48,7 @@ def test_frames_show_the_source_identity_outside_the_mouth(astronaut, aligner):
     mirrored = astronaut_is_mirrored(frames[0], still, landmarks[0])
     if mirrored:
         still, still_points = still[:, ::-1], photo_face.mirror_landmarks(still_points, still.shape[1])
-    matrix = photo_face._similarity(eye_centres(still_points), eye_centres(landmarks[0]))
+    matrix = similarity_transform(eye_centres(still_points), eye_centres(landmarks[0]))
     source = cv2.warpAffine(np.ascontiguousarray(still), matrix, SIZE[::-1])
     x0, y0 = landmarks[0][[17, 19]].min(0).astype(int)
     x1, y1 = landmarks[0][[26, 33]].max(0).astype(int)
