@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from model.augment import AugmentConfig, augment_pairs
-from model.checkpoint import check_resumable, find_checkpoint, restore_checkpoint, save_checkpoint
+from model.checkpoint import (check_resumable, check_startable, find_checkpoint, load_weights, restore_checkpoint,
+                              save_checkpoint)
 from model.config import PRESETS
 from model.expert import SyncExpert
 from model.loader.pool import PoolConfig
@@ -85,6 +86,9 @@ class TrainConfig:
     max_offset: int = field(default=15, metadata={"help": "offsets searched, in frames either way"})
     loader_workers: int = field(default=-1, metadata={"help": "DataLoader processes per training worker decoding "
                                                               f"shards (-1: {LOADER_PROCESSES_PER_GPU} per GPU, 1 on a CPU)"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this expert's weights (a checkpoint file or run folder, of this --preset) when the run "
+                "has no checkpoint of its own: fine-tuning; its step and optimizer are not taken"})
     max_failures: int = field(default=2, metadata={"help": "worker failures to recover from (from the last checkpoint)"})
     launcher: str = field(default="ray", metadata={"help": "ray: Ray Train workers; local: this process alone (one device, no Ray)",
                                                    "choices": ["ray", "local"]})
@@ -196,6 +200,10 @@ def run_loop(config: TrainConfig, session, owner: str) -> None:
     optimizer = torch.optim.AdamW(expert.parameters(), lr=learning_rate(0, config, world),
                                   weight_decay=config.weight_decay, fused=on_gpu)
     step = restore(expert, optimizer, session)
+    if step == 0 and config.init_from:  # a run's own checkpoint, once it has one, always wins
+        started_from = load_weights(config.init_from, expert)
+        if rank == 0:
+            say(f"starting from the weights of {started_from}")
     model = session.prepare_model(expert)
     compiled = config.compile and on_gpu
     if compiled:
@@ -511,6 +519,11 @@ def train(config: TrainConfig):
     # Here, before any worker starts: a worker's error would be retried --max-failures times, then wrapped by Ray.
     with contextlib.suppress(FileNotFoundError):
         check_resumable(config.output, PRESETS[config.preset])
+    if config.init_from:
+        try:
+            check_startable(config.init_from, PRESETS[config.preset])
+        except FileNotFoundError as error:
+            raise ValueError(f"--init-from: {error}") from None
     owner = claim_run(Path(config.output))
     if config.launcher == "local":  # before importing Ray: the local launcher must work where Ray is absent
         run_loop(config, LocalSession(config.output), owner)

@@ -91,6 +91,26 @@ def restore_checkpoint(path: str | Path, expert: nn.Module, optimizer: torch.opt
     return checkpoint.step
 
 
+def load_weights(path: str | Path, expert: nn.Module) -> Path:
+    """Start `expert` from the weights of the checkpoint at `path` (a file or a run folder; its step and optimizer
+    are not taken: a new run begins at step 0); returns the file read. Its expert must be of `expert`'s config."""
+    path = find_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    check_startable(path, expert.config, checkpoint)
+    expert.load_state_dict(checkpoint.model)  # bf16 pieces load into the float parameters as they are
+    return path
+
+
+def check_startable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
+    """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`;
+    FileNotFoundError when there is none."""
+    path = find_checkpoint(path)
+    saved = (checkpoint or read_checkpoint(path)).model_config
+    if saved != config:
+        raise ValueError(_mismatch(path, saved, config, "start from",
+                                   "Start from an expert of this --preset, or pick the --preset it has."))
+
+
 def check_resumable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
     """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`
     (its preset or its clock); FileNotFoundError when there is none."""
@@ -147,15 +167,15 @@ def _decode(values: dict, path: Path) -> Checkpoint:
                          "model_config": ModelConfig.from_dict(values["model_config"])})
 
 
-def _mismatch(path: Path, saved: ModelConfig, ours: ModelConfig) -> str:
+def _mismatch(path: Path, saved: ModelConfig, ours: ModelConfig, action: str = "resume from",
+              fix: str = "Resume with the --preset that run had, or start a new run with another --output.") -> str:
     # Only the fields that differ, to stay short: of a failed worker's traceback Ray Train shows the first and the
     # last 500 characters, and this message is at the end.
     theirs, mine = _flat(saved.to_dict()), _flat(ours.to_dict())
     differing = [name for name in theirs if theirs[name] != mine[name]]
-    return (f"cannot resume from {path}: its expert ({_preset(saved)}) has "
+    return (f"cannot {action} {path}: its expert ({_preset(saved)}) has "
             f"{', '.join(f'{name}={theirs[name]}' for name in differing)}, this run's ({_preset(ours)}) "
-            f"{', '.join(f'{name}={mine[name]}' for name in differing)}. Resume with the --preset that run had, "
-            f"or start a new run with another --output.")
+            f"{', '.join(f'{name}={mine[name]}' for name in differing)}. {fix}")
 
 
 def _flat(values: dict, prefix: str = "") -> dict:

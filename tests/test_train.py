@@ -236,6 +236,39 @@ def test_a_local_run_with_augmentation_and_a_cosine_schedule_records_both(shards
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(9, config))
 
 
+def test_init_from_starts_a_new_run_from_an_experts_weights_and_only_a_new_one(shards, tmp_path, capsys):
+    """--init-from: a fine-tuning run begins at step 0 from the given weights (at lr 0 it keeps them exactly), says
+    so, and once it has a checkpoint of its own resumes from that instead; a mismatched or missing expert is one
+    line before anything starts."""
+    import ray
+
+    from model.checkpoint import read_checkpoint
+
+    torch.manual_seed(7)
+    given = tmp_path / "given"
+    save_checkpoint(given, SyncExpert(PRESETS["cpu-small"]), step=500)  # weights unlike a seed-0 start's
+    weights = read_checkpoint(given).model
+    config = TrainConfig(shards=str(shards), output=str(tmp_path / "tuned"), launcher="local", max_steps=10, lr=0.0,
+                         weight_decay=0.0, init_from=str(given), **FAST)
+    train(config)
+    assert "starting from the weights of" in capsys.readouterr().err
+    tuned = read_checkpoint(tmp_path / "tuned")
+    assert tuned.step == 10
+    parameters = [name for name, _ in SyncExpert(PRESETS["cpu-small"]).named_parameters()]  # not BatchNorm's stats
+    assert parameters and all(torch.equal(tuned.model[name], weights[name]) for name in parameters)
+    train(replace(config, max_steps=20))  # its own checkpoint now: resumed, not started again
+    err = capsys.readouterr().err
+    assert "resuming from step 10" in err and "starting from the weights" not in err
+    assert read_checkpoint(tmp_path / "tuned").step == 20
+
+    save_checkpoint(tmp_path / "full", SyncExpert(PRESETS["full"]), step=1)
+    for start, expected in ((tmp_path / "full", "cannot start from"), (tmp_path / "nowhere", "--init-from: no expert.pt")):
+        assert main(["--shards", str(shards), "--output", str(tmp_path / "other"), "--preset", "cpu-small",
+                     "--init-from", str(start), "--no-progress"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {expected}")
+    assert not ray.is_initialized()
+
+
 def test_a_run_killed_and_rerun_at_once_stops_writing_when_the_new_one_claims_the_folder(tmp_path):
     """Ray's workers outlive a killed driver for a while: the dying run's rank 0 must not append to the new run's
     metrics. Each command claims the folder; a log whose claim is gone stops, and writes nothing."""
