@@ -5,9 +5,10 @@ shards into a pool on its device and draws its batches there (model/loader/): in
 shifted ones, balanced. Every rank runs exactly `--max-steps` steps from an endless stream, so no rank ever waits
 at an epoch end for another.
 
-Rank 0 logs loss, accuracy, samples/s and the learning rate every `--log-every` steps, validates every `--val-every` steps
-(validation BCE and accuracy on the fixed, seeded validation pairs; offset accuracy on validation segments
-with simulated audio delays), appends everything to RUN/metrics.jsonl and redraws RUN/curves.png.
+Rank 0 logs loss, accuracy, samples/s and the learning rate every `--log-every` steps, validates every
+`--val-every` steps (validation BCE and accuracy on the fixed, seeded validation pairs; offset accuracy on
+validation segments with simulated audio delays), appends everything to RUN/metrics.jsonl and redraws
+RUN/curves.png.
 A checkpoint (model, optimizer, step, config) is reported every `--checkpoint-every` steps and at the end;
 running the same command again resumes from the newest one, and a killed worker restarts from it
 (`--max-failures`).
