@@ -102,22 +102,23 @@ def load_weights(path: str | Path, expert: nn.Module) -> Path:
 
 
 def check_startable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
-    """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`;
-    FileNotFoundError when there is none."""
-    path = find_checkpoint(path)
-    saved = (checkpoint or read_checkpoint(path)).model_config
-    if saved != config:
-        raise ValueError(_mismatch(path, saved, config, "start from",
-                                   "Start from an expert of this --preset, or pick the --preset it has."))
+    """`check_resumable` for a run that starts from the checkpoint's weights (`load_weights`)."""
+    _check_config(path, config, checkpoint, "start from",
+                  "Start from an expert of this --preset, or pick the --preset it has.")
 
 
 def check_resumable(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None = None) -> None:
     """Raise ValueError, naming both, when the checkpoint at `path` holds an expert of another config than `config`
     (its preset or its clock); FileNotFoundError when there is none."""
+    _check_config(path, config, checkpoint, "resume from",
+                  "Resume with the --preset that run had, or start a new run with another --output.")
+
+
+def _check_config(path: str | Path, config: ModelConfig, checkpoint: Checkpoint | None, action: str, fix: str) -> None:
     path = find_checkpoint(path)  # once: a folder's search loads every candidate
-    checkpoint = checkpoint or read_checkpoint(path)
-    if checkpoint.model_config != config:
-        raise ValueError(_mismatch(path, checkpoint.model_config, config))
+    saved = (checkpoint or read_checkpoint(path)).model_config
+    if saved != config:
+        raise ValueError(_mismatch(path, saved, config, action, fix))
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -167,8 +168,7 @@ def _decode(values: dict, path: Path) -> Checkpoint:
                          "model_config": ModelConfig.from_dict(values["model_config"])})
 
 
-def _mismatch(path: Path, saved: ModelConfig, ours: ModelConfig, action: str = "resume from",
-              fix: str = "Resume with the --preset that run had, or start a new run with another --output.") -> str:
+def _mismatch(path: Path, saved: ModelConfig, ours: ModelConfig, action: str, fix: str) -> str:
     # Only the fields that differ, to stay short: of a failed worker's traceback Ray Train shows the first and the
     # last 500 characters, and this message is at the end.
     theirs, mine = _flat(saved.to_dict()), _flat(ours.to_dict())

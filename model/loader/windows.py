@@ -28,6 +28,7 @@ the training loader (`model.loader.pool`) gathers them out of decoded segments h
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,7 @@ class PairConfig:
             raise ValueError("PairConfig: " + "; ".join(problems))
 
 
+@functools.lru_cache(maxsize=256)  # read at every segment the stream admits: parsed once per rule
 def parse_weight(rule: str) -> tuple[str, int]:
     """'GLOB=K' -> (GLOB, K), K a whole number >= 1 (the last '=' splits, so a glob may hold one)."""
     glob, equals, weight = rule.rpartition("=")
