@@ -16,7 +16,13 @@
 #   call 3:                                             bash bench/device_scale.sh photo
 #   call 4:                                             bash bench/device_scale.sh train
 #   call 5:                                             bash bench/device_scale.sh evaluate
-#   (not yet run) after corpus:                         bash bench/device_scale.sh sweep
+#   after photo, GPU preprocessing on real clips:       bash bench/device_scale.sh real20
+#   after corpus, what bounds GPU preprocessing:        bash bench/device_scale.sh sweep
+#
+# The third run fine-tunes the second run's expert on a new corpus (other seeds: other speakers and sentences)
+# with the real clips weighted up; call 4 then carries the expert in place of `train`:
+#   SEEDS="43 44" bash bench/device_scale.sh corpus      (calls 2 and 3 with those seeds)
+#   call 4, carry runs/scale2/expert_bf16.pt:           bash bench/device_scale.sh finetune
 #
 # Each step has its own time limit so that a call ends inside the tool's and returns what it has; results come
 # back as one tar (the tool returns at most 8 files) and the expert in bf16 pieces of < 16 MiB (`cat` them).
@@ -25,6 +31,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 scale=/tmp/scale
 results=$scale/results
 mkdir -p "$results"
+read -r drawn_seed photo_seed <<< "${SEEDS:-41 42}"
 # The five clips real_more's MANIFEST.tsv flags as possibly out of sync stay out of training and testing.
 flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp4 latentsync_demo2_video.mp4 latentsync_demo3_video.mp4"
 # Speakers of real_more never trained on (nor lent to the photo faces), one or two per source, for the protocol.
@@ -35,18 +42,40 @@ preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU alig
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
-  step "$1" "preprocess_$2" python3 -m pipelines.preprocess --input "$3" --output "${4:-$scale/shards/$2}" \
+  step "$1" "preprocess_$2" python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
   kill $monitor
+  # Ray Data's last metrics of each operator (task, scheduling, backpressure and function-body times): its stats()
+  # reads "[execution cached]" for the later operators of a streamed run.
+  tail -n 12 "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" > "$results/raydata_$2.txt"
   echo "$2: machine CPU-s $(( ($(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat) - busy_before) / $(getconf CLK_TCK) )), GPU busy" \
     "(mean of 0.5 s samples) $(awk '{s+=$1} END{printf "%.0f %%", s/NR}' "$results/gpu_$2.txt")" | tee -a "$results/preprocess_machine.txt"
 }
+# pipelines.preprocess with Ray Data's stats of the run (each operator's tasks, wall and CPU time), logged at debug level.
+with_stats="import logging, sys
+logging.basicConfig(level=logging.WARNING); logging.getLogger('pipelines.preprocess').setLevel(logging.DEBUG)
+from pipelines.preprocess import main; sys.exit(main(sys.argv[1:]))"
 pack() { tar czf "$OUT/results_$1.tgz" -C "$scale" results; }
 step() {  # LIMIT_S NAME COMMAND...: one step, its log in results/, its exit status and time on the console
   local limit=$1 name=$2 start=$SECONDS
   shift 2
   timeout "$limit" "$@" > "$results/$name.log" 2>&1
   echo "$name: exit $? in $((SECONDS - start)) s"; tail -4 "$results/$name.log"
+}
+train() {  # LIMIT_S OPTIONS...: the full expert on every shard made here, in bf16 pieces back
+  step "$1" train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
+    --preset full --batch-size 512 --lr-schedule cosine --min-lr-fraction 0.05 --augment --log-every 250 \
+    --val-every 1000 --checkpoint-every 2000 --no-progress "${@:2}"
+  cp $scale/run/metrics.jsonl $scale/run/curves.png "$results/" 2>/dev/null
+  python3 - <<'EOF'
+import dataclasses, torch
+from model.checkpoint import read_checkpoint, write_checkpoint
+c = read_checkpoint("/tmp/scale/run")
+weights = {k: v.bfloat16() if v.is_floating_point() else v for k, v in c.model.items()}
+write_checkpoint("/tmp/scale/expert_bf16.pt", dataclasses.replace(c, model=weights, optimizer=None))
+EOF
+  (cd "$OUT" && split -b 15M /tmp/scale/expert_bf16.pt expert_bf16.pt.part-)
+  pack train
 }
 case "$1" in
   ray)
@@ -76,9 +105,9 @@ f, m = augment_pairs(torch.rand(512, 15, 48, 96, device='cuda'), torch.rand(512,
 print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), float(m.mean()))" || exit 1
     # Two corpora of ~62 min each at once, 8 processes apiece: the identities of the photo one are stills of
     # real_more's training speakers (never those of ../shared/data/real or real_more_test, on which it is judged).
-    step 250 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 500 --seed 41 \
+    step 250 corpus_drawn python3 -m pipelines.synthetic --out $scale/drawn --num-videos 500 --seed $drawn_seed \
       --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 &
-    step 250 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 500 --seed 42 \
+    step 250 corpus_photo python3 -m pipelines.synthetic --out $scale/photo --num-videos 500 --seed $photo_seed \
       --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 8 --faces photo \
       --face-sources $scale/stills &
     wait
@@ -87,34 +116,27 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
   photo)
     preprocess 280 photo $scale/photo/videos
     preprocess 100 real_more $scale/real_more
+    ls -la $scale/shards/*/; pack photo ;;
+  real20)
     # GPU preprocessing's real-clip row: ../shared/data/real copied 20 times (20.6 min; copies, since one file
     # linked twice is one input), shards outside the training set.
     mkdir -p /tmp/real20 && for n in $(seq -w 1 20); do for clip in /tmp/real/*.mp4; do
       cp "$clip" "/tmp/real20/${n}_$(basename "$clip")"; done; done
     preprocess 150 real20 /tmp/real20 /tmp/bench_shards/real20
-    ls -la $scale/shards/*/; pack photo ;;
+    pack real20 ;;
   sweep)  # after corpus: what bounds GPU preprocessing (neither the GPU nor the CPUs were busy, bench/README.md)
-    mkdir -p /tmp/sweep && cp $(ls -d $scale/drawn/videos/* | head -160) /tmp/sweep  # ~20 min
-    for setting in "4 1" "4 4" "8 1" "8 4"; do
+    mkdir -p /tmp/sweep && cp $(ls -d $scale/drawn/videos/* | head -120) /tmp/sweep  # ~15 min
+    for setting in "4 1" "4 4" "8 4" "16 4"; do
       set -- $setting
-      preprocess 120 "sweep_f$1_q$2" /tmp/sweep "/tmp/bench_shards/sweep_f$1_q$2" --face-workers "$1" --queued-chunks "$2"
+      preprocess 100 "sweep_f$1_q$2" /tmp/sweep "/tmp/bench_shards/sweep_f$1_q$2" --face-workers "$1" --queued-chunks "$2"
     done
     pack sweep ;;
   train)
-    step 540 train python3 train_ray.py --launcher local --use-gpu --shards $scale/shards --output $scale/run \
-      --preset full --max-steps 12000 --batch-size 512 --lr 5e-4 --lr-schedule cosine \
-      --warmup-steps 500 --min-lr-fraction 0.05 --augment --log-every 250 --val-every 1000 \
-      --checkpoint-every 2000 --no-progress
-    cp $scale/run/metrics.jsonl $scale/run/curves.png "$results/" 2>/dev/null
-    python3 - <<'EOF'
-import dataclasses, torch
-from model.checkpoint import read_checkpoint, write_checkpoint
-c = read_checkpoint("/tmp/scale/run")
-weights = {k: v.bfloat16() if v.is_floating_point() else v for k, v in c.model.items()}
-write_checkpoint("/tmp/scale/expert_bf16.pt", dataclasses.replace(c, model=weights, optimizer=None))
-EOF
-    (cd "$OUT" && split -b 15M /tmp/scale/expert_bf16.pt expert_bf16.pt.part-)
-    pack train ;;
+    train 540 --max-steps 12000 --lr 5e-4 --warmup-steps 500 ;;
+  finetune)  # the second run's expert on the new corpus, the real clips' segments giving 8x the pairs
+    cp runs/scale2/expert_bf16.pt $scale/init_bf16.pt || exit 1
+    train 330 --max-steps 6000 --lr 2e-4 --warmup-steps 300 --init-from $scale/init_bf16.pt \
+      --source-weights '*/real_more/*=8' ;;
   evaluate)
     for part in drawn photo; do
       step 90 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --manifest $scale/$part/manifest.jsonl \
@@ -129,5 +151,5 @@ EOF
         --offsets -12 -8 -4 0 4 8 12 --device cuda --out "$results/real_offsets_$part.json"
     done
     pack evaluate ;;
-  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|sweep|train|evaluate" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|real20|sweep|train|finetune|evaluate" >&2; exit 2 ;;
 esac
