@@ -33,7 +33,7 @@ import numpy as np
 
 from pipelines.audio import AudioConfig
 from pipelines.core.clock import EXPERT_CLOCK
-from pipelines.core.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.ray_session import quiet_ray_data, ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output
 from pipelines.decode import DecodeConfig, DecodeStage
 from pipelines.faces.base import FaceConfig
@@ -285,15 +285,9 @@ def record_unusable(sources: list[Source], config: PreprocessConfig) -> None:
 
 
 def _process(pending: list[Source], config: PreprocessConfig) -> None:
-    import ray
-    import ray.data
     from tqdm import tqdm
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours counts videos, what a person waits for
-    # Ray Data's own lines (execution plan, start, "progress bars disabled") are not the user's business.
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    quiet_ray_data()  # ours counts videos
     # Largest first: the last videos to start are short ones, so workers finish close together. (Shards do not
     # depend on the order: packing sorts videos by key.)
     pending = sorted(pending, key=lambda source: -source.size_bytes)

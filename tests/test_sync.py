@@ -369,7 +369,7 @@ def test_curate_keeps_segments_in_sync_and_realigns_them(small_corpus, trained_e
     assert len(list((tmp_path / "curated").glob("shard-*.tar"))) == 1
 
 
-def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert, tmp_path):
+def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert, tmp_path, capfd):
     out, rows = small_corpus
     inputs = tmp_path / "videos"
     inputs.mkdir()
@@ -384,6 +384,8 @@ def test_curate_videos_records_failures_and_goes_on(small_corpus, trained_expert
     assert [r["error"] for r in report if not r["key"]] == ["no_audio"]
     assert summary["segments"] == len([r for r in report if r["key"]]) == 2
     assert not list((tmp_path / "report").glob("shard-*"))
+    console = "".join(capfd.readouterr())
+    assert "Starting execution" not in console and "Progress bars disabled" not in console  # Ray Data's, not ours
 
 
 def test_curate_refuses_an_output_that_is_a_file_before_it_starts(tmp_path, capsys):

@@ -37,7 +37,7 @@ from model.offset import OffsetResult
 from model.sync.scoring import (DEFAULT_MIN_CONFIDENCE, ScoreConfig, ScoreError, SegmentScore, VideoScorer, check_crop,
                                 face_tracks_of)
 from pipelines.core.clock import Clock
-from pipelines.core.ray_session import ray_for_job, size_thread_pools
+from pipelines.core.ray_session import quiet_ray_data, ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output, join, local_copy, write_bytes_atomic
 from pipelines.shards.reader import Segment, iter_segments, list_shards, read_stats
 from pipelines.shards.records import RECORD, ChunkRecord, EndRecord, Failure, Record, batch_of, chunk_part, records_of
@@ -302,7 +302,7 @@ def score_units(pending: list[dict], config: CurateConfig) -> list[Record]:
 
     records = []
     with ray_for_job(config.ray_address, config.num_workers):
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        quiet_ray_data()
         gpus = ray.cluster_resources().get("GPU", 0) if config.score.device != "cpu" else 0
         resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         workers = min(config.num_workers, int(gpus)) if gpus else config.num_workers

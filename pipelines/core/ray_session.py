@@ -31,6 +31,17 @@ def ray_for_job(address: str | None, num_cpus: int) -> Iterator[None]:
         ray.shutdown()
 
 
+def quiet_ray_data() -> None:
+    """Keep Ray Data's own console lines (execution plan, start, "progress bars disabled", its bars) off the user's
+    screen: our commands show their own progress bar over what a person waits for. Ray's logs keep everything."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def size_thread_pools(cpus: float) -> int:
     """Size this process's OpenCV and torch thread pools to the `cpus` Ray granted its actor (at least one
     thread); returns the thread count. Call it in an actor's constructor.
