@@ -19,10 +19,12 @@
 #   after photo, GPU preprocessing on real clips:       bash bench/device_scale.sh real20
 #   after corpus, what bounds GPU preprocessing:        bash bench/device_scale.sh sweep
 #
-# The third run fine-tunes the second run's expert on a new corpus (other seeds: other speakers and sentences)
+# The third run fine-tuned the second run's expert on a new corpus (other seeds: other speakers and sentences)
 # with the real clips weighted up; call 4 then carries the expert in place of `train`:
-#   SEEDS="43 44" bash bench/device_scale.sh corpus      (calls 2 and 3 with those seeds)
+#   SEEDS="43 44" bash bench/device_scale.sh corpus      (call 2 with those seeds)
 #   call 4, carry runs/scale2/expert_bf16.pt:           bash bench/device_scale.sh finetune
+# A fourth would go on from the third's expert on yet other seeds:
+#   SEEDS="45 46" ... corpus;  carry runs/scale3/expert_bf16.pt:  INIT=runs/scale3/expert_bf16.pt bash bench/device_scale.sh finetune
 #
 # Each step has its own time limit so that a call ends inside the tool's and returns what it has; results come
 # back as one tar (the tool returns at most 8 files) and the expert in bf16 pieces of < 16 MiB (`cat` them).
@@ -38,13 +40,16 @@ flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp
 testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.mp4 lipnet_bbaf2n.mpg lipnet_lrwp9a.mpg
 lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
 preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
-  local busy_before monitor
+  local busy_before monitor sampler
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
+  (while :; do ps -eo pid=,cputimes=,args=; echo --; sleep 1; done) > /tmp/ps_$2.txt &  # each process's CPU time, every second
+  sampler=$!
   step "$1" "preprocess_$2" python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
-  kill $monitor
+  kill $monitor $sampler
+  python3 -m bench.process_cpu /tmp/ps_$2.txt > "$results/cpu_by_process_$2.txt"; cat "$results/cpu_by_process_$2.txt"
   # Ray Data's last metrics of each operator (task, scheduling, backpressure and function-body times): its stats()
   # reads "[execution cached]" for the later operators of a streamed run.
   tail -n 12 "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" > "$results/raydata_$2.txt"
@@ -133,10 +138,10 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
     pack sweep ;;
   train)
     train 540 --max-steps 12000 --lr 5e-4 --warmup-steps 500 ;;
-  finetune)  # the second run's expert on the new corpus, the real clips' segments giving 8x the pairs
-    cp runs/scale2/expert_bf16.pt $scale/init_bf16.pt || exit 1
+  finetune)  # an earlier run's expert (INIT) on the new corpus, the real clips' segments giving REAL_WEIGHT x the pairs
+    cp "${INIT:-runs/scale2/expert_bf16.pt}" $scale/init_bf16.pt || exit 1
     train 330 --max-steps 6000 --lr 2e-4 --warmup-steps 300 --init-from $scale/init_bf16.pt \
-      --source-weights '*/real_more/*=8' ;;
+      --source-weights "*/real_more/*=${REAL_WEIGHT:-8}" ;;
   evaluate)
     for part in drawn photo; do
       step 90 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --manifest $scale/$part/manifest.jsonl \

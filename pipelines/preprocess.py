@@ -178,6 +178,21 @@ class FusedStages:
             yield from self._from(index + 1, piece)
 
 
+# The separate pools' classes, each a FusedStages under its own name: Ray Data names an operator, its stats and its
+# actors' process titles after the class ("ray::MapWorker(MapBatches(DecodePool))"), so that a profile can tell the
+# pools apart (bench/device_scale.sh adds up the CPU time of the machine's processes by title).
+class DecodePool(FusedStages):
+    pass
+
+
+class FacePool(FusedStages):
+    pass
+
+
+class SamplePool(FusedStages):
+    pass
+
+
 def chunk_bytes_bound(decode: DecodeConfig) -> int:
     """The most a decoded chunk's frames take: every frame square at the longest side kept, RGB."""
     return int(decode.chunk_seconds * EXPERT_CLOCK.fps) * decode.max_side ** 2 * 3
@@ -222,11 +237,11 @@ def build_dataset(rows: list[dict], config: PreprocessConfig, use_gpu: bool):
         gpu_share = math.floor(1e4 / math.ceil(face_workers / gpus)) / 1e4
         dataset = (
             dataset
-            .map_batches(FusedStages, fn_constructor_args=([stages["decode"]], cpus["decode"]), batch_size=1,
+            .map_batches(DecodePool, fn_constructor_args=([stages["decode"]], cpus["decode"]), batch_size=1,
                          compute=pool(config.num_workers), num_cpus=cpus["decode"])
-            .map_batches(FusedStages, fn_constructor_args=([stages["faces"]], cpus["faces"]), batch_size=1,
+            .map_batches(FacePool, fn_constructor_args=([stages["faces"]], cpus["faces"]), batch_size=1,
                          compute=pool(face_workers), num_cpus=cpus["faces"], **({"num_gpus": gpu_share} if use_gpu else {}))
-            .map_batches(FusedStages, fn_constructor_args=([stages["samples"], stages["write"]], cpus["samples"]),
+            .map_batches(SamplePool, fn_constructor_args=([stages["samples"], stages["write"]], cpus["samples"]),
                          batch_size=1, compute=pool(config.num_workers), num_cpus=cpus["samples"])
         )
         # Decoding outruns the face stage; without a cap, decoded chunks pile up in the object store (and the

@@ -286,7 +286,8 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
 
     from pipelines.faces.stage import FaceStage
     from pipelines.preprocess import (FACE_ACTORS_PER_GPU, QUEUED_CHUNKS_PER_FACE_ACTOR,
-                                      QUEUED_CHUNKS_PER_GPU_FACE_ACTOR, FusedStages, build_dataset, chunk_bytes_bound)
+                                      QUEUED_CHUNKS_PER_GPU_FACE_ACTOR, DecodePool, FacePool, FusedStages, SamplePool,
+                                      build_dataset, chunk_bytes_bound)
     from pipelines.samples import SampleStage
     from pipelines.shards.writer import PartWriter
 
@@ -306,7 +307,7 @@ def test_stage_layout_fits_the_cpus_ray_is_given():
                                       fuse_stages=fuse)
             dataset = build_dataset(rows, config, use_gpu=use_gpu)
             stages = map_operators(dataset)
-            assert [op.fn for op in stages] == [FusedStages] * 3
+            assert [op.fn for op in stages] == [DecodePool, FacePool, SamplePool]  # a name per pool, for profiles
             assert [[stage for stage, _ in op.fn_constructor_args[0]] for op in stages] == \
                 [[DecodeStage], [FaceStage], [SampleStage, PartWriter]]
             # each actor sizes its thread pools to the CPUs it asks Ray for
