@@ -49,7 +49,7 @@ preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU alig
   step "$1" "preprocess_$2" python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
   kill $monitor $sampler
-  python3 -m bench.process_cpu /tmp/ps_$2.txt > "$results/cpu_by_process_$2.txt"; cat "$results/cpu_by_process_$2.txt"
+  python3 -m bench.process_cpu /tmp/ps_$2.txt --json "$results/cpu_by_process_$2.json"
   # Ray Data's last metrics of each operator (task, scheduling, backpressure and function-body times): its stats()
   # reads "[execution cached]" for the later operators of a streamed run.
   tail -n 12 "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" > "$results/raydata_$2.txt"

@@ -13,6 +13,7 @@ samples loses up to a second.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import defaultdict
@@ -73,11 +74,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", type=Path, help="the ps samples (pid, CPU seconds, command line per line)")
     parser.add_argument("--top", type=int, default=15, help="kinds shown, most CPU first")
+    parser.add_argument("--json", type=Path, default=None, help="also write {kind: {processes, cpu_s}} here")
     args = parser.parse_args(argv)
     if not args.samples.is_file():
         parser.error(f"{args.samples} is not a file: give the ps samples taken beside the run")
     with args.samples.open(errors="replace") as samples:
-        print(format_table(cpu_by_kind(samples), args.top))
+        totals = cpu_by_kind(samples)
+    print(format_table(totals, args.top))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({kind: {"processes": count, "cpu_s": cpu} for kind, (count, cpu) in
+                                         sorted(totals.items(), key=lambda item: -item[1][1])}, indent=1))
     return 0
 
 

@@ -1,5 +1,7 @@
 """bench.process_cpu: a run's CPU time by kind of process, from ps samples."""
 
+import json
+
 from bench.process_cpu import cpu_by_kind, format_table, main, process_kind
 
 SAMPLES = """\
@@ -44,5 +46,8 @@ def test_cpu_time_is_what_each_process_spent_during_the_samples():
 def test_the_command_prints_the_table(tmp_path, capsys):
     samples = tmp_path / "ps.txt"
     samples.write_text(SAMPLES)
-    assert main([str(samples)]) == 0
+    assert main([str(samples), "--json", str(tmp_path / "cpu.json")]) == 0
     assert "ray::MapWorker(MapBatches(FacePool))" in capsys.readouterr().out
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert next(iter(written)) == "ray::MapWorker(MapBatches(DecodePool))"  # most CPU first
+    assert written["raylet"] == {"processes": 1, "cpu_s": 15}
