@@ -138,10 +138,11 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
     pack sweep ;;
   train)
     train 540 --max-steps 12000 --lr 5e-4 --warmup-steps 500 ;;
-  finetune)  # an earlier run's expert (INIT) on the new corpus, the real clips' segments giving REAL_WEIGHT x the pairs
+  finetune)  # an earlier run's expert (INIT) on the new corpus, the real clips' segments giving REAL_WEIGHT x the
+    # pairs; any further options go to train_ray.py (e.g. --augment-jitter 0.004)
     cp "${INIT:-runs/scale2/expert_bf16.pt}" $scale/init_bf16.pt || exit 1
     train 330 --max-steps 6000 --lr 2e-4 --warmup-steps 300 --init-from $scale/init_bf16.pt \
-      --source-weights "*/real_more/*=${REAL_WEIGHT:-8}" ;;
+      --source-weights "*/real_more/*=${REAL_WEIGHT:-8}" "${@:2}" ;;
   evaluate)
     for part in drawn photo; do
       step 90 protocol_$part python3 -m model.evaluate --checkpoint $scale/run --manifest $scale/$part/manifest.jsonl \

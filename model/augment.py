@@ -4,7 +4,8 @@ Against overfitting at scale and the gap between synthetic and real faces: the e
 against speech whatever the lighting, colour, framing, sharpness or loudness. What sync is made of is left alone:
 
 - every parameter is drawn per pair and shared by the T frames of its window, so the motion between frames is
-  the original's (only light pixel noise differs from frame to frame);
+  the original's (only light pixel noise differs from frame to frame, and, when asked, a shake of the crop: real
+  faces' alignment shakes from frame to frame where synthetic faces' barely does);
 - no time shift, stretch or mask on the mels: timing is the label;
 - nothing is drawn from the label, so the augmentation tells nothing about it.
 
@@ -41,6 +42,9 @@ class AugmentConfig:
     augment_shift: float = field(default=0.04, metadata={"help": "translation, up to this fraction of the crop "
                                                                  "side either way, each axis"})
     augment_scale: float = field(default=0.05, metadata={"help": "zoom factor in [1 - this, 1 + this]"})
+    augment_jitter: float = field(default=0.0, metadata={"help": "shake of the crop from frame to frame: a translation "
+                                                                 "per frame, standard deviation this fraction of the "
+                                                                 "crop side (0: off)"})
     augment_blur: float = field(default=0.1, metadata={"help": "share of each batch's pairs given a Gaussian blur "
                                                                "(chosen at random)"})
     augment_blur_sigma: float = field(default=1.0, metadata={"help": "that blur's sigma, in pixels"})
@@ -62,6 +66,8 @@ class AugmentConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at most 1")
         if self.augment_shift >= 0.5:
             problems.append("--augment-shift must be below 0.5 (half the crop)")
+        if self.augment_jitter > 0.1:
+            problems.append("--augment-jitter must be at most 0.1 (a tenth of the crop, frame to frame)")
         if problems:
             raise ValueError("invalid augmentation config: " + "; ".join(problems))
 
@@ -95,8 +101,11 @@ def augment_faces(faces: torch.Tensor, config: AugmentConfig, generator: torch.G
                            1 + _uniform(batch, config.augment_saturation, faces, generator),
                            _uniform(batch, config.augment_brightness, faces, generator))
     frames = flip(frames, _chance(batch, config.augment_flip, faces, generator))
-    if config.augment_shift or config.augment_scale:
+    if config.augment_shift or config.augment_scale or config.augment_jitter:
         shift = torch.stack([_uniform(batch, config.augment_shift, faces, generator) for _ in range(2)], dim=1)
+        shift = shift.unsqueeze(1).expand(batch, frames.shape[1], 2)
+        if config.augment_jitter:
+            shift = shift + torch.randn(shift.shape, generator=generator, device=faces.device) * config.augment_jitter
         frames = reframe(frames, 1 + _uniform(batch, config.augment_scale, faces, generator), shift)
     blurred = round(config.augment_blur * batch) if config.augment_blur_sigma else 0
     if blurred:
@@ -130,15 +139,17 @@ def flip(frames: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
 
 def reframe(frames: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """frames ``[B, T, 3, H, S]`` zoomed by `zoom` ``[B]`` (above 1: closer) about the centre and moved by `shift`
-    ``[B, 2]`` (x, y as fractions of the crop side S; the rows are S/2): one `grid_sample`, edges repeated."""
+    ``[B, 2]``, or ``[B, T, 2]`` frame by frame (x, y as fractions of the crop side S; the rows are S/2): one
+    `grid_sample`, edges repeated."""
     batch, steps, _, height, side = frames.shape
-    theta = torch.zeros(batch, 2, 3, dtype=frames.dtype, device=frames.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    shift = shift.reshape(batch, -1, 2).expand(batch, steps, 2).reshape(batch * steps, 2)
+    theta = torch.zeros(batch * steps, 2, 3, dtype=frames.dtype, device=frames.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = (1 / zoom).repeat_interleave(steps)
     # The sampling grid spans [-1, 1] on each axis: 2 units are S pixels across and H pixels down.
     theta[:, 0, 2] = -shift[:, 0] * 2
     theta[:, 1, 2] = -shift[:, 1] * 2 * side / height
     images = frames.reshape(batch * steps, 3, height, side)
-    grid = F.affine_grid(theta.repeat_interleave(steps, dim=0), list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return moved.view(frames.shape)
 

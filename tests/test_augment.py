@@ -156,6 +156,31 @@ def test_reframing_moves_the_face_by_the_fraction_of_the_crop_side_asked_for():
     assert closer.sum(dim=0).max() == 16 and closer.sum(dim=1).max() == 32  # twice as high, twice as wide
 
 
+def test_jitter_moves_each_frame_of_a_window_by_its_own_small_amount():
+    """A shift per frame moves that frame alone; jitter draws one per frame about the pair's framing, so a still
+    window starts to shake, by about the standard deviation asked for."""
+    frames = _frames(_lower_faces())
+    step = SIDE // 8
+    per_frame = torch.zeros(PAIRS, FRAMES, 2)
+    per_frame[:, 2, 0] = 0.125  # the third frame only, 12 pixels right
+    moved = reframe(frames, torch.ones(PAIRS), per_frame)
+    assert torch.allclose(moved[:, 2, ..., step:], frames[:, 2, ..., :-step], atol=1e-5)
+    others = [i for i in range(FRAMES) if i != 2]
+    assert torch.allclose(moved[:, others], frames[:, others], atol=1e-5)
+    # A vertical bar on a flat face: where its edge lands in each frame measures the shake.
+    still = torch.full((PAIRS, FRAMES, 3, SIDE // 2, SIDE), 0.8)
+    still[..., SIDE // 2:] = 0.2
+    shaken = augment_faces(still.reshape(PAIRS, -1, SIDE // 2, SIDE), replace(NOTHING, augment_jitter=0.02),
+                           _generator(4))
+    edge = (_frames(shaken)[:, :, 0, SIDE // 4] < 0.5).float().argmax(dim=-1).float()  # first dark column [B, T]
+    assert (edge.std(dim=1) > 0).all()  # every window shakes
+    offsets = (edge - SIDE / 2) / SIDE
+    assert 0.01 < offsets.std() < 0.03  # about 0.02 of the side
+    steady = augment_faces(still.reshape(PAIRS, -1, SIDE // 2, SIDE), replace(NOTHING, augment_shift=0.1),
+                           _generator(4))
+    assert torch.allclose(_frames(steady), _frames(steady)[:, :1].expand(PAIRS, FRAMES, -1, -1, -1), atol=1e-6)
+
+
 def test_blur_smooths_and_keeps_the_mean_and_flat_images():
     rows, columns = torch.meshgrid(torch.arange(SIDE // 2), torch.arange(SIDE), indexing="ij")
     checks = ((rows // 2 + columns // 2) % 2).float().expand(2, FRAMES, 3, -1, -1)
@@ -218,6 +243,8 @@ def test_augmentation_options_are_checked():
         AugmentConfig(augment_flip=1.5)
     with pytest.raises(ValueError, match="--augment-gain-db must not be negative"):
         AugmentConfig(augment_gain_db=-1)
+    with pytest.raises(ValueError, match="--augment-jitter must be at most 0.1"):
+        AugmentConfig(augment_jitter=0.2)
 
 
 def test_the_learning_rate_warms_up_then_follows_a_half_cosine_to_its_floor():
