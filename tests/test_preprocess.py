@@ -356,6 +356,16 @@ def test_an_actor_sizes_its_thread_pools_to_its_cpus():
         torch.set_num_threads(before[1])
 
 
+def test_an_actor_that_never_uses_torch_never_loads_it_and_a_later_import_gets_its_share():
+    """Decoders and sample writers do without torch (1.2 CPU-s and 180 MB an actor spent loading it, bench/README.md):
+    sizing their pools leaves it unloaded, and if a stage loads it afterwards its pool still has the actor's size."""
+    probe = ("import sys; from pipelines.core.ray_session import size_thread_pools; size_thread_pools(2.0); "
+             "loaded = 'torch' in sys.modules; import torch; print(loaded, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "7"}).stdout.split()
+    assert out == ["False", "2"]
+
+
 def test_killed_run_resumes_to_the_same_samples(tiny_corpus, tiny_clean, tmp_path):
     clean, killed = tiny_clean, tmp_path / "killed"
     args = ["--input", str(tiny_corpus), "--aligner", "dlib", "--num-workers", "2", "--chunk-seconds", "1.0",

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator
 
 
@@ -49,14 +50,16 @@ def size_thread_pools(cpus: float) -> int:
     Each library otherwise sizes its pool to the whole machine, and Ray's OMP_NUM_THREADS reaches neither
     OpenCV's pool nor one already made. Measured on a 16-core machine: 16 one-CPU preprocessing actors, each
     with machine-sized pools, spent 2.8x the CPU time of 4 actors on the same videos (waiting threads spin)
-    and were only 1.1x as fast.
+    and were only 1.1x as fast. torch is resized only where it is imported already; one imported later sizes its
+    pool from OMP_NUM_THREADS, set here, so actors that never use it (decoders, sample writers) never load it.
     """
     import cv2
-    import torch
 
     threads = max(1, math.floor(cpus))
     cv2.setNumThreads(threads)
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     return threads
 
 
