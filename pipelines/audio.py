@@ -12,13 +12,13 @@ import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import librosa
 import numpy as np
-import scipy.signal
-import sklearn.neighbors
 import soxr
 
 from pipelines.core.clock import EXPERT_CLOCK, Clock
+
+# librosa, SciPy's signal module and scikit-learn load in the functions that use them: a decoder, which only
+# resamples, then starts without them (1.9 s of imports per actor, bench/README.md, GPU preprocessing).
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,8 @@ def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     width = _separation_width(1 + len(samples) // config.clock.hop_length, config)
     if width < _MIN_SEPARATION_WIDTH or not samples.any():
         return samples.copy()
+    import librosa
+
     stft = _stft(samples, config)
     magnitude = np.abs(stft)
     background = np.minimum(magnitude, repeating_background(magnitude, width))
@@ -173,7 +175,9 @@ def repeating_background(magnitude: np.ndarray, width: int) -> np.ndarray:
     frames = magnitude.shape[1]
     k = int(2 * np.ceil(np.sqrt(frames - 2 * width + 1)))
     searched = min(frames - 1, k + 2 * width)
-    search = sklearn.neighbors.NearestNeighbors(n_neighbors=searched, metric="cosine", algorithm="auto")
+    from sklearn.neighbors import NearestNeighbors
+
+    search = NearestNeighbors(n_neighbors=searched, metric="cosine", algorithm="auto")
     nearest = search.fit(magnitude.T).kneighbors(return_distance=False)  # [T, searched], itself left out
     index = np.arange(frames)
     far = np.abs(nearest - index[:, None]) >= width
@@ -203,6 +207,8 @@ def _separation_width(frames: int, config: AudioConfig) -> int:
 
 
 def _stft(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
+    import librosa
+
     # Explicit zero padding: segment_mel reproduces these frames by padding slices with zeros.
     return librosa.stft(samples, n_fft=config.n_fft, hop_length=config.clock.hop_length, win_length=config.win_length,
                         center=True, pad_mode="constant")
@@ -236,6 +242,8 @@ def segment_mel(samples: np.ndarray, start_frame: int, end_frame: int, config: A
     hop = config.clock.hop_length
     begin = first * hop - config.n_fft // 2
     end = (stop - 1) * hop - config.n_fft // 2 + config.n_fft
+    import librosa
+
     emphasised = _emphasised_span(np.asarray(samples, dtype=np.float32), begin, end, config)
     spectrum = librosa.stft(emphasised, n_fft=config.n_fft, hop_length=hop,
                             win_length=config.win_length, center=False)
@@ -256,7 +264,9 @@ def _emphasised_span(samples: np.ndarray, begin: int, end: int, config: AudioCon
 
 
 def _preemphasise(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
-    return scipy.signal.lfilter([1.0, -config.preemphasis], [1.0], samples).astype(np.float32)
+    from scipy.signal import lfilter
+
+    return lfilter([1.0, -config.preemphasis], [1.0], samples).astype(np.float32)
 
 
 def _mel_magnitude(magnitude: np.ndarray, config: AudioConfig) -> np.ndarray:
@@ -273,6 +283,8 @@ def _normalise(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(config: AudioConfig) -> np.ndarray:
+    import librosa
+
     basis = librosa.filters.mel(sr=config.clock.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
                                 fmin=config.fmin, fmax=config.fmax)
     basis.setflags(write=False)  # shared between calls and threads
