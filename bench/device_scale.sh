@@ -50,9 +50,10 @@ preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU alig
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
   kill $monitor $sampler
   python3 -m bench.process_cpu /tmp/ps_$2.txt --json "$results/cpu_by_process_$2.json"
-  # Ray Data's last metrics of each operator (task, scheduling, backpressure and function-body times): its stats()
-  # reads "[execution cached]" for the later operators of a streamed run.
-  tail -n 12 "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" > "$results/raydata_$2.txt"
+  # Ray Data's metrics of each operator as it completed (task, scheduling, backpressure and function-body times):
+  # its stats() reads "[execution cached]" for the later operators of a streamed run.
+  grep -A1 "completed. Operator Metrics" "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" \
+    > "$results/raydata_$2.txt"
   echo "$2: machine CPU-s $(( ($(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat) - busy_before) / $(getconf CLK_TCK) )), GPU busy" \
     "(mean of 0.5 s samples) $(awk '{s+=$1} END{printf "%.0f %%", s/NR}' "$results/gpu_$2.txt")" | tee -a "$results/preprocess_machine.txt"
 }
