@@ -40,16 +40,16 @@ flagged="edtalk_uncrop_Obama.mp4 sadtalker_RD_Radio2_000.mp4 liveportrait_d20.mp
 testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.mp4 lipnet_bbaf2n.mpg lipnet_lrwp9a.mpg
 lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
 preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
-  local busy_before monitor sampler
+  local busy_before monitor
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
-  (while :; do ps -eo pid=,cputimes=,args=; echo --; sleep 1; done) > /tmp/ps_$2.txt &  # each process's CPU time, every second
-  sampler=$!
-  step "$1" "preprocess_$2" python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
+  # Under bench.process_cpu: the run's CPU time by kind of process (each pool, Ray's daemons, the driver).
+  step "$1" "preprocess_$2" python3 -m bench.process_cpu --json "$results/cpu_by_process_$2.json" -- \
+    python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
     --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
-  kill $monitor $sampler
-  python3 -m bench.process_cpu /tmp/ps_$2.txt --json "$results/cpu_by_process_$2.json"
+  kill $monitor
+  grep -h "^time:" "$results/preprocess_$2.log"  # the step showed the table's end; this is the run's summary
   # Ray Data's metrics of each operator as it completed (task, scheduling, backpressure and function-body times):
   # its stats() reads "[execution cached]" for the later operators of a streamed run.
   grep -A1 "completed. Operator Metrics" "$(ls -t /tmp/ray/session_latest/logs/ray-data/ray-data-dataset_*.log | head -1)" \

@@ -142,12 +142,12 @@ def separate_voice(samples: np.ndarray, config: AudioConfig) -> np.ndarray:
     so short clips are still separated, less well. A clip under 4 hops (0.05 s by default), or pure
     silence, is returned unchanged. Output: float32, same length as the input.
     """
+    import librosa
+
     samples = np.asarray(samples, dtype=np.float32)
     width = _separation_width(1 + len(samples) // config.clock.hop_length, config)
     if width < _MIN_SEPARATION_WIDTH or not samples.any():
         return samples.copy()
-    import librosa
-
     stft = _stft(samples, config)
     magnitude = np.abs(stft)
     background = np.minimum(magnitude, repeating_background(magnitude, width))
@@ -172,11 +172,11 @@ def repeating_background(magnitude: np.ndarray, width: int) -> np.ndarray:
     tests/test_audio.py, against 2.8-5.1 dB). The search is sklearn's own so that ties (digital silence is
     equally far from every frame) fall as they fall in librosa.
     """
+    from sklearn.neighbors import NearestNeighbors
+
     frames = magnitude.shape[1]
     k = int(2 * np.ceil(np.sqrt(frames - 2 * width + 1)))
     searched = min(frames - 1, k + 2 * width)
-    from sklearn.neighbors import NearestNeighbors
-
     search = NearestNeighbors(n_neighbors=searched, metric="cosine", algorithm="auto")
     nearest = search.fit(magnitude.T).kneighbors(return_distance=False)  # [T, searched], itself left out
     index = np.arange(frames)
@@ -233,6 +233,8 @@ def segment_mel(samples: np.ndarray, start_frame: int, end_frame: int, config: A
     ``mel_column(start) + j`` of ``log_mel(samples)``. Only the samples those frames see are processed, with the whole clip's
     zero padding reproduced, so frames before 0 or past the end read silence.
     """
+    import librosa
+
     if end_frame < start_frame:
         raise ValueError(f"segment_mel: end_frame {end_frame} is before start_frame {start_frame}")
     first, stop = config.clock.mel_column(start_frame), config.clock.mel_column(end_frame)
@@ -242,8 +244,6 @@ def segment_mel(samples: np.ndarray, start_frame: int, end_frame: int, config: A
     hop = config.clock.hop_length
     begin = first * hop - config.n_fft // 2
     end = (stop - 1) * hop - config.n_fft // 2 + config.n_fft
-    import librosa
-
     emphasised = _emphasised_span(np.asarray(samples, dtype=np.float32), begin, end, config)
     spectrum = librosa.stft(emphasised, n_fft=config.n_fft, hop_length=hop,
                             win_length=config.win_length, center=False)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from model.loader.windows import KINDS, OTHER_CODE, POSITIVE_CODE, PairConfig, Windows, audio_windows, \
-    draw_window_arrays
+    draw_window_arrays, heaviest_weight
 from pipelines.core.clock import Clock
 from pipelines.core.device import to_device
 
@@ -143,8 +143,8 @@ class PagedRows:
 
 
 class Tickets:
-    """The pairs drawn but not yet batched, a stack per slot: [slot, up to windows_per_segment] arrays (wider
-    where a weighted segment needs it).
+    """The pairs drawn but not yet batched, a stack per slot: [slot, up to per_slot] arrays, per_slot the most a
+    segment draws (`windows_per_segment` times the heaviest source weight).
 
     A batch takes its tickets segment first: `count` slots at random among those with tickets left (with
     replacement), then the top ticket of each slot's stack for each time it was picked. A segment's tickets
@@ -169,10 +169,6 @@ class Tickets:
             self.left = grown(self.left, slots)
             self.arrays = {name: grown(array, slots) for name, array in self.arrays.items()}
         count = len(values["start"])
-        if count > self.per_slot:  # a weighted segment's stack (`PairConfig.source_weights`): widen every row
-            self.arrays = {name: np.pad(array, ((0, 0), (0, count - self.per_slot)))
-                           for name, array in self.arrays.items()}
-            self.per_slot = count
         for name, array in self.arrays.items():
             array[slot, :count] = values[name]
         self.left[slot] = count
@@ -226,7 +222,7 @@ class SegmentPool:
         self.config, self.clock, self.device, self.max_bytes = config, clock, device, max_bytes
         self.faces: PagedRows | None = None  # [rows, S/2, S, 3] uint8, allocated at the first segment
         self.mels: PagedRows | None = None  # [rows, F] float32
-        self.tickets = Tickets(config.windows_per_segment)
+        self.tickets = Tickets(config.windows_per_segment * heaviest_weight(config.source_weights))
         self.segments = Segments()
         self.free_slots: list[int] = []
         # Slots whose last ticket was drawn by the latest batch: still in memory until the next draw (or until

@@ -37,7 +37,8 @@ from pipelines.core.clock import Clock
 from pipelines.shards.reader import Segment
 
 __all__ = ["KINDS", "OTHER_CODE", "OTHER_SEGMENT_SHIFT", "POSITIVE_CODE", "PairConfig", "Windows", "cut_windows",
-           "audio_windows", "draw_window_arrays", "draw_windows", "sample_pairs", "source_weight"]
+           "audio_windows", "draw_window_arrays", "draw_windows", "heaviest_weight", "sample_pairs",
+           "source_weight"]
 
 OTHER_SEGMENT_SHIFT = 10**6  # no shift relates the audio of another video to these faces
 POSITIVE, HARD, EASY, OTHER = "positive", "hard", "easy", "other"
@@ -95,6 +96,11 @@ def parse_weight(rule: str) -> tuple[str, int]:
     if not equals or not glob or not weight.isdigit() or int(weight) < 1:
         raise ValueError(f"--source-weights {rule!r}: write GLOB=K with K a whole number >= 1, e.g. '*/real/*=8'")
     return glob, int(weight)
+
+
+def heaviest_weight(rules: tuple[str, ...]) -> int:
+    """The largest K of the rules (1 without any): a segment draws at most that many times its pairs."""
+    return max((parse_weight(rule)[1] for rule in rules), default=1)
 
 
 def source_weight(source: str, rules: tuple[str, ...]) -> int:
