@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,18 @@ REAL_MORE_CLIPS = SHARED_DATA / "real_more"
 # stereo; 4 of them held out with offsets -15, -5, 5, 15; the 5 broken inputs of each kind follow.
 SMALL_CORPUS = dict(num_videos=12, seed=7, corrupt=5, heldout_fraction=0.34, min_seconds=3.0, max_seconds=4.5,
                     background_fraction=0.5, videos_per_speaker=2, workers=2)
+
+
+@pytest.fixture(autouse=True)
+def _omp_threads_kept():
+    """Stages built in the test process (`size_thread_pools`) set OMP_NUM_THREADS for a torch they may load
+    later, as an actor needs; left set, it would size the threads of every later test's Ray workers."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    yield
+    if before is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
 
 
 @pytest.fixture(scope="session")
