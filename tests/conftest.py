@@ -24,15 +24,22 @@ SMALL_CORPUS = dict(num_videos=12, seed=7, corrupt=5, heldout_fraction=0.34, min
 
 
 @pytest.fixture(autouse=True)
-def _omp_threads_kept():
-    """Stages built in the test process (`size_thread_pools`) set OMP_NUM_THREADS for a torch they may load
-    later, as an actor needs; left set, it would size the threads of every later test's Ray workers."""
-    before = os.environ.get("OMP_NUM_THREADS")
+def _thread_pools_kept():
+    """Stages built in the test process (`size_thread_pools`) size OpenCV's and torch's pools and set
+    OMP_NUM_THREADS for a torch loaded later, as an actor needs. Left so, they would size every later test's pools
+    and Ray workers: the session's trained expert came out differently after such tests (float sums in another
+    order over 800 steps) and missed its held-out offsets."""
+    import cv2
+    import torch
+
+    omp, cv2_threads, torch_threads = os.environ.get("OMP_NUM_THREADS"), cv2.getNumThreads(), torch.get_num_threads()
     yield
-    if before is None:
+    if omp is None:
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
-        os.environ["OMP_NUM_THREADS"] = before
+        os.environ["OMP_NUM_THREADS"] = omp
+    cv2.setNumThreads(cv2_threads)
+    torch.set_num_threads(torch_threads)
 
 
 @pytest.fixture(scope="session")
