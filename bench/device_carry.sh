@@ -43,9 +43,10 @@ case "$part" in
   *) echo "usage: bash bench/device_carry.sh [ray|media]" >&2; exit 2 ;;
 esac
 rm -rf .whl && mkdir .whl  # one version of each package: two would stop the install there
-# pydantic 2.11 asks for typing-extensions >= 4.12, which the image has; newer ones ask for more.
+# pydantic 2.11 asks for typing-extensions >= 4.12, which the image has; newer ones ask for more. py-spy (3 MB)
+# samples the stacks of a run's processes for bench.stack_profile.
 fetch .whl jsonschema==4.25.1 jsonschema-specifications referencing rpds-py pydantic==2.11.7 pydantic-core==2.33.2 \
-  annotated-types typing-inspection tensorboardX webdataset==1.0.2 braceexpand
+  annotated-types typing-inspection tensorboardX webdataset==1.0.2 braceexpand py-spy==0.4.3
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

@@ -18,6 +18,10 @@
 #   call 5:                                             bash bench/device_scale.sh evaluate
 #   after photo, GPU preprocessing on real clips:       bash bench/device_scale.sh real20
 #   after corpus, what bounds GPU preprocessing:        bash bench/device_scale.sh sweep
+#   after ray, carry .whl-media and runs/carry/real, where its CPU time goes: bash bench/device_scale.sh profile
+#   then fewer workers on that corpus, and the drawn hour:                 bash bench/device_scale.sh workers
+#   then real20, then both by OLD's code; the hour under py-spy:  OLD=DIR bash bench/device_scale.sh old; ... hour_spy
+#   after ray, carry .whl-media and runs/carry/real, the drawn hour alone, cold then warm: bash bench/device_scale.sh hour_fresh
 #
 # The third run fine-tuned the second run's expert on a new corpus (other seeds: other speakers and sentences)
 # with the real clips weighted up; call 4 then carries the expert in place of `train`:
@@ -41,14 +45,26 @@ testing="pcavs_00098.mp4 pcavs_731200067.mp4 deepavsr_00004.mp4 deepavsr_00019.m
 lipnet_sbia1a.mpg mimictalk_Trump_10s.mp4 liveportrait_d11.mp4 sadtalker_WDA_EdMarkey0_000.mp4 vasa1hack_M2Ohb0FAaJU_1.mp4"
 preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU aligner; the machine's CPU time and the GPU's use beside it
   local busy_before monitor
+  (cd "${CODE:-.}" && compile_bytecode > /dev/null)
   busy_before=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$results/gpu_$2.txt" &
   monitor=$!
-  # Under bench.process_cpu: the run's CPU time by kind of process (each pool, Ray's daemons, the driver).
-  step "$1" "preprocess_$2" python3 -m bench.process_cpu --json "$results/cpu_by_process_$2.json" -- \
-    python3 -c "$with_stats" --input "$3" --output "${4:-$scale/shards/$2}" \
-    --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 --no-progress "${@:5}"
+  # Under bench.process_cpu: the run's CPU time by kind of process (each pool, Ray's daemons, the driver); with
+  # SPY=1 also under py-spy, whose stacks of every process bench.stack_profile sums by stage and function.
+  local spy=()
+  [ -n "${SPY:-}" ] && spy=(/tmp/site/bin/py-spy record --subprocesses --nonblocking --rate 10 --format raw
+                            -o "$scale/stacks_$2.txt" --)
+  # CODE=DIR: another commit's code (git archive REV pipelines model bench | tar x -C DIR, carried) runs instead.
+  (cd "${CODE:-.}" && PYTHONPATH=/tmp/site:$PWD step "$1" "preprocess_$2" python3 -m bench.process_cpu \
+    --json "$results/cpu_by_process_$2.json" -- "${spy[@]}" python3 -c "$with_stats" --input "$3" \
+    --output "${4:-$scale/shards/$2}" --aligner retinaface --device cuda --num-workers 16 --val-fraction 0.1 \
+    --no-progress "${@:5}")
   kill $monitor
+  if [ -n "${SPY:-}" ]; then
+    python3 -m bench.stack_profile "$scale/stacks_$2.txt" --rate 10 --json "$results/stacks_$2.json" \
+      > "$results/stacks_$2.txt" 2>&1
+    xz -T0 -c "$scale/stacks_$2.txt" > "$results/stacks_raw_$2.txt.xz"
+  fi
   grep -h "^time:" "$results/preprocess_$2.log"  # the step showed the table's end; this is the run's summary
   # Ray Data's metrics of each operator as it completed (task, scheduling, backpressure and function-body times):
   # its stats() reads "[execution cached]" for the later operators of a streamed run.
@@ -58,8 +74,9 @@ preprocess() {  # LIMIT_S NAME INPUT [OUTPUT [OPTIONS...]]: 16 workers, GPU alig
     "(mean of 0.5 s samples) $(awk '{s+=$1} END{printf "%.0f %%", s/NR}' "$results/gpu_$2.txt")" | tee -a "$results/preprocess_machine.txt"
 }
 # pipelines.preprocess with Ray Data's stats of the run (each operator's tasks, wall and CPU time), logged at debug level.
-with_stats="import logging, sys
-logging.basicConfig(level=logging.WARNING); logging.getLogger('pipelines.preprocess').setLevel(logging.DEBUG)
+# One line: py-spy writes each process with its command line, a line per stack.
+with_stats="import logging, sys; logging.basicConfig(level=logging.WARNING); \
+logging.getLogger('pipelines.preprocess').setLevel(logging.DEBUG); \
 from pipelines.preprocess import main; sys.exit(main(sys.argv[1:]))"
 pack() { tar czf "$OUT/results_$1.tgz" -C "$scale" results; }
 step() {  # LIMIT_S NAME COMMAND...: one step, its log in results/, its exit status and time on the console
@@ -83,11 +100,24 @@ EOF
   (cd "$OUT" && split -b 15M /tmp/scale/expert_bf16.pt expert_bf16.pt.part-)
   pack train
 }
+compile_bytecode() {  # the carried packages and this checkout (each call's copy is new), as an install would have
+  local start=$SECONDS
+  python3 -m compileall -q -j 16 /tmp/site pipelines model bench train_ray.py > /dev/null
+  echo "bytecode compiled in $((SECONDS - start)) s (Python writes none itself here: $(python3 -c 'import sys; print(sys.flags.dont_write_bytecode)'))"
+}
+install_media() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-media/*.whl || exit 1
+  compile_bytecode
+  rm -rf /tmp/real && cp -r runs/carry/real /tmp/real
+}
 case "$1" in
   ray)
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
       tar xJf .whl/ray-*-trimmed.tar.xz -C /tmp/site || exit 1
+    # Bytecode once, as pip's own install would have made it: else each of a run's ~40 processes compiles what
+    # it imports (the tar holds no .pyc).
+    compile_bytecode
     rm -rf "$scale" && mkdir -p "$scale/real_more" "$scale/real_more_test" "$scale/stills" "$results"
     for clip in runs/carry/real_more/*; do
       name=$(basename "$clip")
@@ -101,8 +131,7 @@ case "$1" in
     echo "real_more: $(ls $scale/real_more | wc -l) to train on, $(ls $scale/real_more_test | wc -l) to test on," \
       "$(ls $scale/stills/*.png | wc -l) stills" ;;
   corpus)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-media/*.whl || exit 1
-    rm -rf /tmp/real && cp -r runs/carry/real /tmp/real
+    install_media
     # The training step's augmentation draws on the GPU's own generator: checked here, before the long steps.
     python3 -c "import torch; from model.augment import AugmentConfig, augment_pairs; from pipelines.audio import AudioConfig
 g = torch.Generator(device='cuda'); g.manual_seed(0)
@@ -130,6 +159,46 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
       cp "$clip" "/tmp/real20/${n}_$(basename "$clip")"; done; done
     preprocess 150 real20 /tmp/real20 /tmp/bench_shards/real20
     pack real20 ;;
+  profile)  # after ray, carry .whl-media and runs/carry/real: where preprocessing's CPU time goes, on a small
+    # drawn corpus (PROFILE_VIDEOS, ~30 min of video): numba's cache cold (a fresh machine), then warm, then under
+    # py-spy as well; with OLD=DIR (another commit's code: git archive REV pipelines model bench | tar x -C DIR,
+    # carried) that code too, warm, before this one's
+    install_media
+    step 200 corpus_profile python3 -m pipelines.synthetic --out $scale/drawn --num-videos "${PROFILE_VIDEOS:-240}" \
+      --seed "$drawn_seed" --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+    preprocess 120 profile_cold $scale/drawn/videos /tmp/bench_shards/profile_cold
+    [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 120 profile_old $scale/drawn/videos /tmp/bench_shards/profile_old
+    preprocess 120 profile_warm $scale/drawn/videos /tmp/bench_shards/profile_warm
+    SPY=1 preprocess 150 profile_spy $scale/drawn/videos /tmp/bench_shards/profile_spy
+    pack profile ;;
+  workers)  # after profile: its corpus with fewer workers (WORKERS), then the drawn hour made anew at 16 (~4 min)
+    for n in ${WORKERS:-8 12}; do
+      preprocess 120 "profile_w$n" $scale/drawn/videos "/tmp/bench_shards/profile_w$n" --num-workers "$n"
+    done
+    step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
+      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+    preprocess 200 hour $scale/hour/videos /tmp/bench_shards/hour
+    pack workers ;;
+  old)  # after workers and real20, carry OLD: the hour and the real clips by OLD's code, the same inputs both ways
+    CODE="$OLD" preprocess 200 hour_old $scale/hour/videos /tmp/bench_shards/hour_old
+    CODE="$OLD" preprocess 150 real20_old /tmp/real20 /tmp/bench_shards/real20_old
+    pack old ;;
+  hour_fresh)  # after ray, carry .whl-media and runs/carry/real: the drawn hour made here and preprocessed twice,
+    # numba's cache cold (a fresh machine), then warm
+    install_media
+    step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
+      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+    preprocess 200 hour_cold $scale/hour/videos /tmp/bench_shards/hour_cold
+    preprocess 200 hour_warm $scale/hour/videos /tmp/bench_shards/hour_warm
+    pack hour_fresh ;;
+  hour)  # after workers: the hour again by this code and (with OLD, carried) OLD's, outputs named with RUN
+    preprocess 200 "hour${RUN:-_again}" $scale/hour/videos "/tmp/bench_shards/hour${RUN:-_again}"
+    [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 200 "hour_old${RUN:-_again}" $scale/hour/videos \
+      "/tmp/bench_shards/hour_old${RUN:-_again}"
+    pack "hour${RUN:-_again}" ;;
+  hour_spy)  # after workers: the hour under py-spy too
+    SPY=1 preprocess 200 hour_spy $scale/hour/videos /tmp/bench_shards/hour_spy
+    pack hour_spy ;;
   sweep)  # after corpus: what bounds GPU preprocessing (neither the GPU nor the CPUs were busy, bench/README.md)
     mkdir -p /tmp/sweep && cp $(ls -d $scale/drawn/videos/* | head -120) /tmp/sweep  # ~15 min
     for setting in "4 1" "4 4" "8 4" "16 4"; do
@@ -158,5 +227,5 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
         --offsets -12 -8 -4 0 4 8 12 --device cuda --out "$results/real_offsets_$part.json"
     done
     pack evaluate ;;
-  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|real20|sweep|train|finetune|evaluate" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|real20|profile|workers|old|hour_fresh|hour|hour_spy|sweep|train|finetune|evaluate" >&2; exit 2 ;;
 esac

@@ -62,17 +62,12 @@ class FaceAlignersBenchConfig:
 
 
 def read_frames(path: Path, count: int, max_side: int) -> np.ndarray:
-    import av
+    from itertools import islice
 
     from pipelines.decode import fit_within
+    from pipelines.media import iter_frames
 
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(fit_within(frame.to_ndarray(format="rgb24"), max_side))
-            if len(frames) == count:
-                break
-    return np.stack(frames)
+    return np.stack([fit_within(frame, max_side) for _, frame in islice(iter_frames(path), count)])
 
 
 def anchor_jitter(landmarks: np.ndarray) -> float:

@@ -93,6 +93,8 @@ def raw_npy() -> Encoding:
 def h264(crf: int) -> Encoding:
     import av
 
+    from pipelines.media import rgb
+
     def encode(faces):
         buffer = io.BytesIO()
         with av.open(buffer, "w", format="mp4") as out:
@@ -107,7 +109,7 @@ def h264(crf: int) -> Encoding:
 
     def decode(data, size):
         with av.open(io.BytesIO(data)) as container:
-            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            return np.stack([rgb(f) for f in container.decode(video=0)])
     return Encoding(f"h264 crf{crf} (mp4)", encode, decode)
 
 

@@ -127,6 +127,18 @@ def _finite(mono: np.ndarray) -> np.ndarray:
     return mono
 
 
+def compile_kernels(config: AudioConfig) -> None:
+    """Separate and log-mel a second of noise, once, so that librosa's numba kernels are compiled here and left in
+    numba's on-disk cache (beside librosa, or in the user's cache folder) before the workers that need them start.
+
+    Each sample writer otherwise compiled its own on a first run: 21 CPU-s apiece on the H200 machine, a third
+    of the CPU time of a 30-minute corpus with 16 writers (bench/README.md); with the cache they load them.
+    Workers on other machines of a cluster still compile their own, once per machine."""
+    noise = np.random.default_rng(0).standard_normal(config.clock.sample_rate).astype(np.float32)
+    separate_voice(noise, config)
+    segment_mel(noise, 0, config.clock.window_frames, config)
+
+
 # --- Voice separation (REPET-SIM) --------------------------------------------------------------------------
 
 # Smallest nearest-neighbour exclusion width librosa accepts; a clip that cannot fit it is left as it is.

@@ -23,7 +23,7 @@ import numpy as np
 from pipelines.audio import AudioConfig, prepare_stream
 from pipelines.core.columns import object_column
 from pipelines.core.storage import StorageConfig, local_copy
-from pipelines.media import MediaError, MediaInfo, iter_frames, probe, stream_audio
+from pipelines.media import MediaError, MediaInfo, iter_pictures, probe, rgb, stream_audio
 from pipelines.shots import ShotConfig, mark_cuts
 
 CONTEXT_FRAMES = 5  # audio kept beyond each end of a chunk, so a mel window at the edge has its STFT context
@@ -161,7 +161,7 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
     # Frames are picked by their place in the probe's index: one the decoder dropped or added would move every
     # later picture against the audio, so each decoded frame's time must be the one the index holds.
     tolerance_s = 0.5 / max(info.fps, 1.0)
-    for index, (time_s, image) in enumerate(iter_frames(path)):
+    for index, (time_s, picture) in enumerate(iter_pictures(path)):  # RGB only for the frames picked
         if wanted is None:
             break
         if index >= info.frame_count or abs(time_s - info.frame_times[index]) > tolerance_s:
@@ -170,7 +170,7 @@ def decode_chunks(path, info: MediaInfo, config: DecodeConfig, audio_config: Aud
                                               f"says {expected}: a frame was lost or added in decoding")
         if wanted != index:
             continue
-        frame = fit_within(upright(image, info.rotation), config.max_side)
+        frame = fit_within(upright(rgb(picture), info.rotation), config.max_side)
         while wanted == index:  # one source frame may fill several output instants when upsampling
             frames.append(frame)
             produced += 1

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.audio import AudioConfig
+from pipelines.audio import AudioConfig, compile_kernels
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import quiet_ray_data, ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output
@@ -283,7 +284,11 @@ def run(config: PreprocessConfig) -> dict:
     record_unusable([s for s in pending if s.error], config)
     readable = [s for s in pending if not s.error]
     if readable:
+        # librosa's kernels compiled once here while Ray starts, not by every sample writer (`compile_kernels`).
+        kernels = threading.Thread(target=compile_kernels, args=(AudioConfig(),), name="compile-librosa", daemon=True)
+        kernels.start()
         with ray_for_job(config.ray_address, config.num_workers):
+            kernels.join()
             _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)

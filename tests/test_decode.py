@@ -16,7 +16,7 @@ from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.storage import StorageConfig
 from pipelines.decode import (DecodeConfig, DecodeStage, output_picks, picture_end_s, picture_problem,
                               resample_indices)
-from pipelines.media import iter_frames, probe, read_audio
+from pipelines.media import iter_frames, iter_pictures, probe, read_audio
 from pipelines.synthetic.container import CONTAINERS, write_clip
 
 FPS = EXPERT_CLOCK.fps
@@ -117,11 +117,40 @@ def test_a_frame_lost_in_decoding_fails_the_video_instead_of_shifting_its_pictur
     assert [row["error"][0] for row in decode_rows(path)][-1] == ""  # as written, it decodes
 
     def dropping_frame_30(source):
-        for index, frame in enumerate(iter_frames(source)):
+        for index, frame in enumerate(iter_pictures(source)):
             if index != 30:
                 yield frame
 
-    monkeypatch.setattr(decode, "iter_frames", dropping_frame_30)
+    monkeypatch.setattr(decode, "iter_pictures", dropping_frame_30)
     rows = decode_rows(path)
     assert rows[-1]["error"][0] == "corrupt" and rows[-1]["end"][0]
     assert "decoded frame 30 plays at 1.240 s, the stream's index says 1.200 s" in str(rows[-1]["detail"][0])
+
+
+def test_a_50_fps_clip_converts_only_the_frames_the_25_fps_clock_picks(talking_clip, tmp_path, monkeypatch):
+    """RGB conversion costs more than decoding a small frame: frames the clock skips are decoded, never converted."""
+    import pipelines.decode as decode
+
+    frames, audio, rate = talking_clip
+    path = tmp_path / "fifty.mp4"
+    doubled = [frame for frame in frames for _ in range(2)]
+    write_clip(path, doubled, [k / 50 for k in range(len(doubled))], audio, rate, CONTAINERS["mp4"], Fraction(50))
+    converted = []
+
+    class Counted:
+        def __init__(self, picture, index):
+            self.picture, self.index = picture, index
+
+        def to_ndarray(self, **kwargs):
+            converted.append(self.index)
+            return self.picture.to_ndarray(**kwargs)
+
+    def counted_pictures(source):
+        for index, (time_s, picture) in enumerate(iter_pictures(source)):
+            yield time_s, Counted(picture, index)
+
+    monkeypatch.setattr(decode, "iter_pictures", counted_pictures)
+    rows = decode_rows(path)
+    frames_out = sum(len(row["frames"][0]) for row in rows)  # the end row holds none
+    assert rows[-1]["error"][0] == "" and len(converted) == frames_out
+    assert converted[:4] == [0, 2, 4, 6] and len(converted) <= len(doubled) // 2 + 1

@@ -336,7 +336,7 @@ def test_similarity_transforms_of_many_frames_recover_each_frames_motion():
 
 
 def test_few_shapes_on_a_gpu_find_the_same_faces(synthetic_clips, astronaut):
-    """On a GPU whole frames are letterboxed into a few square canvases and batches padded to powers of two (new
+    """On a GPU whole frames are letterboxed into a few square canvases and batches padded to the batch size (new
     shapes cost cuDNN a second each); the faces are those found without the padding (here both on the CPU), to
     within the detector's own frame-to-frame jitter: the keyframe's box moves by a pixel or two, and with it the
     square the points are found in (measured: 3.4 % of the eye distance at most, 2.7 % of the box)."""

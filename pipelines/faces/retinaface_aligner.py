@@ -43,21 +43,19 @@ REDETECT_EVERY = 5  # frames between whole-frame detections, as the dlib aligner
 REGION_SIZE = 160  # side of the square around a followed face, in network pixels
 REGION_SCALE = 2.0  # that square's side over the face box's longer side: room for 0.2 s of head motion
 # On a GPU the network's inputs come in a few shapes only: whole frames are letterboxed into squares of
-# DETECT_MAX_SIDE (or the next multiple of CANVAS_STEP at full size), batches padded to a power of two. On the H200
+# DETECT_MAX_SIDE (or the next multiple of CANVAS_STEP at full size), batches padded to `batch_size`. On the H200
 # a new input shape cost about a second the first time (cuDNN choosing kernels, by all appearances: 12 of 14 s on
 # three passes over the 9 real clips, of 4 sizes), where a chunk of 250 frames then took 0.1 s; corpora hold videos
-# of many sizes. CPUs pay nothing for a new shape, and would pay for the padding's pixels.
+# of many sizes, and chunks end with short batches. Padded to a power of two, the batches still came in 7 sizes for
+# each of the two inputs, and py-spy found 4 face actors in the network's convolutions for 65 of the 160 CPU-s they
+# used on a 30-minute corpus, the GPU 7 % busy (bench/README.md). CPUs pay nothing for a new shape, and would pay
+# for the padding's pixels.
 CANVAS_STEP = 64
 
 
 def canvas_side(side: int) -> int:
     """The square a whole frame of longer side `side` (in network pixels) is detected in."""
     return max(DETECT_MAX_SIDE, -(-side // CANVAS_STEP) * CANVAS_STEP)
-
-
-def batch_bucket(frames: int) -> int:
-    """The batch size a forward pass of `frames` frames is padded to: the next power of two."""
-    return 1 << max(frames - 1, 0).bit_length()
 
 
 def letterbox(batch: torch.Tensor, side: int) -> torch.Tensor:
@@ -218,7 +216,7 @@ class RetinaFaceAligner:
         pixels with pixel centres at integers."""
         frames = len(batch)
         if self.few_shapes:
-            batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, batch_bucket(frames) - frames))
+            batch = F.pad(batch, (0, 0, 0, 0, 0, 0, 0, self.config.batch_size - frames))
         probs, offsets, marks = (out[:frames] for out in self._net(batch))
         boxes, points = decode(offsets, marks, *batch.shape[2:])
         probs, best = probs.topk(min(MAX_CANDIDATES, probs.shape[1]), dim=1)
