@@ -21,7 +21,7 @@
 #   after ray, carry .whl-media and runs/carry/real, where its CPU time goes: bash bench/device_scale.sh profile
 #   then fewer workers on that corpus, and the drawn hour:                 bash bench/device_scale.sh workers
 #   then real20, then both by OLD's code; the hour under py-spy:  OLD=DIR bash bench/device_scale.sh old; ... hour_spy
-#   after ray, carry .whl-media and runs/carry/real, the drawn hour alone, cold then warm: bash bench/device_scale.sh hour_fresh
+#   after ray, carry .whl-media, runs/carry/real and OLD, the drawn hour by both: OLD=DIR bash bench/device_scale.sh hour_fresh
 #
 # The third run fine-tuned the second run's expert on a new corpus (other seeds: other speakers and sentences)
 # with the real clips weighted up; call 4 then carries the expert in place of `train`:
@@ -183,13 +183,14 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
     CODE="$OLD" preprocess 200 hour_old $scale/hour/videos /tmp/bench_shards/hour_old
     CODE="$OLD" preprocess 150 real20_old /tmp/real20 /tmp/bench_shards/real20_old
     pack old ;;
-  hour_fresh)  # after ray, carry .whl-media and runs/carry/real: the drawn hour made here and preprocessed twice,
-    # numba's cache cold (a fresh machine), then warm
+  hour_fresh)  # after ray, carry .whl-media, runs/carry/real (and OLD): the drawn hour made here, numba's cache
+    # filled as a first run's driver fills it, then preprocessed by this code (and OLD's), each packed as it ends
     install_media
     step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
       --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
-    preprocess 200 hour_cold $scale/hour/videos /tmp/bench_shards/hour_cold
-    preprocess 200 hour_warm $scale/hour/videos /tmp/bench_shards/hour_warm
+    step 60 compile_kernels python3 -c "from pipelines.audio import AudioConfig, compile_kernels; compile_kernels(AudioConfig())"
+    preprocess 200 hour_new $scale/hour/videos /tmp/bench_shards/hour_new; pack hour_new
+    [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 200 hour_old $scale/hour/videos /tmp/bench_shards/hour_old
     pack hour_fresh ;;
   hour)  # after workers: the hour again by this code and (with OLD, carried) OLD's, outputs named with RUN
     preprocess 200 "hour${RUN:-_again}" $scale/hour/videos "/tmp/bench_shards/hour${RUN:-_again}"
