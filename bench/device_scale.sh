@@ -18,10 +18,14 @@
 #   call 5:                                             bash bench/device_scale.sh evaluate
 #   after photo, GPU preprocessing on real clips:       bash bench/device_scale.sh real20
 #   after corpus, what bounds GPU preprocessing:        bash bench/device_scale.sh sweep
-#   after ray, carry .whl-media and runs/carry/real, where its CPU time goes: bash bench/device_scale.sh profile
-#   then fewer workers on that corpus, and the drawn hour:                 bash bench/device_scale.sh workers
-#   then real20, then both by OLD's code; the hour under py-spy:  OLD=DIR bash bench/device_scale.sh old; ... hour_spy
-#   after ray, carry .whl-media, runs/carry/real and OLD, the drawn hour by both: OLD=DIR bash bench/device_scale.sh hour_fresh
+#
+# Where preprocessing's CPU time goes (bench/README.md, fifth session), OLD=DIR naming another commit's code to run
+# beside this one's (git archive REV pipelines model bench | tar x -C DIR, carried), SPY=1 adding py-spy:
+#   call 1, carry .whl:                                  bash bench/device_scale.sh ray
+#   call 2, carry .whl-media, runs/carry/real and OLD:   OLD=DIR bash bench/device_scale.sh profile (30 min of video)
+#   then:  bash bench/device_scale.sh workers (8 and 12 workers, the drawn hour);  OLD=DIR bash ... real20;
+#          OLD=DIR RUN=_b bash ... hour (the hour again by both);  SPY=1 RUN=_spy bash ... hour
+#   or call 2 alone: OLD=DIR bash bench/device_scale.sh hour_fresh (the hour by both on a fresh machine)
 #
 # The third run fine-tuned the second run's expert on a new corpus (other seeds: other speakers and sentences)
 # with the real clips weighted up; call 4 then carries the expert in place of `train`:
@@ -105,6 +109,10 @@ compile_bytecode() {  # the carried packages and this checkout (each call's copy
   python3 -m compileall -q -j 16 /tmp/site pipelines model bench train_ray.py > /dev/null
   echo "bytecode compiled in $((SECONDS - start)) s (Python writes none itself here: $(python3 -c 'import sys; print(sys.flags.dont_write_bytecode)'))"
 }
+make_hour() {  # the drawn hour (500 videos) of the first seed, all 16 cores on it
+  step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
+    --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+}
 install_media() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-media/*.whl || exit 1
   compile_bytecode
@@ -158,6 +166,7 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
     mkdir -p /tmp/real20 && for n in $(seq -w 1 20); do for clip in /tmp/real/*.mp4; do
       cp "$clip" "/tmp/real20/${n}_$(basename "$clip")"; done; done
     preprocess 150 real20 /tmp/real20 /tmp/bench_shards/real20
+    [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 150 real20_old /tmp/real20 /tmp/bench_shards/real20_old
     pack real20 ;;
   profile)  # after ray, carry .whl-media and runs/carry/real: where preprocessing's CPU time goes, on a small
     # drawn corpus (PROFILE_VIDEOS, ~30 min of video): numba's cache cold (a fresh machine), then warm, then under
@@ -175,31 +184,23 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
     for n in ${WORKERS:-8 12}; do
       preprocess 120 "profile_w$n" $scale/drawn/videos "/tmp/bench_shards/profile_w$n" --num-workers "$n"
     done
-    step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
-      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+    make_hour
     preprocess 200 hour $scale/hour/videos /tmp/bench_shards/hour
     pack workers ;;
-  old)  # after workers and real20, carry OLD: the hour and the real clips by OLD's code, the same inputs both ways
-    CODE="$OLD" preprocess 200 hour_old $scale/hour/videos /tmp/bench_shards/hour_old
-    CODE="$OLD" preprocess 150 real20_old /tmp/real20 /tmp/bench_shards/real20_old
-    pack old ;;
   hour_fresh)  # after ray, carry .whl-media, runs/carry/real (and OLD): the drawn hour made here, numba's cache
     # filled as a first run's driver fills it, then preprocessed by this code (and OLD's), each packed as it ends
     install_media
-    step 250 corpus_hour python3 -m pipelines.synthetic --out $scale/hour --num-videos 500 --seed "$drawn_seed" \
-      --min-seconds 3 --max-seconds 12 --heldout-fraction 0.05 --workers 16
+    make_hour
     step 60 compile_kernels python3 -c "from pipelines.audio import AudioConfig, compile_kernels; compile_kernels(AudioConfig())"
     preprocess 200 hour_new $scale/hour/videos /tmp/bench_shards/hour_new; pack hour_new
     [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 200 hour_old $scale/hour/videos /tmp/bench_shards/hour_old
     pack hour_fresh ;;
-  hour)  # after workers: the hour again by this code and (with OLD, carried) OLD's, outputs named with RUN
+  hour)  # after workers or hour_fresh: the hour again by this code and (with OLD, carried) OLD's, outputs named
+    # with RUN; SPY=1 runs both under py-spy as well
     preprocess 200 "hour${RUN:-_again}" $scale/hour/videos "/tmp/bench_shards/hour${RUN:-_again}"
     [ -n "${OLD:-}" ] && CODE="$OLD" preprocess 200 "hour_old${RUN:-_again}" $scale/hour/videos \
       "/tmp/bench_shards/hour_old${RUN:-_again}"
     pack "hour${RUN:-_again}" ;;
-  hour_spy)  # after workers: the hour under py-spy too
-    SPY=1 preprocess 200 hour_spy $scale/hour/videos /tmp/bench_shards/hour_spy
-    pack hour_spy ;;
   sweep)  # after corpus: what bounds GPU preprocessing (neither the GPU nor the CPUs were busy, bench/README.md)
     mkdir -p /tmp/sweep && cp $(ls -d $scale/drawn/videos/* | head -120) /tmp/sweep  # ~15 min
     for setting in "4 1" "4 4" "8 4" "16 4"; do
@@ -228,5 +229,5 @@ print('augmentation on cuda:', list(f.shape), list(m.shape), float(f.mean()), fl
         --offsets -12 -8 -4 0 4 8 12 --device cuda --out "$results/real_offsets_$part.json"
     done
     pack evaluate ;;
-  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|real20|profile|workers|old|hour_fresh|hour|hour_spy|sweep|train|finetune|evaluate" >&2; exit 2 ;;
+  *) echo "usage: bash bench/device_scale.sh ray|corpus|photo|real20|profile|workers|hour_fresh|hour|sweep|train|finetune|evaluate" >&2; exit 2 ;;
 esac
