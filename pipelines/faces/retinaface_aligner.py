@@ -47,8 +47,8 @@ REGION_SCALE = 2.0  # that square's side over the face box's longer side: room f
 # a new input shape cost about a second the first time (cuDNN choosing kernels, by all appearances: 12 of 14 s on
 # three passes over the 9 real clips, of 4 sizes), where a chunk of 250 frames then took 0.1 s; corpora hold videos
 # of many sizes, and chunks end with short batches. Padded to a power of two, the batches still came in 7 sizes for
-# each of the two inputs, and py-spy found 4 face actors in the network's convolutions for 65 of the 160 CPU-s they
-# used on a 30-minute corpus, the GPU 7 % busy (bench/README.md). CPUs pay nothing for a new shape, and would pay
+# each of the two inputs, and py-spy found 4 face actors in the network's convolutions for 65 of the 159 s they were
+# awake on a 30-minute corpus, the GPU 7 % busy (bench/README.md). CPUs pay nothing for a new shape, and would pay
 # for the padding's pixels.
 CANVAS_STEP = 64
 
