@@ -9,6 +9,9 @@ Dimension legend: ``C`` channels, ``N`` samples, ``M`` mel bins (``n_mels``), ``
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -128,15 +131,25 @@ def _finite(mono: np.ndarray) -> np.ndarray:
 
 
 def compile_kernels(config: AudioConfig) -> None:
-    """Separate and log-mel a second of noise, once, so that librosa's numba kernels are compiled here and left in
-    numba's on-disk cache (beside librosa, or in the user's cache folder) before the workers that need them start.
-
-    Each sample writer otherwise compiled its own on a first run: 21 CPU-s apiece on the H200 machine, a third
-    of the CPU time of a 30-minute corpus with 16 writers (bench/README.md); with the cache they load them.
-    Workers on other machines of a cluster still compile their own, once per machine."""
+    """Separate and log-mel a second of noise, so that librosa's numba kernels are compiled and left in numba's
+    on-disk cache (beside librosa, or in the user's cache folder): see `start_compiling_kernels`."""
     noise = np.random.default_rng(0).standard_normal(config.clock.sample_rate).astype(np.float32)
     separate_voice(noise, config)
     segment_mel(noise, 0, config.clock.window_frames, config)
+
+
+def start_compiling_kernels() -> subprocess.Popen:
+    """`compile_kernels` in a process of its own, started now: wait for it before the workers that need the
+    kernels start, and they load them from the cache.
+
+    Each sample writer otherwise compiled its own on a first run: 21 CPU-s apiece on the H200 machine, a third
+    of the CPU time of a 30-minute corpus with 16 writers (bench/README.md). A process rather than a thread of
+    the caller: in a thread of the test process, numpy's OpenBLAS once spun forever in its first matrix product.
+    Workers on other machines of a cluster still compile their own, once per machine."""
+    code = "from pipelines.audio import AudioConfig, compile_kernels; compile_kernels(AudioConfig())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 # --- Voice separation (REPET-SIM) --------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import logging
 import hashlib
 import json
 import math
+import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.audio import AudioConfig, compile_kernels
+from pipelines.audio import AudioConfig, start_compiling_kernels
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import quiet_ray_data, ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output
@@ -68,6 +68,8 @@ QUEUED_CHUNKS_PER_GPU_FACE_ACTOR = 4
 # from the object store, picks faces and smooths points on its CPU, and its network batches are small (a chunk's
 # keyframes, then its squares of 160 px), so several actors overlap on one GPU (bench/README.md, GPU preprocessing).
 FACE_ACTORS_PER_GPU = 4
+# A first compile of librosa's kernels took 22-24 s (2-core CPU, H200 machine); later runs load them in 2-4 s.
+KERNEL_COMPILE_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -284,11 +286,12 @@ def run(config: PreprocessConfig) -> dict:
     record_unusable([s for s in pending if s.error], config)
     readable = [s for s in pending if not s.error]
     if readable:
-        # librosa's kernels compiled once here while Ray starts, not by every sample writer (`compile_kernels`).
-        kernels = threading.Thread(target=compile_kernels, args=(AudioConfig(),), name="compile-librosa", daemon=True)
-        kernels.start()
+        compiling = start_compiling_kernels()  # while Ray starts, once, not in every sample writer
         with ray_for_job(config.ray_address, config.num_workers):
-            kernels.join()
+            try:
+                compiling.wait(timeout=KERNEL_COMPILE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # the writers will compile their own
+                compiling.kill()
             _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)

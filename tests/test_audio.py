@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from pipelines.audio import (AudioConfig, log_mel, prepare, repeating_background, resample, segment_mel,
-                             separate_voice, to_mono)
+                             separate_voice, start_compiling_kernels, to_mono)
 from pipelines.synthetic import background
 from pipelines.synthetic.speech import synthesize
 
@@ -248,12 +244,12 @@ def test_separation_of_short_clips(seconds: float) -> None:
     assert np.all(np.isfinite(out))
 
 
-def test_compiling_the_kernels_once_leaves_them_in_numbas_cache_for_the_workers(tmp_path):
-    """Preprocessing's driver runs `compile_kernels` while Ray starts: the sample writers then load librosa's numba
-    kernels from the cache instead of each compiling them (a third of a run's CPU time on the H200 machine)."""
+def test_compiling_the_kernels_once_leaves_them_in_numbas_cache_for_the_workers(tmp_path, monkeypatch):
+    """Preprocessing's driver starts this while Ray starts: the sample writers then load librosa's numba kernels
+    from the cache instead of each compiling them (a third of a run's CPU time on the H200 machine)."""
     cache = tmp_path / "numba"
-    probe = "from pipelines.audio import AudioConfig, compile_kernels; compile_kernels(AudioConfig())"
-    subprocess.run([sys.executable, "-c", probe], check=True, env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    assert start_compiling_kernels().wait(timeout=300) == 0
     cached = {path.name.split("-")[0] for path in cache.rglob("*.nbi")}
     # The separation's inverse STFT (overlap-add and its window sum) and the peak pickers librosa builds at import.
     assert {"spectrum.__overlap_add", "filters.__window_ss_fill", "utils._localmax"} <= cached
