@@ -292,6 +292,7 @@ def run(config: PreprocessConfig) -> dict:
                 compiling.wait(timeout=KERNEL_COMPILE_TIMEOUT_S)
             except subprocess.TimeoutExpired:  # the writers will compile their own
                 compiling.kill()
+                compiling.wait()
             _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)
