@@ -104,7 +104,11 @@ EOF
   (cd "$OUT" && split -b 15M /tmp/scale/expert_bf16.pt expert_bf16.pt.part-)
   pack train
 }
-compile_bytecode() {  # the carried packages and this checkout (each call's copy is new), as an install would have
+# Bytecode once, as pip's install and a first import would have made it: this machine's Python writes none, the
+# carried packages come without (Ray's tar), so each of a run's ~47 processes compiled what it imported. For the
+# carried packages and this checkout (each call's copy is new); after the media install and before each
+# preprocessing (compileall passes over what is up to date).
+compile_bytecode() {
   local start=$SECONDS
   python3 -m compileall -q -j 16 /tmp/site pipelines model bench train_ray.py > /dev/null
   echo "bytecode compiled in $((SECONDS - start)) s (Python writes none itself here: $(python3 -c 'import sys; print(sys.flags.dont_write_bytecode)'))"
@@ -123,9 +127,6 @@ case "$1" in
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
       tar xJf .whl/ray-*-trimmed.tar.xz -C /tmp/site || exit 1
-    # Bytecode once, as pip's own install would have made it: else each of a run's ~40 processes compiles what
-    # it imports (the tar holds no .pyc).
-    compile_bytecode
     rm -rf "$scale" && mkdir -p "$scale/real_more" "$scale/real_more_test" "$scale/stills" "$results"
     for clip in runs/carry/real_more/*; do
       name=$(basename "$clip")

@@ -152,6 +152,20 @@ def start_compiling_kernels() -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+# A first compile took 22-24 s (2-core CPU, H200 machine); later runs load the kernels in 2-4 s.
+KERNEL_COMPILE_TIMEOUT_S = 120
+
+
+def wait_for_kernels(compiling: subprocess.Popen) -> None:
+    """Wait for `start_compiling_kernels`' process, at most KERNEL_COMPILE_TIMEOUT_S: one still running then is
+    stopped, and the writers compile their own."""
+    try:
+        compiling.wait(timeout=KERNEL_COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        compiling.kill()
+        compiling.wait()
+
+
 # --- Voice separation (REPET-SIM) --------------------------------------------------------------------------
 
 # Smallest nearest-neighbour exclusion width librosa accepts; a clip that cannot fit it is left as it is.

@@ -23,7 +23,6 @@ import logging
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.audio import AudioConfig, start_compiling_kernels
+from pipelines.audio import AudioConfig, start_compiling_kernels, wait_for_kernels
 from pipelines.core.clock import EXPERT_CLOCK
 from pipelines.core.ray_session import quiet_ray_data, ray_for_job, size_thread_pools
 from pipelines.core.storage import StorageConfig, check_output
@@ -68,8 +67,6 @@ QUEUED_CHUNKS_PER_GPU_FACE_ACTOR = 4
 # from the object store, picks faces and smooths points on its CPU, and its network batches are small (a chunk's
 # keyframes, then its squares of 160 px), so several actors overlap on one GPU (bench/README.md, GPU preprocessing).
 FACE_ACTORS_PER_GPU = 4
-# A first compile of librosa's kernels took 22-24 s (2-core CPU, H200 machine); later runs load them in 2-4 s.
-KERNEL_COMPILE_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -288,11 +285,7 @@ def run(config: PreprocessConfig) -> dict:
     if readable:
         compiling = start_compiling_kernels()  # while Ray starts, once, not in every sample writer
         with ray_for_job(config.ray_address, config.num_workers):
-            try:
-                compiling.wait(timeout=KERNEL_COMPILE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:  # the writers will compile their own
-                compiling.kill()
-                compiling.wait()
+            wait_for_kernels(compiling)
             _process(readable, config)
     pack(config.output, config.storage, config.shards)
     write_index(config.output, config.storage)
